@@ -1,0 +1,36 @@
+# container-agent: `make run` starts the agent from a local .venv; `make test` installs
+# everything the tests need (system packages included, as root) and runs them.
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+
+.PHONY: run test lint system-deps bench dashboards clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/agentd
+
+system-deps:
+	bash tests/setup/install-system.sh
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check agent collectors dashboards tests
+	$(VENV)/bin/mypy
+
+test: system-deps $(VENV)/.installed-test lint
+	$(VPY) -m pytest -p no:cacheprovider tests
+
+bench: $(VENV)/.installed-test
+	for b in tests/bench/bench_*.py; do $(VPY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

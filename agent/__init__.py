@@ -1,0 +1,1 @@
+"""container-agent: daemon, model, store, API, exporters, control and agentctl."""

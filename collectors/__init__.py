@@ -1,0 +1,1 @@
+"""Pure, synchronous readers of cgroupfs, procfs and network namespaces."""
