@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import Metric
 
 from agent.model import Snapshot, WorkloadIdentity
 from collectors.layout import CgroupLayout
+from collectors.samples import CgroupSample
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -41,6 +42,9 @@ class Setting:
     help: str = ""
     check: Callable[[Any], str | None] | None = None
 
+
+#: A listener for final samples: (workload, sample read at `populated 0`) -> None.
+FinalSampleListener = Callable[[WorkloadIdentity, CgroupSample], None]
 
 #: Signature of ctx.emit: (type, workload or None, severity, fields) -> None.
 EmitEvent = Callable[[str, WorkloadIdentity | None, str, Mapping[str, object]], None]
@@ -72,6 +76,15 @@ class AgentContext:
     host_facts: dict[str, object] = field(default_factory=dict)
     #: Ask the daemon to run a collection cycle soon (e.g. after a discovery event).
     request_cycle: Callable[[], None] = lambda: None
+    #: Called (in whatever thread read it) with the final sample of a cgroup that emptied
+    #: (`populated 0`), read before the runtime removes it. The ledger listens here.
+    final_sample_listeners: list[FinalSampleListener] = field(default_factory=list)
+    #: The components running in this agent, by name (filled by the daemon before start()).
+    components: dict[str, Component] = field(default_factory=dict)
+
+    def publish_final_sample(self, who: WorkloadIdentity, sample: CgroupSample) -> None:
+        for listener in list(self.final_sample_listeners):
+            listener(who, sample)
 
     def section(self, name: str) -> Mapping[str, Any]:
         value = self.config.get(name, MappingProxyType({}))
@@ -97,6 +110,10 @@ class Component:
 
     def metric_families(self, snapshot: Snapshot) -> Iterable[Metric]:
         return ()
+
+    def describe(self, snapshot: Snapshot, workload_id: str) -> Mapping[str, object] | None:
+        """Extra JSON for /api/v1/containers/{id} and `agentctl show` (e.g. interfaces)."""
+        return None
 
     def routes(self) -> list[web.RouteDef]:
         return []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 
 from collectors.samples import CgroupSample
@@ -19,7 +19,7 @@ EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 EMPTY_NS: Mapping[str, int] = MappingProxyType({})
 
 
-class WorkloadKind(str, Enum):
+class WorkloadKind(StrEnum):
     CONTAINER = "container"
     SERVICE = "service"
     CGROUP = "cgroup"

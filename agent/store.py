@@ -29,7 +29,8 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version (component TEXT PRIMARY KEY, version INTEGER)"
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (component TEXT PRIMARY KEY, version INTEGER)"
         )
 
     @property

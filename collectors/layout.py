@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 
@@ -17,7 +17,7 @@ from types import MappingProxyType
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
 
 
-class LayoutKind(str, Enum):
+class LayoutKind(StrEnum):
     UNIFIED = "unified"
     HYBRID = "hybrid"
     LEGACY = "legacy"

@@ -48,7 +48,8 @@ class MemorySample:
     swap_max: int | None = None
     #: Every `memory.stat` key, by name (v1 keys are translated to their v2 names).
     stat: Mapping[str, int] = field(default=EMPTY)
-    #: `memory.events` keys: low, high, max, oom, oom_kill, oom_group_kill (v1: oom_kill, max=failcnt).
+    #: `memory.events` keys: low, high, max, oom, oom_kill, oom_group_kill
+    #: (v1: oom_kill from memory.oom_control).
     events: Mapping[str, int] = field(default=EMPTY)
     #: v1 only: memory.failcnt.
     failcnt: int | None = None

@@ -94,7 +94,7 @@ class TestCgroup:
     def burn(self, seconds: float | None = None) -> subprocess.Popen[bytes]:
         """A CPU burner (busy loop), optionally ending by itself after `seconds`."""
         code = (
-            "import time\nend=time.monotonic()+%r\nwhile time.monotonic()<end: pass\n" % seconds
+            f"import time\nend=time.monotonic()+{seconds!r}\nwhile time.monotonic()<end: pass\n"
             if seconds is not None
             else "while True: pass\n"
         )
