@@ -1,0 +1,505 @@
+"""Container discovery: which cgroup is which workload.
+
+Three sources, cheapest first:
+1. path rules (`classify`, pure: cheap and exhaustively testable), following the paths runtimes
+   create with the cgroupfs and systemd drivers (listed below);
+2. OCI runtime state files (runc/crun, also docker's and containerd's runc roots): init pid,
+   bundle, annotations; a cgroup a state points at is a runc/crun container;
+3. namespaces: a cgroup none of the above claims, whose processes live in a pid or mnt
+   namespace other than the host's, is a container of runtime "unknown".
+
+Path rules:
+
+- docker: `/docker/<64hex>`, `docker-<64hex>.scope`
+- containerd (CRI): `cri-containerd-<64hex>.scope`; under a Kubernetes pod with the cgroupfs
+  driver a bare `<64hex>` (containerd, the runtime nearly every cluster uses since dockershim
+  went away; a runtime state file refines it)
+- CRI-O: `crio-<64hex>.scope` / `crio-<64hex>`; `crio-conmon-*` is its monitor, not a container
+- podman: `libpod-<64hex>.scope`; `libpod-conmon-*` is its monitor
+- LXC: `lxc.payload.<name>`, `lxc.payload/<name>`, `lxc/<name>`; `lxc.monitor.*` is a monitor
+- systemd-nspawn / machined: `machine-<escaped name>.scope`
+- Kubernetes pods: `kubepods[.slice]`, QoS `burstable`/`besteffort` (none = guaranteed), pod
+  `pod<uid>` or `kubepods[-<qos>]-pod<uid with _>.slice`
+- services: `*.service`
+
+A container's descendants (`init.scope`, `container`, ...) are plain cgroups of it, unless a
+container rule matches them (a nested runtime, e.g. a Kubernetes node in docker).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+
+from agent.model import WorkloadIdentity, WorkloadKind
+from collectors.cgroup_tree import inode_of, read_procs, walk
+from collectors.layout import CgroupLayout
+from collectors.procfs import (
+    NamespaceId,
+    ProcessInfo,
+    host_namespaces,
+    read_process,
+    read_processes,
+)
+from collectors.runtime_state import (
+    DEFAULT_RUNTIME_ROOTS,
+    RuntimeState,
+    StateCache,
+    read_runtime_states,
+)
+
+_HEX64 = r"[0-9a-f]{64}"
+_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(rf"docker-({_HEX64})\.scope"), "docker"),
+    (re.compile(rf"cri-containerd-({_HEX64})\.scope"), "containerd"),
+    (re.compile(rf"crio-({_HEX64})(?:\.scope)?"), "cri-o"),
+    (re.compile(rf"libpod-({_HEX64})\.scope"), "podman"),
+)
+_MONITORS = (
+    re.compile(rf"(?:crio|libpod)-conmon-{_HEX64}(?:\.scope)?"),
+    re.compile(r"lxc\.monitor(?:\..+)?"),
+)
+_HEX64_RE = re.compile(_HEX64)
+_LXC_PAYLOAD = re.compile(r"lxc\.payload\.(.+)")
+_MACHINE = re.compile(r"machine-(.+)\.scope")
+_KUBEPODS = re.compile(r"(?:.+-)?kubepods(?:\.slice)?")
+_QOS_SLICE = re.compile(r"(?:.+-)?kubepods-(burstable|besteffort)\.slice")
+_POD_SYSTEMD = re.compile(r"(?:.+-)?kubepods(?:-(burstable|besteffort))?-pod([0-9a-fA-F_]+)\.slice")
+_POD_CGROUPFS = re.compile(r"pod([0-9a-fA-F-]{8,})")
+_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
+class Role:
+    """Why a cgroup got its kind (kept as a plain string in Classification.role)."""
+
+    CONTAINER = "container"
+    POD = "pod"
+    MONITOR = "monitor"  # conmon, lxc.monitor: a runtime's helper, not a container
+    SERVICE = "service"
+    NESTED = "nested"  # a cgroup inside a container
+    PLAIN = ""
+
+
+@dataclass(frozen=True)
+class Classification:
+    kind: WorkloadKind
+    #: docker, containerd, cri-o, podman, lxc, systemd-nspawn, systemd, or "" when unknown.
+    runtime: str
+    #: The runtime's id (container id, LXC/machine name); None for services and plain cgroups.
+    id: str | None
+    name: str
+    pod_uid: str | None = None
+    qos_class: str | None = None
+    role: str = Role.PLAIN
+    #: For a nested cgroup: the path of the container it belongs to.
+    parent_container: str | None = None
+
+
+def systemd_unescape(s: str) -> str:
+    r"""Undo systemd unit-name escaping (`\x2d` -> `-`)."""
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), s)
+
+
+def _container_rule(comp: str, parent: str, in_pod: bool) -> tuple[str, str, str] | None:
+    """(runtime, id, name) when one path component is a container's own cgroup."""
+    for rx, runtime in _RULES:
+        m = rx.fullmatch(comp)
+        if m:
+            return runtime, m.group(1), m.group(1)[:12]
+    if _HEX64_RE.fullmatch(comp):
+        if parent == "docker":
+            return "docker", comp, comp[:12]
+        if in_pod:
+            return "containerd", comp, comp[:12]
+        return None
+    m = _LXC_PAYLOAD.fullmatch(comp)
+    if m:
+        return "lxc", m.group(1), m.group(1)
+    if parent in ("lxc", "lxc.payload") and not comp.startswith("lxc."):
+        return "lxc", comp, comp
+    m = _MACHINE.fullmatch(comp)
+    if m:
+        name = systemd_unescape(m.group(1))
+        return _machine_runtime(name), name, name
+    return None
+
+
+def _machine_runtime(name: str) -> str:
+    # machined registers libvirt guests too, as "qemu-<n>-<name>" / "lxc-<n>-<name>".
+    if name.startswith("qemu-"):
+        return "libvirt-qemu"
+    if name.startswith("lxc-"):
+        return "libvirt-lxc"
+    return "systemd-nspawn"
+
+
+def classify(path: str) -> Classification:
+    """What the cgroup at `path` ("/"-rooted, relative to the hierarchy root) is."""
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return Classification(WorkloadKind.CGROUP, "", None, "/")
+    kube = False
+    qos: str | None = None
+    pod_uid: str | None = None
+    pod_index = -1
+    enclosing: str | None = None
+    last = len(parts) - 1
+    for i, comp in enumerate(parts):
+        parent = parts[i - 1] if i else ""
+        # Kubernetes context, outermost first.
+        if pod_uid is None:
+            if _KUBEPODS.fullmatch(comp):
+                kube = True
+            elif kube and (m := _QOS_SLICE.fullmatch(comp)):
+                qos = m.group(1)
+            elif kube and comp in ("burstable", "besteffort"):
+                qos = comp
+            elif kube and (m := _POD_SYSTEMD.fullmatch(comp) or _POD_CGROUPFS.fullmatch(comp)):
+                groups = m.groups()
+                qos = groups[0] if len(groups) == 2 and groups[0] else qos or "guaranteed"
+                pod_uid = groups[-1].replace("_", "-").lower()
+                pod_index = i
+                if i == last:
+                    return Classification(
+                        WorkloadKind.CGROUP, "", None, comp, pod_uid, qos, Role.POD, enclosing
+                    )
+                continue
+        in_pod = pod_index == i - 1 and pod_index >= 0
+        hit = _container_rule(comp, parent, in_pod)
+        if i < last:
+            if hit is not None and enclosing is None:
+                enclosing = "/" + "/".join(parts[: i + 1])
+            continue
+        if hit is not None:
+            runtime, cid, name = hit
+            under_pod = pod_uid is not None and pod_index == i - 1
+            return Classification(
+                WorkloadKind.CONTAINER,
+                runtime,
+                cid,
+                name,
+                pod_uid if under_pod else None,
+                qos if under_pod else None,
+                Role.CONTAINER,
+                enclosing,
+            )
+        if enclosing is not None:
+            return Classification(WorkloadKind.CGROUP, "", None, comp, role=Role.NESTED,
+                                  parent_container=enclosing)
+        if any(rx.fullmatch(comp) for rx in _MONITORS):
+            return Classification(WorkloadKind.CGROUP, "", None, comp, role=Role.MONITOR)
+        if comp.endswith(".service"):
+            return Classification(WorkloadKind.SERVICE, "systemd", None, comp, role=Role.SERVICE)
+    return Classification(WorkloadKind.CGROUP, "", None, parts[-1], pod_uid, qos)
+
+
+# --- Discovery: path rules + runtime states + namespaces -----------------------------------
+
+#: Namespaces whose difference from the host's makes a cgroup a container.
+_ISOLATING = ("pid", "mnt")
+
+# Annotation keys runtimes use for Kubernetes names (containerd CRI first, then CRI-O).
+_K8S_POD = ("io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name")
+_K8S_NAMESPACE = ("io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace")
+_K8S_CONTAINER = ("io.kubernetes.cri.container-name", "io.kubernetes.container.name")
+_K8S_POD_UID = ("io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid")
+_K8S_TYPE = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
+
+
+def _first(annotations: Mapping[str, str], keys: Iterable[str]) -> str | None:
+    for k in keys:
+        v = annotations.get(k)
+        if v:
+            return v
+    return None
+
+
+def _ancestors(path: str) -> Iterable[str]:
+    """"/a/b/c" -> "/a/b", "/a" (nearest first; "/" is never a container)."""
+    while True:
+        path = path.rsplit("/", 1)[0]
+        if not path:
+            return
+        yield path
+
+
+class Discovery:
+    """Recognises the workloads of one host: a full `scan()` per cycle (one procfs pass, one
+    tree walk) and `identify()` for a single new cgroup between scans."""
+
+    def __init__(
+        self,
+        layout: CgroupLayout,
+        *,
+        proc_root: Path = Path("/proc"),
+        runtime_roots: Mapping[str, Path] = DEFAULT_RUNTIME_ROOTS,
+    ) -> None:
+        self.layout = layout
+        self.root = layout.reference_root
+        self.proc_root = proc_root
+        self.runtime_roots = runtime_roots
+        #: Hierarchy key of the reference tree in /proc/<pid>/cgroup.
+        self.ref_key = self._reference_key(layout)
+        self._state_cache: StateCache = {}
+        #: Container cgroups (path -> id) as of the last scan/identify, for nesting decisions.
+        self._containers: dict[str, str] = {}
+
+    @staticmethod
+    def _reference_key(layout: CgroupLayout) -> str:
+        if layout.unified is not None:
+            return "unified"
+        ref = layout.reference_root
+        for ctrl in ("cpuacct", "cpu", "memory", "pids", *layout.v1):
+            if layout.v1.get(ctrl) == ref:
+                return ctrl
+        return "unified"
+
+    # -- public ---------------------------------------------------------------------------
+
+    def scan(self) -> dict[str, WorkloadIdentity]:
+        """Every cgroup of the reference tree, keyed by WorkloadIdentity.id."""
+        dirs = walk(self.root)
+        procs = read_processes(self.proc_root)
+        host = host_namespaces(self.proc_root)
+        by_cgroup: dict[str, list[ProcessInfo]] = {}
+        for info in procs.values():
+            cg = info.cgroups.get(self.ref_key)
+            if cg is not None:
+                by_cgroup.setdefault(cg, []).append(info)
+        present = {d.path for d in dirs}
+        states = self._place_states(self._states(), procs, present)
+        containers: dict[str, str] = {}
+        out: dict[str, WorkloadIdentity] = {}
+        for d in dirs:
+            ident = self._build(
+                d.path, d.inode, by_cgroup, states.get(d.path), containers, procs, host
+            )
+            if ident.kind is WorkloadKind.CONTAINER:
+                containers[d.path] = ident.id
+            if ident.id in out:  # two cgroups claim one id: keep both, the later by path
+                ident = replace(ident, id=d.path)
+            out[ident.id] = ident
+        self._containers = containers
+        return out
+
+    def identify(self, path: str) -> WorkloadIdentity | None:
+        """One cgroup (e.g. just created); None if it does not exist (any more)."""
+        inode = inode_of(self.root, path)
+        if inode is None:
+            return None
+        procs: dict[int, ProcessInfo] = {}
+        for pid in read_procs(self.root, path):
+            info = read_process(pid, self.proc_root)
+            if info is not None:
+                procs[pid] = info
+        states = self._states()
+        for st in states.values():  # init pids placed elsewhere still decide their cgroup
+            if st.init_pid is not None and st.init_pid not in procs:
+                info = read_process(st.init_pid, self.proc_root)
+                if info is not None:
+                    procs[st.init_pid] = info
+        by_cgroup: dict[str, list[ProcessInfo]] = {}
+        for info in procs.values():
+            cg = info.cgroups.get(self.ref_key)
+            if cg is not None:
+                by_cgroup.setdefault(cg, []).append(info)
+        placed = self._place_states(states, procs, {path})
+        ident = self._build(
+            path, inode, by_cgroup, placed.get(path), self._containers, procs,
+            host_namespaces(self.proc_root),
+        )
+        if inode_of(self.root, path) != inode:
+            return None  # removed (or replaced) while we looked
+        if ident.kind is WorkloadKind.CONTAINER:
+            self._containers[path] = ident.id
+        return ident
+
+    # -- runtime states --------------------------------------------------------------------
+
+    def _states(self) -> dict[str, RuntimeState]:
+        return read_runtime_states(self.runtime_roots, self._state_cache)
+
+    def _state_cgroup(self, st: RuntimeState) -> str | None:
+        """The reference-tree path a runtime state names, if it names one."""
+        key = "" if self.ref_key == "unified" else self.ref_key
+        recorded = st.cgroup_paths.get(key)
+        if recorded:
+            try:
+                rel = Path(recorded).relative_to(self.root)
+            except ValueError:
+                return None
+            return "/" + str(rel) if str(rel) != "." else "/"
+        if st.runtime == "crun" and st.cgroup_path:
+            # crun records the path relative to the cgroup root of every hierarchy.
+            return "/" + st.cgroup_path.strip("/")
+        return None
+
+    def _alive(self, st: RuntimeState, procs: Mapping[int, ProcessInfo]) -> ProcessInfo | None:
+        """The state's init process, if it is still the process the runtime started."""
+        if st.init_pid is None:
+            return None
+        info = procs.get(st.init_pid)
+        if info is None:
+            return None
+        if st.init_start_ticks is not None and info.start_ticks != st.init_start_ticks:
+            return None  # pid reused: the state is stale
+        return info
+
+    def _place_states(
+        self,
+        states: Mapping[str, RuntimeState],
+        procs: Mapping[int, ProcessInfo],
+        present: set[str],
+    ) -> dict[str, RuntimeState]:
+        """cgroup path -> state: the path the state records, else its live init's cgroup.
+
+        A state that lands in a sub-cgroup of a path-rule container of the same id (podman's
+        `libpod-<id>.scope/container`) belongs to that container.
+        """
+        out: dict[str, RuntimeState] = {}
+        for st in states.values():
+            path = self._state_cgroup(st)
+            if path is None or path not in present:
+                init = self._alive(st, procs)
+                path = init.cgroups.get(self.ref_key) if init is not None else None
+            if path is None:
+                continue
+            for anc in _ancestors(path):
+                if classify(anc).id == st.id:
+                    path = anc
+                    break
+            if path in present:
+                out.setdefault(path, st)
+        return out
+
+    # -- one identity ----------------------------------------------------------------------
+
+    def _build(
+        self,
+        path: str,
+        inode: int,
+        by_cgroup: Mapping[str, list[ProcessInfo]],
+        state: RuntimeState | None,
+        containers: Mapping[str, str],
+        procs: Mapping[int, ProcessInfo],
+        host: Mapping[str, NamespaceId],
+    ) -> WorkloadIdentity:
+        cls = classify(path)
+        own = by_cgroup.get(path, [])
+        enclosing = cls.parent_container or next(
+            (a for a in _ancestors(path) if a in containers), None
+        )
+        labels: dict[str, str] = {}
+        if cls.kind is WorkloadKind.CONTAINER or (
+            state is not None and cls.role != Role.MONITOR
+        ):
+            return self._container(path, inode, cls, state, own, by_cgroup, procs, host)
+        if enclosing is not None:
+            labels["parent_container"] = containers.get(enclosing, enclosing)
+            return WorkloadIdentity(
+                id=path, kind=WorkloadKind.CGROUP, runtime="", name=cls.name, cgroup=path,
+                inode=inode, labels=MappingProxyType(labels),
+            )
+        if cls.kind is WorkloadKind.CGROUP and cls.role == Role.PLAIN and path != "/":
+            foreign = [p for p in own if _isolated(p, host)]
+            if foreign:
+                init = min(foreign, key=lambda p: (p.start_ticks, p.pid))
+                return WorkloadIdentity(
+                    id=path, kind=WorkloadKind.CONTAINER, runtime="unknown", name=cls.name,
+                    cgroup=path, inode=inode, init_pid=init.pid,
+                    namespaces=_ns_inodes(init),
+                )
+        return WorkloadIdentity(
+            id=path, kind=cls.kind, runtime=cls.runtime, name=cls.name, cgroup=path,
+            inode=inode, pod_uid=cls.pod_uid, qos_class=cls.qos_class,
+        )
+
+    def _container(
+        self,
+        path: str,
+        inode: int,
+        cls: Classification,
+        state: RuntimeState | None,
+        own: list[ProcessInfo],
+        by_cgroup: Mapping[str, list[ProcessInfo]],
+        procs: Mapping[int, ProcessInfo],
+        host: Mapping[str, NamespaceId],
+    ) -> WorkloadIdentity:
+        runtime, cid, name = cls.runtime, cls.id, cls.name
+        labels: dict[str, str] = {}
+        pod_name = namespace = None
+        pod_uid, qos = cls.pod_uid, cls.qos_class
+        init: ProcessInfo | None = None
+        if state is not None:
+            if cls.kind is not WorkloadKind.CONTAINER:
+                runtime, cid, name = state.runtime, state.id, state.id
+            elif state.source == "runc:moby" and cls.role == Role.CONTAINER and runtime in (
+                "containerd",
+            ):
+                runtime = "docker"  # a bare id under a pod, run by docker (cri-dockerd)
+            labels.update(state.annotations)
+            if state.bundle:
+                labels["bundle"] = state.bundle
+            if state.created:
+                labels["created"] = state.created
+            ann = state.annotations
+            pod_name = _first(ann, _K8S_POD)
+            namespace = _first(ann, _K8S_NAMESPACE)
+            pod_uid = pod_uid or _first(ann, _K8S_POD_UID)
+            if _first(ann, _K8S_TYPE) == "sandbox":
+                name = "POD"
+            else:
+                name = _first(ann, _K8S_CONTAINER) or name
+            init = self._alive(state, procs)
+        if init is None:
+            init = _oldest(own, host) or _oldest(_subtree(path, by_cgroup), host)
+        return WorkloadIdentity(
+            id=cid or path,
+            kind=WorkloadKind.CONTAINER,
+            runtime=runtime,
+            name=name,
+            cgroup=path,
+            inode=inode,
+            pod_name=pod_name,
+            pod_uid=pod_uid,
+            namespace=namespace,
+            qos_class=qos,
+            init_pid=init.pid if init is not None else None,
+            namespaces=_ns_inodes(init) if init is not None else MappingProxyType({}),
+            labels=MappingProxyType(labels),
+        )
+
+
+def _isolated(p: ProcessInfo, host: Mapping[str, NamespaceId]) -> bool:
+    """True when p lives in a pid or mnt namespace other than the host's (unreadable: no).
+
+    Kernel threads (kthreadd's children) do not count: kdevtmpfs has a mount namespace of its own.
+    """
+    if p.pid == 2 or p.ppid == 2:
+        return False
+    for kind in _ISOLATING:
+        mine, theirs = p.namespaces.get(kind), host.get(kind)
+        if mine is not None and theirs is not None and mine != theirs:
+            return True
+    return False
+
+
+def _oldest(procs: list[ProcessInfo], host: Mapping[str, NamespaceId]) -> ProcessInfo | None:
+    """The container's init: the earliest-started process, preferring isolated ones (a
+    launcher such as `unshare` stays in the host's namespaces beside its child)."""
+    if not procs:
+        return None
+    isolated = [p for p in procs if _isolated(p, host)]
+    return min(isolated or procs, key=lambda p: (p.start_ticks, p.pid))
+
+
+def _subtree(path: str, by_cgroup: Mapping[str, list[ProcessInfo]]) -> list[ProcessInfo]:
+    prefix = path.rstrip("/") + "/"
+    return [p for cg, ps in by_cgroup.items() if cg.startswith(prefix) for p in ps]
+
+
+def _ns_inodes(p: ProcessInfo) -> Mapping[str, int]:
+    return MappingProxyType({k: v.ino for k, v in p.namespaces.items()})
