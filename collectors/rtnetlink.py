@@ -298,7 +298,10 @@ class RtnlHandle:
                 if mseq != seq or mpid != portid:
                     self.changed = True  # a link notification (or a stale reply)
                 elif t == reply:
-                    out.append(parse(data, off + 16, off + ln))
+                    try:
+                        out.append(parse(data, off + 16, min(off + ln, size)))
+                    except (struct.error, IndexError) as e:
+                        raise OSError(errno.EPROTO, f"malformed netlink message: {e}") from e
                     if not dump:
                         return out
                 elif t == NLMSG_DONE:
