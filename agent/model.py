@@ -45,8 +45,8 @@ class WorkloadIdentity:
     qos_class: str | None = None
     init_pid: int | None = None
     #: Namespace kind (net, pid, mnt, ...) -> inode of the init process's namespace.
-    namespaces: Mapping[str, int] = field(default=EMPTY_NS)
-    labels: Mapping[str, str] = field(default=EMPTY_LABELS)
+    namespaces: Mapping[str, int] = field(default_factory=lambda: EMPTY_NS)
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
 
     @property
     def incarnation(self) -> tuple[str, int]:

@@ -47,10 +47,10 @@ class MemorySample:
     swap_current: int | None = None
     swap_max: int | None = None
     #: Every `memory.stat` key, by name (v1 keys are translated to their v2 names).
-    stat: Mapping[str, int] = field(default=EMPTY)
+    stat: Mapping[str, int] = field(default_factory=lambda: EMPTY)
     #: `memory.events` keys: low, high, max, oom, oom_kill, oom_group_kill
     #: (v1: oom_kill from memory.oom_control).
-    events: Mapping[str, int] = field(default=EMPTY)
+    events: Mapping[str, int] = field(default_factory=lambda: EMPTY)
     #: v1 only: memory.failcnt.
     failcnt: int | None = None
 
@@ -141,7 +141,7 @@ class CgroupSample:
     populated: bool | None = None
     frozen: bool | None = None
     #: cgroup.stat keys (nr_descendants, nr_dying_descendants, ...).
-    stat: Mapping[str, int] = field(default=EMPTY)
+    stat: Mapping[str, int] = field(default_factory=lambda: EMPTY)
     #: Per v1 controller, the path read in that hierarchy (differs between hierarchies).
     v1_paths: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
