@@ -1,0 +1,7 @@
+"""`python -m agent` runs the daemon (same as `agentd`)."""
+
+import sys
+
+from agent.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,184 @@
+"""One collection cycle: the known workloads, read through collectors, into a Snapshot.
+
+Runs in a worker thread (blocking kernel reads); the event loop only swaps the finished,
+immutable snapshot in. Workloads are kept by cgroup path: a full discovery scan at start, after
+an inotify overflow and every `rescan_interval`; in between, inotify creations and deletions.
+A workload is identified again during its first cycles, because a runtime creates the cgroup
+before it moves the container's processes in (and writes its state file).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from collectors.cgroupfs import CgroupReader
+
+from agent.component import AgentContext, Component
+from agent.discovery import Discovery
+from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadState
+from agent.rates import compute_rates
+from collectors.samples import CgroupSample
+
+log = logging.getLogger("agent.collection")
+
+#: How many cycles a new workload is identified again.
+YOUNG_CYCLES = 3
+
+
+@dataclass
+class _Tracked:
+    identity: WorkloadIdentity
+    young: int = YOUNG_CYCLES
+
+
+@dataclass
+class CollectionState:
+    by_path: dict[str, _Tracked] = field(default_factory=dict)
+    prev_samples: dict[str, CgroupSample] = field(default_factory=dict)
+    prev_net: dict[str, tuple[int, int]] = field(default_factory=dict)
+    seq: int = 0
+
+
+class Collector:
+    def __init__(self, discovery: Discovery, reader: CgroupReader) -> None:
+        self.discovery = discovery
+        self.reader = reader
+        self.state = CollectionState()
+        self._lock = threading.Lock()
+
+    # -- workloads ---------------------------------------------------------------------
+    def full_scan(self) -> list[str]:
+        """Rediscover everything; returns the cgroup paths now known."""
+        found = self.discovery.scan()
+        with self._lock:
+            old = self.state.by_path
+            self.state.by_path = {
+                w.cgroup: old.get(w.cgroup, _Tracked(w)) for w in found.values()
+            }
+            for w in found.values():
+                self.state.by_path[w.cgroup].identity = w
+            return list(self.state.by_path)
+
+    def add_paths(self, paths: Iterable[str]) -> list[WorkloadIdentity]:
+        added: list[WorkloadIdentity] = []
+        for path in paths:
+            ident = self.discovery.identify(path)
+            if ident is None:
+                continue
+            with self._lock:
+                self.state.by_path[path] = _Tracked(ident)
+            added.append(ident)
+        return added
+
+    def remove_paths(self, paths: Iterable[str]) -> list[WorkloadIdentity]:
+        gone: list[WorkloadIdentity] = []
+        with self._lock:
+            for path in paths:
+                for p in [p for p in self.state.by_path if p == path or p.startswith(path + "/")]:
+                    gone.append(self.state.by_path.pop(p).identity)
+        return gone
+
+    def identities(self) -> list[WorkloadIdentity]:
+        with self._lock:
+            return [t.identity for t in self.state.by_path.values()]
+
+    def _refresh_young(self) -> None:
+        with self._lock:
+            young = [t for t in self.state.by_path.values() if t.young > 0]
+        for t in young:
+            t.young -= 1
+            ident = self.discovery.identify(t.identity.cgroup)
+            if ident is not None:
+                t.identity = ident
+
+    # -- reading -----------------------------------------------------------------------
+    def read(self, idents: Iterable[WorkloadIdentity]) -> dict[str, WorkloadState]:
+        """Read samples (no rates yet); vanished cgroups are dropped from the result."""
+        out: dict[str, WorkloadState] = {}
+        for ident in idents:
+            sample = self.reader.read(ident.cgroup, member_pid=ident.init_pid)
+            if sample.vanished:
+                continue
+            if sample.inode is not None and sample.inode != ident.inode:
+                # Recreated at the same path since discovery: a new incarnation.
+                ident = self.discovery.identify(ident.cgroup) or ident
+            out[ident.id] = WorkloadState(identity=ident, sample=sample)
+        return out
+
+    def cycle(
+        self,
+        ctx: AgentContext,
+        host: HostInfo,
+        components: list[Component],
+        net_totals: Callable[[Snapshot], dict[str, tuple[int, int]] | None],
+    ) -> Snapshot:
+        cpu0 = time.thread_time_ns()
+        self._refresh_young()
+        states = self.read(self.identities())
+        self.state.seq += 1
+        snap = Snapshot(
+            seq=self.state.seq,
+            wall_ns=time.time_ns(),
+            monotonic_ns=time.monotonic_ns(),
+            cycle_cpu_ns=0,
+            host=host,
+            workloads=MappingProxyType(states),
+        )
+        extras: dict[str, object] = {}
+        for comp in components:
+            try:
+                result = comp.collect(ctx, snap)
+            except Exception:
+                log.exception("component %s failed to collect", comp.name)
+                continue
+            if result is not None:
+                extras[comp.name] = result
+        snap = Snapshot(
+            seq=snap.seq,
+            wall_ns=snap.wall_ns,
+            monotonic_ns=snap.monotonic_ns,
+            cycle_cpu_ns=0,
+            host=host,
+            workloads=snap.workloads,
+            extras=MappingProxyType(extras),
+        )
+        nets = net_totals(snap) or {}
+        with_rates: dict[str, WorkloadState] = {}
+        for wid, st in states.items():
+            prev = self.state.prev_samples.get(wid)
+            rates = compute_rates(prev, st.sample, self.state.prev_net.get(wid), nets.get(wid))
+            with_rates[wid] = WorkloadState(st.identity, st.sample, rates)
+        self.state.prev_samples = {wid: st.sample for wid, st in states.items()}
+        self.state.prev_net = dict(nets)
+        return Snapshot(
+            seq=snap.seq,
+            wall_ns=snap.wall_ns,
+            monotonic_ns=snap.monotonic_ns,
+            cycle_cpu_ns=time.thread_time_ns() - cpu0,
+            host=host,
+            workloads=MappingProxyType(with_rates),
+            extras=snap.extras,
+        )
+
+    def amend(
+        self, snap: Snapshot, added: list[WorkloadIdentity], gone: list[WorkloadIdentity]
+    ) -> Snapshot:
+        """A snapshot with workloads added (first sample read now) or removed, between cycles."""
+        workloads = dict(snap.workloads)
+        for ident in gone:
+            workloads.pop(ident.id, None)
+        workloads.update(self.read(added))
+        return Snapshot(
+            seq=snap.seq,
+            wall_ns=snap.wall_ns,
+            monotonic_ns=snap.monotonic_ns,
+            cycle_cpu_ns=snap.cycle_cpu_ns,
+            host=snap.host,
+            workloads=MappingProxyType(workloads),
+            extras=snap.extras,
+        )

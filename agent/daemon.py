@@ -1,0 +1,314 @@
+"""agentd: one asyncio loop that collects snapshots, serves them, and hosts the components."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from aiohttp import web
+from collectors.cgroupfs import CgroupReader
+
+from agent.api import ReadApi
+from agent.collection import Collector
+from agent.component import AgentContext, Component
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from agent.discovery import Discovery
+from agent.exit_codes import ExitCode
+from agent.exposition import MetricsRenderer
+from agent.hostinfo import read_host_info
+from agent.model import HostInfo, Snapshot
+from agent.registry import builtin_components
+from agent.store import Store
+from agent.tree_watch import CgroupTreeWatch
+from collectors.layout import CgroupLayout, LayoutError, detect_layout
+
+log = logging.getLogger("agent")
+
+
+def _net_totals(snapshot: Snapshot) -> dict[str, tuple[int, int]] | None:
+    net = snapshot.extras.get("network")
+    totals = getattr(net, "totals_by_workload", None)
+    return dict(totals) if totals is not None else None
+
+
+class Agent:
+    def __init__(
+        self, config: AgentConfig, layout: CgroupLayout, components: list[Component]
+    ) -> None:
+        self.config = config
+        self.layout = layout
+        self.components = components
+        self.store = Store(config.state_dir / "agent.db")
+        self.collector = Collector(Discovery(layout), CgroupReader(layout))
+        self.renderer = MetricsRenderer(cadvisor=bool(config["cadvisor"]))
+        self.snapshot: Snapshot | None = None
+        self.started = time.monotonic()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._host: HostInfo | None = None
+        self._watch: CgroupTreeWatch | None = None
+        self._runners: list[web.AppRunner] = []
+        self._last_rescan = 0.0
+        self.ctx = AgentContext(
+            config=config.values,
+            state_dir=config.state_dir,
+            layout=layout,
+            store=self.store,
+            latest=lambda: self.snapshot,
+            request_cycle=self._wake.set,
+        )
+        self.ctx.components.update({c.name: c for c in components})
+        self.notifier = _notifier()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.ctx.loop = loop
+        for comp in self.components:
+            await comp.start(self.ctx)
+        self._host = read_host_info(self.layout, self.ctx.host_facts)
+        await loop.run_in_executor(None, self._initial_scan)
+        loop.add_reader(self._watch_fd(), self._on_tree_event)
+        await self._serve()
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        first = True
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            await self._cycle()
+            if first:
+                self.notifier.ready()
+                log.info("ready: %d workloads, first snapshot published",
+                         len(self.snapshot.workloads) if self.snapshot else 0)
+                first = False
+            self.notifier.watchdog()
+            interval = float(self.config["interval"])
+            timeout = max(0.0, interval - (time.monotonic() - started))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await _first(self._stopping.wait(), self._wake.wait())
+        log.info("stopping")
+        self.notifier.stopping()
+        await self._shutdown()
+        return 0
+
+    def _watch_fd(self) -> int:
+        assert self._watch is not None
+        return self._watch.fd
+
+    def _initial_scan(self) -> None:
+        self._watch = CgroupTreeWatch(self.layout.reference_root)
+        self._watch.watch_subtree("/")
+        self._rescan()
+
+    def _rescan(self) -> None:
+        paths = self.collector.full_scan()
+        if self._watch is not None:
+            self._watch.set_watched(set(paths) | {"/"})
+        self._last_rescan = time.monotonic()
+
+    async def _cycle(self) -> None:
+        loop = asyncio.get_running_loop()
+        if time.monotonic() - self._last_rescan >= float(self.config["rescan_interval"]):
+            await loop.run_in_executor(None, self._rescan)
+        assert self._host is not None
+        host = self._host
+        if dict(host.facts) != self.ctx.host_facts:
+            host = self._host = read_host_info(self.layout, self.ctx.host_facts)
+
+        def work() -> Snapshot:
+            snap = self.collector.cycle(self.ctx, host, self.components, _net_totals)
+            self.renderer.prepare(snap)
+            return snap
+
+        try:
+            snap = await loop.run_in_executor(None, work)
+        except Exception:
+            log.exception("collection cycle failed")
+            return
+        self.snapshot = snap
+        self.notifier.status(f"{len(snap.workloads)} workloads, cycle {snap.seq}")
+        for comp in self.components:
+            try:
+                await comp.on_snapshot(snap)
+            except Exception:
+                log.exception("component %s failed on snapshot %d", comp.name, snap.seq)
+
+    def _on_tree_event(self) -> None:
+        assert self._watch is not None
+        changes = self._watch.changes()
+        if changes.overflow:
+            log.warning("inotify queue overflowed: rescanning the cgroup tree")
+            self._wake.set()
+            self._last_rescan = 0.0
+            return
+        if not changes.created and not changes.deleted:
+            return
+        asyncio.get_running_loop().create_task(self._apply(changes.created, changes.deleted))
+
+    async def _apply(self, created: list[str], deleted: list[str]) -> None:
+        def work() -> Snapshot | None:
+            gone = self.collector.remove_paths(deleted)
+            added = self.collector.add_paths(created)
+            snap = self.snapshot
+            if snap is None:
+                return None
+            return self.collector.amend(snap, added, gone)
+
+        snap = await asyncio.get_running_loop().run_in_executor(None, work)
+        if snap is not None:
+            self.snapshot = snap
+            log.debug("tree change: +%d -%d cgroups", len(created), len(deleted))
+
+    def _reload(self) -> None:
+        path = self.config.source
+        try:
+            fresh = load_config(path, self.components, self.config.overrides)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        changed = [k for k in ("interval", "log_level", "cadvisor")
+                   if fresh[k] != self.config[k]]
+        for k in ("listen", "socket", "state_dir"):
+            if fresh[k] != self.config[k]:
+                log.warning("reload: %s changes only at restart", k)
+        self.config = AgentConfig(
+            values=MappingProxyType({**fresh.values, **{k: self.config[k] for k in
+                                                        ("listen", "socket", "state_dir")}}),
+            source=fresh.source,
+            overrides=self.config.overrides,
+        )
+        self.ctx.config = self.config.values
+        logging.getLogger().setLevel(self.config["log_level"].upper())
+        self.renderer.cadvisor = bool(self.config["cadvisor"])
+        log.info("configuration reloaded (%s)", ", ".join(changed) or "no change")
+        self._wake.set()
+
+    # -- HTTP --------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        api = ReadApi(lambda: self.snapshot, self.renderer, self.components, self.started)
+        read_routes = api.routes()
+        for comp in self.components:
+            read_routes.extend(comp.routes())
+        control_routes = [r for c in self.components for r in c.control_routes()]
+        listen = str(self.config["listen"])
+        if listen:
+            host, _, port = listen.rpartition(":")
+            tcp_app = web.Application()
+            tcp_app.add_routes(read_routes)
+            runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            self._runners.append(runner)
+            log.info("listening on http://%s (read-only)", listen)
+        sock = self.config.socket
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        unix_app = web.Application()
+        unix_app.add_routes(read_routes + control_routes)
+        runner = web.AppRunner(unix_app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.UnixSite(runner, str(sock)).start()
+        os.chmod(sock, int(self.config["socket_mode"]))
+        self._runners.append(runner)
+        log.info("listening on unix:%s (API and control)", sock)
+
+    async def _shutdown(self) -> None:
+        for comp in reversed(self.components):
+            try:
+                await comp.stop()
+            except Exception:
+                log.exception("component %s failed to stop", comp.name)
+        for runner in self._runners:
+            await runner.cleanup()
+        with contextlib.suppress(OSError):
+            self.config.socket.unlink()
+        if self._watch is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._watch.fd)
+            self._watch.close()
+        self.store.close()
+
+
+async def _first(*aws: Any) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+class _NullNotifier:
+    def ready(self) -> None: ...
+    def status(self, text: str) -> None: ...
+    def watchdog(self) -> None: ...
+    def stopping(self) -> None: ...
+
+
+def _notifier() -> Any:
+    try:
+        from agent.sdnotify import Notifier
+    except ImportError:
+        return _NullNotifier()
+    return Notifier()
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agentd", description="container-agent daemon")
+    p.add_argument("--config", type=Path, default=None,
+                   help=f"TOML configuration (default {DEFAULT_CONFIG_PATH} if it exists)")
+    p.add_argument("--interval", type=float, default=None, help="seconds between cycles (1-60)")
+    p.add_argument("--listen", default=None, help="HOST:PORT for HTTP, '' to disable TCP")
+    p.add_argument("--socket", default=None, help="Unix socket path")
+    p.add_argument("--state-dir", dest="state_dir", default=None, help="state directory")
+    p.add_argument("--log-level", dest="log_level", default=None,
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--cadvisor", action="store_true", default=None,
+                   help="also export cAdvisor metric names")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration and exit")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    components = builtin_components()
+    overrides = {k: getattr(args, k) for k in
+                 ("interval", "listen", "socket", "state_dir", "log_level", "cadvisor")}
+    path = args.config or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None)
+    try:
+        config = load_config(path, components, overrides, required=args.config is not None)
+        layout = detect_layout()
+    except (ConfigError, LayoutError) as e:
+        print(f"agentd: {e}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    if args.check_config:
+        print(f"agentd: configuration OK ({path or 'embedded defaults'})")
+        return 0
+    logging.getLogger().setLevel(config["log_level"].upper())
+    try:
+        agent = Agent(config, layout, components)
+    except OSError as e:
+        print(f"agentd: cannot open state in {config.state_dir}: {e.strerror}", file=sys.stderr)
+        return int(ExitCode.FAILED)
+    try:
+        return asyncio.run(agent.run())
+    except OSError as e:
+        print(f"agentd: {e}", file=sys.stderr)
+        return int(ExitCode.FAILED)

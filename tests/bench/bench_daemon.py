@@ -1,0 +1,82 @@
+"""agentd with 1,000 real cgroups: cycle CPU time, /metrics latency, RSS, discovery latency.
+
+Targets (issue 3): p99 scrape <= 50 ms, RSS <= 80 MB; a new cgroup visible in the API within
+100 ms. Prints figures; asserts nothing about time. Run as root: `.venv/bin/python
+tests/bench/bench_daemon.py [N]`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support.agentd import running_agent  # noqa: E402
+from tests.support.cgroups import CgroupFactory  # noqa: E402
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main(n: int = 1000) -> None:
+    factory = CgroupFactory(tag="bench")
+    try:
+        t0 = time.monotonic()
+        for i in range(n):
+            factory.create(f"c{i:04d}")
+        print(f"created {n} cgroups in {time.monotonic() - t0:.1f} s")
+        with running_agent({"interval": 5}) as agent:
+            seq0 = agent.get("/healthz")["snapshot_seq"]
+            agent.wait_for(lambda: agent.get("/healthz")["snapshot_seq"] >= seq0 + 3,
+                           timeout=120, interval=0.2)
+            host = agent.get("/api/v1/host")
+            print(f"workloads tracked: {host['workloads']}")
+            cycles = []
+            for _ in range(3):
+                s = agent.get("/healthz")["snapshot_seq"]
+                agent.wait_for(lambda s=s: agent.get("/healthz")["snapshot_seq"] > s,
+                               timeout=60, interval=0.2)
+                cycles.append(agent.get("/api/v1/host")["cycle_cpu_seconds"])
+            print("cycle CPU time (s): " + ", ".join(f"{c:.3f}" for c in cycles)
+                  + f"  median {statistics.median(cycles):.3f}")
+            lat = []
+            size = 0
+            for _ in range(100):
+                t = time.perf_counter()
+                with urllib.request.urlopen(agent.base_url + "/metrics", timeout=10) as r:
+                    size = len(r.read())
+                lat.append((time.perf_counter() - t) * 1000)
+            lat.sort()
+            print(f"/metrics ({size / 1e6:.1f} MB): median {statistics.median(lat):.1f} ms, "
+                  f"p99 {lat[98]:.1f} ms, max {lat[-1]:.1f} ms (target p99 <= 50 ms)")
+            print(f"agent RSS: {rss_kib(agent.proc.pid) / 1024:.1f} MiB (target <= 80 MB)")
+            # Discovery latency: mkdir -> visible in /api/v1/containers/<path>.
+            late = []
+            for i in range(20):
+                t = time.perf_counter()
+                cg = factory.create(f"new{i:02d}")
+                url = agent.base_url + "/api/v1/containers/" + cg.rel.lstrip("/")
+                while True:
+                    try:
+                        with urllib.request.urlopen(url, timeout=5):
+                            break
+                    except urllib.error.HTTPError:
+                        time.sleep(0.002)
+                late.append((time.perf_counter() - t) * 1000)
+            late.sort()
+            print(f"new cgroup visible in API: median {statistics.median(late):.1f} ms, "
+                  f"max {late[-1]:.1f} ms (target <= 100 ms)")
+    finally:
+        factory.close()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)

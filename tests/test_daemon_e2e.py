@@ -1,0 +1,192 @@
+"""agentd end to end: a real daemon, real cgroups, HTTP, the Unix socket and agentctl."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import needs_root
+from tests.support.agentd import BIN, RunningAgent, running_agent, write_toml
+from tests.support.cgroups import CgroupFactory, TestCgroup
+
+pytestmark = needs_root
+
+
+def _samples(text: str, name: str) -> list[Any]:
+    out = []
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name:
+                out.append(s)
+    return out
+
+
+def _workload(agent: RunningAgent, cgroup: str) -> dict[str, Any] | None:
+    data = agent.get("/api/v1/containers?kind=cgroup,container,service")
+    for c in data["containers"]:
+        if c["cgroup"] == cgroup:
+            return dict(c)
+    return None
+
+
+def _seq(agent: RunningAgent) -> int:
+    return int(agent.get("/healthz")["snapshot_seq"])
+
+
+def _wait_cycles(agent: RunningAgent, n: int = 2) -> None:
+    start = _seq(agent)
+    agent.wait_for(lambda: _seq(agent) >= start + n, timeout=20)
+
+
+def test_new_cgroup_appears_in_api_and_agentctl(cgroups: CgroupFactory) -> None:
+    with running_agent({"interval": 5}) as agent:
+        cg = cgroups.create("appears")
+        cg.spawn(["sleep", "30"])
+        # Interval is 5 s: the cgroup must come through inotify, not the next cycle.
+        found = agent.wait_for(lambda: _workload(agent, cg.rel), timeout=4)
+        assert found["kind"] == "cgroup"
+        out = agent.agentctl("ls", "--all", "--json")
+        assert out.returncode == 0, out.stderr
+        assert cg.rel in [c["cgroup"] for c in json.loads(out.stdout)]
+        table = agent.agentctl("ls", "--all")
+        assert cg.rel in table.stdout
+        show = agent.agentctl("show", cg.rel)
+        assert show.returncode == 0, show.stderr
+        assert f"cgroup:    {cg.rel}" in show.stdout
+        cg.remove()
+        agent.wait_for(lambda: _workload(agent, cg.rel) is None, timeout=4)
+
+
+def test_metrics_cpu_equals_kernel_counter(cgroups: CgroupFactory) -> None:
+    with running_agent({"interval": 1}) as agent:
+        cg = cgroups.create("cpu-exact")
+        burner = cg.burn(seconds=0.4)
+        burner.wait(timeout=30)
+        kernel_usec = cg.cpu_usage_usec()  # the burner has exited: the counter is final
+        _wait_cycles(agent, 2)
+        text = agent.get_text("/metrics")
+        got = [s for s in _samples(text, "container_agent_cpu_usage_seconds_total")
+               if s.labels["cgroup"] == cg.rel]
+        assert len(got) == 1
+        assert round(got[0].value * 1e6) == kernel_usec
+        assert kernel_usec > 300_000
+
+
+def test_cpu_rate_of_a_quota_limited_burner(cgroups: CgroupFactory) -> None:
+    cg = cgroups.create("rate")
+    if "cpu" in cg.dirs:  # v1 cpu controller (hybrid, legacy)
+        cg.write("cpu", "cpu.cfs_period_us", "100000")
+        cg.write("cpu", "cpu.cfs_quota_us", "25000")
+    elif (cg.dirs["unified"] / "cpu.max").exists():
+        cg.write("unified", "cpu.max", "25000 100000")
+    else:
+        pytest.skip("no cpu controller to set a quota with")
+    cg.burn()
+    with running_agent({"interval": 2}) as agent:
+        _wait_cycles(agent, 3)
+        rates = []
+        for _ in range(3):
+            _wait_cycles(agent, 1)
+            w = _workload(agent, cg.rel)
+            assert w is not None and w["cpu_cores"] is not None
+            rates.append(w["cpu_cores"])
+        # The quota is 0.25 cores; a busy loop uses all of it.
+        for r in rates:
+            assert abs(r - 0.25) / 0.25 <= 0.05, rates
+
+
+def test_cadvisor_names_and_openmetrics(cgroups: CgroupFactory) -> None:
+    cg = cgroups.create("cadv")
+    cg.spawn(["sleep", "30"])
+    with running_agent({"cadvisor": True}) as agent:
+        agent.wait_for(lambda: _workload(agent, cg.rel))
+        _wait_cycles(agent, 1)
+        text = agent.get_text("/metrics")
+        ids = {s.labels["id"] for s in _samples(text, "container_cpu_usage_seconds_total")}
+        assert cg.rel in ids
+        assert _samples(text, "container_memory_working_set_bytes")
+        om = agent.get_text("/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert om.rstrip().endswith("# EOF")
+        assert om.count("# EOF") == 1
+
+
+def test_hostile_cgroup_names_scrape_and_parse(cgroups: CgroupFactory) -> None:
+    names = ['quo"te\\back', "new\nline", os.fsdecode(b"bad\xffutf8")]
+    made: list[TestCgroup] = []
+    for n in names:
+        cg = cgroups.create(n)
+        cg.spawn(["sleep", "30"])
+        made.append(cg)
+    with running_agent() as agent:
+        _wait_cycles(agent, 2)
+        text = agent.get_text("/metrics")
+        cgs = {s.labels["cgroup"] for s in _samples(text, "container_agent_cpu_usage_seconds_total")}
+        assert made[0].rel in cgs
+        assert made[1].rel in cgs
+        bad = made[2].rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        assert bad in cgs
+        listing = agent.agentctl("ls", "--all", "--json")
+        assert listing.returncode == 0
+
+
+def test_sigterm_exits_cleanly_and_socket_removed() -> None:
+    with running_agent() as agent:
+        assert agent.socket.exists()
+        rc = agent.stop()
+    assert rc == 0
+    assert not agent.socket.exists()
+    assert "Traceback" not in agent.log()
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ("intervall = 5\n", "intervall: unknown key"),
+        ("interval = 0\n", "interval: must be between 1 and 60"),
+        ('interval = "fast"\n', "interval: expected a number"),
+        ("[nosuch]\nx = 1\n", "[nosuch]: unknown section"),
+        ("interval = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, toml: str, needle: str) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(toml)
+    out = subprocess.run([str(BIN / "agentd"), "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert needle in lines[0]
+
+
+def test_agentctl_without_daemon_and_unknown_container(tmp_path: Path) -> None:
+    out = subprocess.run([str(BIN / "agentctl"), "--socket", str(tmp_path / "none.sock"), "ls"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 4
+    assert out.stderr.startswith("agentctl: agent is not running")
+    assert len(out.stderr.strip().splitlines()) == 1
+    with running_agent() as agent:
+        r = agent.agentctl("show", "no-such-container")
+        assert r.returncode == 5
+        assert r.stderr.strip().splitlines() == [
+            "agentctl: no container, workload or cgroup matches 'no-such-container'"]
+
+
+def test_sighup_reloads_interval(tmp_path: Path) -> None:
+    with running_agent({"interval": 10}) as agent:
+        config = {"interval": 1, "listen": f"127.0.0.1:{agent.port}",
+                  "socket": str(agent.socket), "state_dir": str(agent.state_dir)}
+        write_toml(agent.config_path, config)
+        agent.proc.send_signal(1)
+        start = _seq(agent)
+        t0 = time.monotonic()
+        agent.wait_for(lambda: _seq(agent) >= start + 3, timeout=8)
+        assert time.monotonic() - t0 < 8
+        assert "configuration reloaded (interval)" in agent.log()
