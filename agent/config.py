@@ -54,7 +54,7 @@ TOP_LEVEL: Mapping[str, Setting] = MappingProxyType(
     {
         "interval": Setting((int, float), 5, "seconds between cycles (1-60)", _interval),
         "listen": Setting(
-            str, f"127.0.0.1:{DEFAULT_PORT}", "TCP HOST:PORT for /metrics and read-only API", _listen
+            str, f"127.0.0.1:{DEFAULT_PORT}", "TCP HOST:PORT for /metrics and the API", _listen
         ),
         "socket": Setting(str, "", "Unix socket path (API and control verbs)"),
         "socket_mode": Setting(int, 0o660, "permission bits of the Unix socket"),

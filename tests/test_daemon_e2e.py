@@ -127,7 +127,8 @@ def test_hostile_cgroup_names_scrape_and_parse(cgroups: CgroupFactory) -> None:
     with running_agent() as agent:
         _wait_cycles(agent, 2)
         text = agent.get_text("/metrics")
-        cgs = {s.labels["cgroup"] for s in _samples(text, "container_agent_cpu_usage_seconds_total")}
+        usage = _samples(text, "container_agent_cpu_usage_seconds_total")
+        cgs = {s.labels["cgroup"] for s in usage}
         assert made[0].rel in cgs
         assert made[1].rel in cgs
         bad = made[2].rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

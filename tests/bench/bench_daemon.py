@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.agentd import running_agent  # noqa: E402
-from tests.support.cgroups import CgroupFactory  # noqa: E402
+from tests.support.agentd import running_agent
+from tests.support.cgroups import CgroupFactory
 
 
 def rss_kib(pid: int) -> int:
