@@ -187,10 +187,13 @@ def classify(path: str) -> Classification:
                 enclosing,
             )
         if enclosing is not None:
-            return Classification(WorkloadKind.CGROUP, "", None, comp, role=Role.NESTED,
-                                  parent_container=enclosing)
+            return Classification(
+                WorkloadKind.CGROUP, "", None, comp, role=Role.NESTED, parent_container=enclosing
+            )
         if any(rx.fullmatch(comp) for rx in _MONITORS):
-            return Classification(WorkloadKind.CGROUP, "", None, comp, role=Role.MONITOR)
+            return Classification(
+                WorkloadKind.CGROUP, "", None, comp, pod_uid, qos, role=Role.MONITOR
+            )
         if comp.endswith(".service"):
             return Classification(WorkloadKind.SERVICE, "systemd", None, comp, role=Role.SERVICE)
     return Classification(WorkloadKind.CGROUP, "", None, parts[-1], pod_uid, qos)
