@@ -407,9 +407,8 @@ class Discovery:
                 inode=inode, labels=MappingProxyType(labels),
             )
         if cls.kind is WorkloadKind.CGROUP and cls.role == Role.PLAIN and path != "/":
-            foreign = [p for p in own if _isolated(p, host)]
-            if foreign:
-                init = min(foreign, key=lambda p: (p.start_ticks, p.pid))
+            init = _oldest(own, host) if any(_isolated(p, host) for p in own) else None
+            if init is not None:
                 return WorkloadIdentity(
                     id=path, kind=WorkloadKind.CONTAINER, runtime="unknown", name=cls.name,
                     cgroup=path, inode=inode, init_pid=init.pid,
@@ -483,11 +482,12 @@ def _isolated(p: ProcessInfo, host: Mapping[str, NamespaceId]) -> bool:
     """
     if p.pid == 2 or p.ppid == 2:
         return False
-    for kind in _ISOLATING:
-        mine, theirs = p.namespaces.get(kind), host.get(kind)
-        if mine is not None and theirs is not None and mine != theirs:
-            return True
-    return False
+    return any(_differs(p, host, kind) for kind in _ISOLATING)
+
+
+def _differs(p: ProcessInfo, host: Mapping[str, NamespaceId], kind: str) -> bool:
+    mine, theirs = p.namespaces.get(kind), host.get(kind)
+    return mine is not None and theirs is not None and mine != theirs
 
 
 def _oldest(procs: list[ProcessInfo], host: Mapping[str, NamespaceId]) -> ProcessInfo | None:
@@ -495,8 +495,14 @@ def _oldest(procs: list[ProcessInfo], host: Mapping[str, NamespaceId]) -> Proces
     launcher such as `unshare` stays in the host's namespaces beside its child)."""
     if not procs:
         return None
-    isolated = [p for p in procs if _isolated(p, host)]
-    return min(isolated or procs, key=lambda p: (p.start_ticks, p.pid))
+
+    def rank(p: ProcessInfo) -> tuple[bool, bool, int, int]:
+        # `unshare --pid --mount --fork` itself gets the new mnt namespace but stays in the
+        # host's pid namespace: the process in the new pid namespace is the container's init.
+        in_own_pid = _differs(p, host, "pid")
+        return (not in_own_pid, not _isolated(p, host), p.start_ticks, p.pid)
+
+    return min(procs, key=rank)
 
 
 def _subtree(path: str, by_cgroup: Mapping[str, list[ProcessInfo]]) -> list[ProcessInfo]:

@@ -202,6 +202,7 @@ def runc_container(
     bundle = tmp / "bundle"
     recorded: dict[str, str] = {}
     started = False
+    init_pid: int | None = None
     try:
         bundle.mkdir()
         build_rootfs(bundle / "rootfs")
@@ -235,7 +236,7 @@ def runc_container(
         )
     finally:
         if started:
-            _destroy(root, cid)
+            _destroy(root, cid, init_pid)
         factory = place.factory if isinstance(place, TestCgroup) else place
         dirs = {**expected_cgroup_dirs(cgroups_path), **recorded}
         _remove_cgroup_dirs(dirs, cgroups_path, own_prefix, factory)
@@ -270,7 +271,16 @@ def _unified_root() -> Path | None:
     return detect_layout().unified
 
 
-def _destroy(root: Path, cid: str) -> None:
+def process_dead(pid: int) -> bool:
+    """Gone, or a zombie (its parent, pid 1 here, reaps runc's orphans a second or so later)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+def _destroy(root: Path, cid: str, init_pid: int | None) -> None:
     _runc(root, "kill", cid, "KILL")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -279,6 +289,8 @@ def _destroy(root: Path, cid: str) -> None:
             break
         time.sleep(0.05)
     _runc(root, "delete", "-f", cid)
+    while init_pid is not None and not process_dead(init_pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _remove_cgroup_dirs(
