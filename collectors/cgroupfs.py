@@ -1,0 +1,352 @@
+"""CgroupReader: one CgroupSample per cgroup, on unified, hybrid and legacy hosts.
+
+- unified: everything from the cgroup2 directory (cgroup.controllers says which controllers'
+  files exist, so absent controllers cost no failed opens);
+- hybrid: cgroup.events, cgroup.stat, PSI and cpu.stat usage from the cgroup2 directory;
+  memory, pids, blkio, freezer, CPU throttling/quota/shares (and cpuacct only if cgroup2 has
+  no usage) from the v1 hierarchies;
+- legacy: everything from the v1 hierarchies.
+
+CPU usage on hybrid hosts comes from cgroup2 `cpu.stat` rather than cpuacct: it exists even
+without controllers, is the kernel's exact rstat counter already in µs (the v2 unit), and its
+user/system split is µs-exact where cpuacct.stat only has USER_HZ ticks. It also needs no v1
+path resolution, since it lives in the reference directory itself.
+
+A cgroup's v1 path can differ between hierarchies (here memory sits under /process_api/<id>).
+Each controller's path comes from /proc/<pid>/cgroup of a member (member_pid, else the first
+pid of the cgroup's cgroup.procs), else the same relative path when that directory exists,
+else the same path re-rooted under the agent's own cgroup of that hierarchy (hierarchies
+mirror each other below the point where they diverge). Resolutions are cached per path and
+redone when the directory inode changes (a new incarnation), when a different member pid is
+given, and after RESOLVE_TTL_S.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from collectors.blockdev import BlockDevices
+from collectors.cgroup_v1 import read_cpu_v1, read_freezer_v1, read_io_v1, read_memory_v1
+from collectors.cgroup_v2 import (
+    CgroupDir,
+    Vanished,
+    cpu_sample,
+    frozen_map,
+    psi_kinds_at,
+    read_controllers,
+    read_cpu,
+    read_events,
+    read_io,
+    read_memory,
+    read_pids,
+    read_pressure,
+)
+from collectors.layout import CgroupLayout, LayoutKind
+from collectors.parsers import ParseError, parse_proc_cgroup, parse_procs_first
+from collectors.samples import CgroupSample, CpuSample
+
+#: Seconds a v1 path resolution is trusted before it is redone.
+RESOLVE_TTL_S = 60.0
+#: Above this many cached resolutions the cache is emptied (paths no longer read linger).
+_CACHE_MAX = 100_000
+_RESOLVE_TTL_NS = int(RESOLVE_TTL_S * 1e9)
+_NO_PATHS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(slots=True)
+class _Resolved:
+    inode: int
+    pid: int | None
+    at_ns: int
+    paths: Mapping[str, str]
+
+
+class CgroupReader:
+    def __init__(
+        self,
+        layout: CgroupLayout,
+        *,
+        sys_dev_block: Path = Path("/sys/dev/block"),
+        proc_root: Path = Path("/proc"),
+    ) -> None:
+        self.layout = layout
+        self._kind = layout.kind
+        self._ref_root = str(layout.reference_root)
+        self._ref_key = "unified" if layout.unified is not None else _legacy_ref_key(layout)
+        self._devices = BlockDevices(sys_dev_block)
+        self._proc = str(proc_root)
+        self._v1_roots = {ctrl: str(p) for ctrl, p in layout.v1.items()}
+        self._psi = psi_kinds_at(self._ref_root)
+        mem_root = self._v1_roots.get("memory")
+        # memsw files exist only with swap accounting: judged once at the hierarchy root.
+        self._memsw = mem_root is not None and os.path.exists(
+            f"{mem_root}/memory.memsw.usage_in_bytes"
+        )
+        self._anchor = self._own_cgroups()
+        self._cache: dict[str, _Resolved] = {}
+
+    # -- public --------------------------------------------------------------------------
+    def read(self, path: str, *, member_pid: int | None = None) -> CgroupSample:
+        """Everything about the cgroup at `path` (relative to layout.reference_root)."""
+        mono = time.monotonic_ns()
+        wall = time.time_ns()
+        try:
+            ref = CgroupDir(self._ref_root if path == "/" else self._ref_root + path)
+        except Vanished:
+            self._cache.pop(path, None)
+            return CgroupSample(path, None, mono, wall, vanished=True)
+        except OSError:  # EACCES and such: nothing readable, but not gone
+            return CgroupSample(path, None, mono, wall)
+        opened = [ref]
+        inode: int | None = None
+        try:
+            inode = os.fstat(ref.fd).st_ino
+            if self._kind is LayoutKind.UNIFIED:
+                sample = self._read_unified(path, inode, mono, wall, ref)
+            else:
+                sample = self._read_v1(path, inode, mono, wall, ref, member_pid, opened)
+            if path != "/" and any(d.missing for d in opened) and self._gone(ref.path, inode):
+                # openat in a removed kernfs directory answers ENOENT, like an absent file.
+                raise Vanished(path)
+            return sample
+        except Vanished:
+            self._cache.pop(path, None)
+            return CgroupSample(path, inode, mono, wall, vanished=True)
+        finally:
+            for d in opened:
+                d.close()
+
+    def v1_paths(self, path: str, *, member_pid: int | None = None) -> dict[str, str]:
+        """v1 controller -> the cgroup's path in that hierarchy ({} on unified hosts or when
+        the cgroup is gone)."""
+        if not self._v1_roots:
+            return {}
+        try:
+            with CgroupDir(self._ref_root if path == "/" else self._ref_root + path) as ref:
+                inode = os.fstat(ref.fd).st_ino
+                return dict(self._resolved(path, inode, member_pid, ref, time.monotonic_ns()))
+        except (Vanished, OSError):
+            return {}
+
+    # -- unified -------------------------------------------------------------------------
+    def _read_unified(
+        self, path: str, inode: int, mono: int, wall: int, d: CgroupDir
+    ) -> CgroupSample:
+        ctrls = read_controllers(d)
+        populated, frozen = read_events(d)
+        stat = d.flat("cgroup.stat")
+        cpu = read_cpu(d, ctrls is None or "cpu" in ctrls)
+        memory = read_memory(d) if ctrls is None or "memory" in ctrls else None
+        io = read_io(d, self._devices) if ctrls is None or "io" in ctrls else None
+        pids = read_pids(d) if ctrls is None or "pids" in ctrls else None
+        pressure = read_pressure(d, self._psi) if self._psi else None
+        return CgroupSample(
+            path=path,
+            inode=inode,
+            monotonic_ns=mono,
+            wall_ns=wall,
+            cpu=cpu,
+            memory=memory,
+            io=io,
+            pids=pids,
+            pressure=pressure,
+            populated=populated,
+            frozen=frozen,
+            stat=frozen_map(stat),
+        )
+
+    # -- hybrid and legacy ---------------------------------------------------------------
+    def _read_v1(
+        self,
+        path: str,
+        inode: int,
+        mono: int,
+        wall: int,
+        ref: CgroupDir,
+        member_pid: int | None,
+        opened: list[CgroupDir],
+    ) -> CgroupSample:
+        paths = self._resolved(path, inode, member_pid, ref, mono)
+        dirs: dict[str, CgroupDir | None] = {}
+
+        def open_ctrl(ctrl: str) -> CgroupDir | None:
+            rel = paths.get(ctrl)
+            if rel is None:
+                return None
+            absolute = self._v1_roots[ctrl] + ("" if rel == "/" else rel)
+            if absolute == ref.path:
+                return ref
+            if absolute in dirs:  # co-mounted controllers (cpu,cpuacct) share a directory
+                return dirs[absolute]
+            try:
+                d: CgroupDir | None = CgroupDir(absolute)
+            except (Vanished, OSError):
+                # Moved or removed in that hierarchy: resolve again next time.
+                self._cache.pop(path, None)
+                d = None
+            if d is not None:
+                opened.append(d)
+            dirs[absolute] = d
+            return d
+
+        populated = frozen = None
+        stat = None
+        v2_cpu: dict[str, int] | None = None
+        if self._kind is LayoutKind.HYBRID:
+            populated, frozen = read_events(ref)
+            stat = ref.flat("cgroup.stat")
+            v2_cpu = ref.flat("cpu.stat")
+        pressure = read_pressure(ref, self._psi) if self._psi else None
+
+        cpu_d = open_ctrl("cpu")
+        need_acct = v2_cpu is None or "usage_usec" not in v2_cpu
+        acct_d = open_ctrl("cpuacct") if need_acct else None
+        cpu: CpuSample | None
+        if cpu_d is None and acct_d is None:
+            cpu = cpu_sample(v2_cpu)
+        else:
+            cpu = read_cpu_v1(cpu_d, acct_d, v2_cpu)
+        mem_d = open_ctrl("memory")
+        memory = read_memory_v1(mem_d, self._memsw) if mem_d is not None else None
+        pids_d = open_ctrl("pids")
+        pids = read_pids(pids_d) if pids_d is not None else None
+        blk_d = open_ctrl("blkio")
+        io = read_io_v1(blk_d, self._devices) if blk_d is not None else None
+        frz_d = open_ctrl("freezer")
+        v1_frozen = read_freezer_v1(frz_d) if frz_d is not None else None
+        if v1_frozen is not None:
+            # Either freezer freezes the tasks; hybrid hosts have both.
+            frozen = v1_frozen or bool(frozen)
+        return CgroupSample(
+            path=path,
+            inode=inode,
+            monotonic_ns=mono,
+            wall_ns=wall,
+            cpu=cpu,
+            memory=memory,
+            io=io,
+            pids=pids,
+            pressure=pressure,
+            populated=populated,
+            frozen=frozen,
+            stat=frozen_map(stat),
+            v1_paths=paths,
+        )
+
+    # -- v1 path resolution --------------------------------------------------------------
+    def _resolved(
+        self, path: str, inode: int, member_pid: int | None, ref: CgroupDir, now_ns: int
+    ) -> Mapping[str, str]:
+        e = self._cache.get(path)
+        if (
+            e is not None
+            and e.inode == inode
+            and (member_pid is None or member_pid == e.pid)
+            and now_ns - e.at_ns < _RESOLVE_TTL_NS
+        ):
+            return e.paths
+        paths, pid = self._resolve(path, member_pid, ref)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[path] = _Resolved(inode, pid, now_ns, paths)
+        return paths
+
+    def _resolve(
+        self, path: str, member_pid: int | None, ref: CgroupDir
+    ) -> tuple[Mapping[str, str], int | None]:
+        out: dict[str, str] = {}
+        if self._ref_key != "unified":
+            out[self._ref_key] = path
+        pid = member_pid
+        if pid is None:
+            procs = ref.read("cgroup.procs")
+            try:
+                pid = parse_procs_first(procs) if procs else None
+            except ParseError:
+                pid = None
+        used_pid = None
+        if pid is not None:
+            member = self._proc_cgroups(pid)
+            if member is not None and self._from_member(path, member, out):
+                used_pid = pid
+        for ctrl, root in self._v1_roots.items():
+            if ctrl in out:
+                continue
+            for cand in self._candidates(path, ctrl):
+                if os.path.isdir(root + ("" if cand == "/" else cand)):
+                    out[ctrl] = cand
+                    break
+        return (MappingProxyType(out) if out else _NO_PATHS), used_pid
+
+    def _from_member(self, path: str, member: dict[str, str], out: dict[str, str]) -> bool:
+        """Fill `out` from a member's /proc/<pid>/cgroup; False when the pid is elsewhere."""
+        at = member.get(self._ref_key)
+        if at is None:
+            return False
+        base = path.rstrip("/")
+        if at == path:
+            suffix = ""
+        elif at.startswith(base + "/"):
+            suffix = at[len(base) :]  # the member sits in a descendant: strip that part
+        else:
+            return False
+        for ctrl in self._v1_roots:
+            p = member.get(ctrl)
+            if p is None or ctrl in out:
+                continue
+            if suffix:
+                if not p.endswith(suffix):
+                    continue
+                p = p[: len(p) - len(suffix)] or "/"
+            out[ctrl] = p
+        return True
+
+    def _candidates(self, path: str, ctrl: str) -> list[str]:
+        cands = [path]
+        own_ref = self._anchor.get(self._ref_key)
+        own = self._anchor.get(ctrl)
+        if own_ref is not None and own is not None and own != own_ref:
+            base = own_ref.rstrip("/")
+            if path == own_ref or path.startswith(base + "/") or base == "":
+                rest = path[len(base) :]
+                cands.append((own.rstrip("/") + rest) or "/")
+        return cands
+
+    def _proc_cgroups(self, pid: int | str) -> dict[str, str] | None:
+        try:
+            fd = os.open(f"{self._proc}/{pid}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            return parse_proc_cgroup(data)
+        except ParseError:
+            return None
+
+    def _own_cgroups(self) -> dict[str, str]:
+        return self._proc_cgroups("self") or {}
+
+    @staticmethod
+    def _gone(dir_path: str, inode: int) -> bool:
+        try:
+            return os.stat(dir_path).st_ino != inode
+        except OSError:
+            return True
+
+
+def _legacy_ref_key(layout: CgroupLayout) -> str:
+    # Mirrors CgroupLayout.reference_root's choice on legacy hosts.
+    for ctrl in ("cpuacct", "cpu", "memory", "pids"):
+        if ctrl in layout.v1:
+            return ctrl
+    return next(iter(layout.v1))
