@@ -28,6 +28,7 @@ container rule matches them (a nested runtime, e.g. a Kubernetes node in docker)
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -136,8 +137,11 @@ def _machine_runtime(name: str) -> str:
     return "systemd-nspawn"
 
 
+@functools.lru_cache(maxsize=65536)
 def classify(path: str) -> Classification:
-    """What the cgroup at `path` ("/"-rooted, relative to the hierarchy root) is."""
+    """What the cgroup at `path` ("/"-rooted, relative to the hierarchy root) is.
+
+    Pure, so results are cached: a scan sees the same paths cycle after cycle."""
     parts = [p for p in path.split("/") if p]
     if not parts:
         return Classification(WorkloadKind.CGROUP, "", None, "/")
