@@ -1,0 +1,1 @@
+"""Invoice-grade usage accounting: per-incarnation meters, UTC periods, exports."""

@@ -1,0 +1,135 @@
+"""The ledger as an agent component: fed every snapshot and every final sample, serves exports.
+
+Settings ([ledger]): period_seconds (3600 = UTC hours), grace_seconds (120: how long after its
+end a period stays open for late samples), host_id (default: /etc/machine-id, else hostname).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from aiohttp import web
+
+from agent.component import AgentContext, Component, Setting
+from agent.exit_codes import ExitCode
+from agent.http_errors import json_error
+from agent.ledger.export import ExportError, MissingPyarrow, check_format, check_group_by, export
+from agent.ledger.export import parse_time as parse_export_time
+from agent.ledger.ledger import Ledger
+from agent.ledger.storage import LedgerStorage
+from agent.model import Snapshot, WorkloadIdentity
+from collectors.samples import CgroupSample
+
+log = logging.getLogger("agent.ledger")
+
+#: Far enough in the future to mean "no upper bound" (year 9999).
+END_OF_TIME = 253402300799
+
+
+def _at_least(n: int) -> Any:
+    return lambda v: None if v >= n else f"must be at least {n}"
+
+
+def read_boot_id(path: str = "/proc/sys/kernel/random/boot_id") -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def default_host_id() -> str:
+    try:
+        mid = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        mid = ""
+    return mid or socket.gethostname()
+
+
+class LedgerComponent(Component):
+    name = "ledger"
+    settings: Mapping[str, Setting] = MappingProxyType({
+        "period_seconds": Setting(int, 3600, "length of a billing period (UTC-aligned)",
+                                  _at_least(1)),
+        "grace_seconds": Setting(int, 120, "seconds after a period ends before it closes",
+                                 _at_least(0)),
+        "host_id": Setting(str, "", "host id in exports (default: machine id, else hostname)"),
+    })
+
+    def __init__(self) -> None:
+        self.ledger: Ledger | None = None
+        self.boot_id = ""
+
+    async def start(self, ctx: AgentContext) -> None:
+        conf = ctx.section(self.name)
+        self.boot_id = read_boot_id()
+        host_id = str(conf.get("host_id") or "") or default_host_id()
+        storage = await asyncio.to_thread(LedgerStorage, ctx.store)
+        self.ledger = await asyncio.to_thread(
+            Ledger, storage, host_id=host_id,
+            period_seconds=int(conf.get("period_seconds", 3600)),
+            grace_seconds=int(conf.get("grace_seconds", 120)),
+        )
+        ctx.final_sample_listeners.append(self._on_final)
+
+    def _on_final(self, who: WorkloadIdentity, sample: CgroupSample) -> None:
+        # Called in the thread that read the sample; the write is one short transaction.
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.observe_final(who, sample, self.boot_id)
+        except Exception:
+            log.exception("ledger: final sample of %s not recorded", who.cgroup)
+
+    async def on_snapshot(self, snapshot: Snapshot) -> None:
+        if self.ledger is None:
+            return
+        try:
+            await asyncio.to_thread(self.ledger.observe_snapshot, snapshot,
+                                    self.boot_id or None)
+        except Exception:
+            log.exception("ledger: snapshot %d not recorded", snapshot.seq)
+
+    async def stop(self) -> None:
+        # Close what is due by the wall clock (the next start would do it too).
+        if self.ledger is not None:
+            try:
+                await asyncio.to_thread(self.ledger.close_due, time.time_ns())
+            except Exception:
+                log.exception("ledger: closing periods at stop failed")
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/api/v1/billing", self._billing)]
+
+    async def _billing(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        try:
+            start = parse_export_time(q["from"], "from") if q.get("from") else 0
+            end = parse_export_time(q["to"], "to") if q.get("to") else END_OF_TIME
+            fmt = check_format(q.get("format") or "json")
+            group_by = check_group_by(q.get("group_by"))
+            include_open = q.get("open", "") in ("1", "true", "yes")
+            if end <= start:
+                raise ExportError("to must be after from")
+        except ExportError as e:
+            return json_error(str(e), ExitCode.USAGE)
+        if self.ledger is None:
+            return json_error("the ledger is not running", ExitCode.UNAVAILABLE)
+        ledger = self.ledger
+
+        def run() -> tuple[bytes, str]:
+            return export(ledger.storage.rows(start, end, include_open), fmt, group_by)
+
+        try:
+            body, media = await asyncio.to_thread(run)
+        except MissingPyarrow as e:
+            return json_error(str(e), ExitCode.FAILED, status=501)
+        except ExportError as e:
+            return json_error(str(e), ExitCode.USAGE)
+        return web.Response(body=body, headers={"Content-Type": media})

@@ -1,0 +1,385 @@
+"""The accounting state machine: samples in, integer usage per (incarnation, meter, period) out.
+
+An incarnation is (host boot id, cgroup directory inode): a cgroup removed and created again
+is a new series. Per incarnation the ledger keeps the last cumulative counters; each new sample
+turns the differences into usage, split across periods in proportion to time.
+
+- Counters (cpu_usec, io_*): exact deltas. A value below the previous one within one
+  incarnation is a reset: the new value is counted (usage since the reset), the row is flagged
+  (n_resets) and nothing is extrapolated.
+- memory_byte_seconds: trapezoid between consecutive samples, accumulated in byte-nanoseconds
+  and billed as whole byte-seconds, so the rows sum to floor(integral) with no drift.
+- memory_peak_bytes / pids_peak: the highest gauge seen in the period, or the kernel's
+  high-water mark when it rose since the previous sample.
+- net_*: per network namespace (shared namespaces are counted once, for one owner).
+
+The first cycle of a fresh ledger takes a baseline (usage before the agent existed is not
+billed); any incarnation that appears later is billed from zero, which is how a cgroup that
+lived 100 ms between two cycles is billed in full from its final sample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.ledger.meters import (
+    CPU_USEC,
+    IO_READ_BYTES,
+    IO_READ_OPS,
+    IO_WRITE_BYTES,
+    IO_WRITE_OPS,
+    MEMORY_BYTE_SECONDS,
+    MEMORY_PEAK_BYTES,
+    NET_RX_BYTES,
+    NET_TX_BYTES,
+    PIDS_PEAK,
+)
+from agent.ledger.periods import NS, period_of, split
+from agent.ledger.storage import SELF, Batch, LedgerStorage, RowAcc, RowKey, dump_json
+from agent.model import Snapshot, WorkloadIdentity
+from collectors.samples import CgroupSample
+
+log = logging.getLogger("agent.ledger")
+
+META_STARTED = "accounting_started_ns"
+META_CLOSED_BEFORE = "closed_before"
+
+
+@dataclass(slots=True)
+class Series:
+    """Last values of one counter series (an incarnation, or a network namespace)."""
+
+    last_wall: int | None = None
+    last_mono: int | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    #: Incarnation only: memory integral state and high-water marks.
+    mem_last: int | None = None
+    mem_cum_bns: int = 0
+    mem_billed: int = 0
+    mem_peak: int | None = None
+    pids_peak: int | None = None
+    n_samples: int = 0
+    n_resets: int = 0
+    baseline: bool = False
+    inner: bool = False
+
+    def to_json(self) -> str:
+        return dump_json({
+            "last_wall": self.last_wall, "last_mono": self.last_mono,
+            "counters": self.counters, "mem_last": self.mem_last,
+            "mem_cum_bns": self.mem_cum_bns, "mem_billed": self.mem_billed,
+            "mem_peak": self.mem_peak, "pids_peak": self.pids_peak,
+            "n_samples": self.n_samples, "n_resets": self.n_resets,
+            "baseline": self.baseline, "inner": self.inner,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> Series:
+        d = json.loads(text)
+        return cls(
+            last_wall=d["last_wall"], last_mono=d["last_mono"],
+            counters={str(k): int(v) for k, v in d["counters"].items()},
+            mem_last=d["mem_last"], mem_cum_bns=int(d["mem_cum_bns"]),
+            mem_billed=int(d["mem_billed"]), mem_peak=d["mem_peak"], pids_peak=d["pids_peak"],
+            n_samples=int(d["n_samples"]), n_resets=int(d["n_resets"]),
+            baseline=bool(d["baseline"]), inner=bool(d["inner"]),
+        )
+
+
+def identity_record(ident: WorkloadIdentity) -> dict[str, Any]:
+    """The identity columns an export carries, as stored with each incarnation."""
+    return {
+        "id": ident.id, "kind": str(ident.kind), "runtime": ident.runtime, "name": ident.name,
+        "cgroup": ident.cgroup, "pod_name": ident.pod_name, "pod_uid": ident.pod_uid,
+        "namespace": ident.namespace, "labels": dict(sorted(ident.labels.items())),
+        "netns": ident.namespaces.get("net"),
+    }
+
+
+def _counter_values(sample: CgroupSample) -> dict[str, int | None]:
+    io = sample.io_totals
+    return {
+        CPU_USEC: sample.cpu.usage_usec if sample.cpu else None,
+        IO_READ_BYTES: io[0] if io else None,
+        IO_WRITE_BYTES: io[1] if io else None,
+        IO_READ_OPS: io[2] if io else None,
+        IO_WRITE_OPS: io[3] if io else None,
+    }
+
+
+class Ledger:
+    """Feed it snapshots and final samples; it persists every observation in one transaction."""
+
+    def __init__(
+        self, storage: LedgerStorage, *, host_id: str, period_seconds: int = 3600,
+        grace_seconds: int = 120,
+    ) -> None:
+        if period_seconds < 1:
+            raise ValueError("period_seconds must be >= 1")
+        self.storage = storage
+        self.host_id = host_id
+        self.period = period_seconds
+        self.grace = grace_seconds
+        self._lock = threading.Lock()
+        self._load()
+
+    def _load(self) -> None:
+        meta = self.storage.meta()
+        self._started = META_STARTED in meta
+        self._closed_before = int(meta.get(META_CLOSED_BEFORE, "0"))
+        self._open: dict[RowKey, RowAcc] = self.storage.open_rows()
+        self._series: dict[tuple[str, int], Series] = {}
+        self._net: dict[tuple[str, str], Series] = {}
+
+    # -- entry points ---------------------------------------------------------------------
+    def observe_snapshot(self, snapshot: Snapshot, boot_id: str | None = None) -> None:
+        """One collection cycle: every workload's sample, network totals, period closing."""
+        boot = boot_id or snapshot.host.boot_id
+        net = _network_totals(snapshot)
+        netns = _netns_of(snapshot)
+        with self._lock:
+            batch = Batch()
+            first = not self._started
+            owners: dict[str, tuple[int, str, tuple[str, int]]] = {}
+            for wid, state in sorted(snapshot.workloads.items()):
+                key = self._observe(batch, boot, state.identity, state.sample, baseline=first)
+                if key is None or wid not in net:
+                    continue
+                ns = netns.get(wid, state.identity.namespaces.get("net"))
+                ns_key = f"net:{ns}" if ns is not None else f"cgroup:{key[1]}"
+                # One owner per shared namespace: the outermost cgroup, then the smallest id.
+                cand = (state.identity.cgroup.count("/"), wid, key)
+                if ns_key not in owners or cand < owners[ns_key]:
+                    owners[ns_key] = cand
+            for ns_key, (_, wid, key) in sorted(owners.items()):
+                rx, tx = net[wid]
+                self._observe_net(batch, boot, ns_key, key, rx, tx, snapshot.wall_ns, first)
+            if first:
+                self._started = True
+                batch.meta[META_STARTED] = str(snapshot.wall_ns)
+            self._close_due(batch, snapshot.wall_ns)
+            self._commit(batch)
+
+    def observe_final(
+        self, ident: WorkloadIdentity, sample: CgroupSample, boot_id: str,
+    ) -> None:
+        """The sample read at `populated 0`, before rmdir: the container's last stretch."""
+        with self._lock:
+            batch = Batch()
+            self._observe(batch, boot_id, ident, sample, baseline=False)
+            if not self._started:
+                self._started = True
+                batch.meta[META_STARTED] = str(sample.wall_ns)
+            self._commit(batch)
+
+    def close_due(self, now_ns: int) -> None:
+        """Close every period whose end + grace has passed at now_ns (an injectable clock)."""
+        with self._lock:
+            batch = Batch()
+            self._close_due(batch, now_ns)
+            self._commit(batch)
+
+    def open_rows(self) -> dict[RowKey, RowAcc]:
+        with self._lock:
+            return {k: RowAcc(v.period_end, v.quantity, v.n_samples, v.n_resets)
+                    for k, v in self._open.items()}
+
+    # -- internals ------------------------------------------------------------------------
+    def _commit(self, batch: Batch) -> None:
+        try:
+            self.storage.commit(batch)
+        except Exception:
+            # The database still holds the previous, consistent state: reload it so the next
+            # sample's delta starts from the stored counters (nothing lost, nothing doubled).
+            log.exception("ledger: could not persist a cycle; reloading the stored state")
+            self._load()
+            raise
+
+    def _series_for(self, boot: str, inode: int) -> tuple[Series, bool]:
+        key = (boot, inode)
+        s = self._series.get(key)
+        if s is not None:
+            return s, False
+        stored = self.storage.incarnation_state(boot, inode)
+        if stored is None:
+            s, new = Series(), True
+        else:
+            s, new = Series.from_json(stored[1]), False
+        self._series[key] = s
+        return s, new
+
+    def _observe(
+        self, batch: Batch, boot: str, ident: WorkloadIdentity, sample: CgroupSample,
+        *, baseline: bool,
+    ) -> tuple[str, int] | None:
+        if sample.vanished:
+            return None
+        inode = sample.inode if sample.inode is not None else ident.inode
+        key = (boot, inode)
+        s, new = self._series_for(boot, inode)
+        if new:
+            s.baseline = baseline
+        if s.last_mono is not None and sample.monotonic_ns <= s.last_mono:
+            return key  # an older read arriving after a newer one: already accounted
+        first_sample = s.last_wall is None
+        t1 = sample.wall_ns
+        t0 = t1 if s.last_wall is None else s.last_wall
+        here = period_of(t1, self.period)
+        for meter, value in _counter_values(sample).items():
+            if value is None:
+                continue
+            prev = s.counters.get(meter)
+            s.counters[meter] = value
+            resets = 0
+            if prev is None:
+                if first_sample and s.baseline:
+                    continue
+                delta, t0m = value, t1  # new series: all of it, at the first sight
+            elif value < prev:
+                delta, t0m, resets = value, t0, 1
+                s.n_resets += 1
+                log.warning("ledger: %s reset in %s (%d < %d)", meter, ident.cgroup, value, prev)
+            else:
+                delta, t0m = value - prev, t0
+            self._add_split(batch, key, SELF, meter, delta, t0m, t1, resets)
+            self._add(batch, (*key, SELF, meter, here), meter, 0, 1, 0)
+        self._observe_memory(batch, key, s, sample, t0, t1, first_sample)
+        s.inner = s.inner or (sample.stat.get("nr_descendants", 0)
+                              + sample.stat.get("nr_dying_descendants", 0)) > 0
+        s.last_wall, s.last_mono = t1, sample.monotonic_ns
+        s.n_samples += 1
+        ident_json = dump_json(identity_record(ident))
+        batch.incarnations[key] = (self.host_id, ident.cgroup, ident_json, s.to_json())
+        return key
+
+    def _observe_memory(
+        self, batch: Batch, key: tuple[str, int], s: Series, sample: CgroupSample,
+        t0: int, t1: int, first_sample: bool,
+    ) -> None:
+        here = period_of(t1, self.period)
+        mem, pids = sample.memory, sample.pids
+        fresh = first_sample and not s.baseline
+        if mem is not None and mem.current is not None:
+            if s.mem_last is not None and t1 > t0:
+                s.mem_cum_bns += (s.mem_last + mem.current) * (t1 - t0) // 2
+                billed = s.mem_cum_bns // NS
+                self._add_split(batch, key, SELF, MEMORY_BYTE_SECONDS, billed - s.mem_billed,
+                                t0, t1, 0)
+                s.mem_billed = billed
+            self._add(batch, (*key, SELF, MEMORY_BYTE_SECONDS, here), MEMORY_BYTE_SECONDS, 0, 1, 0)
+            peak = _peak(mem.current, mem.peak, s.mem_peak, fresh)
+            self._add(batch, (*key, SELF, MEMORY_PEAK_BYTES, here), MEMORY_PEAK_BYTES, peak, 1, 0)
+            s.mem_last = mem.current
+            if mem.peak is not None:
+                s.mem_peak = mem.peak
+        if pids is not None and pids.current is not None:
+            peak = _peak(pids.current, pids.peak, s.pids_peak, fresh)
+            self._add(batch, (*key, SELF, PIDS_PEAK, here), PIDS_PEAK, peak, 1, 0)
+            if pids.peak is not None:
+                s.pids_peak = pids.peak
+
+    def _observe_net(
+        self, batch: Batch, boot: str, ns_key: str, owner: tuple[str, int], rx: int, tx: int,
+        wall: int, baseline: bool,
+    ) -> None:
+        s = self._net.get((boot, ns_key))
+        if s is None:
+            stored = self.storage.netns_state(boot, ns_key)
+            s = Series.from_json(stored) if stored else Series(baseline=baseline)
+            self._net[(boot, ns_key)] = s
+        if s.last_wall is not None and wall <= s.last_wall:
+            return
+        t0 = wall if s.last_wall is None else s.last_wall
+        for meter, value in ((NET_RX_BYTES, rx), (NET_TX_BYTES, tx)):
+            prev = s.counters.get(meter)
+            s.counters[meter] = value
+            if prev is None and s.baseline:
+                continue
+            resets = int(prev is not None and value < prev)
+            delta = value if prev is None or resets else value - prev
+            self._add_split(batch, owner, SELF, meter, delta,
+                            wall if prev is None else t0, wall, resets)
+            self._add(batch, (*owner, SELF, meter, period_of(wall, self.period)), meter, 0, 1, 0)
+        s.last_wall = wall
+        batch.netns[(boot, ns_key)] = s.to_json()
+
+    def _add_split(
+        self, batch: Batch, key: tuple[str, int], subject: str, meter: str, delta: int,
+        t0: int, t1: int, resets: int,
+    ) -> None:
+        parts = split(delta, t0, t1, self.period)
+        for n, (start, part) in enumerate(parts):
+            # The reset flag goes on the period where the new value was read.
+            self._add(batch, (*key, subject, meter, start), meter, part, 0,
+                      resets if n == len(parts) - 1 else 0)
+
+    def _add(self, batch: Batch, rk: RowKey, meter: str, qty: int, samples: int,
+             resets: int) -> None:
+        start = rk[4]
+        end = start + self.period
+        if end <= self._closed_before:
+            acc = batch.late.setdefault(rk, RowAcc(end))
+        else:
+            acc = self._open.setdefault(rk, RowAcc(end))
+            batch.open_rows[rk] = acc
+        acc.add(meter, qty, samples, resets)
+
+    def _close_due(self, batch: Batch, now_ns: int) -> None:
+        boundary = period_of(now_ns - self.grace * NS, self.period)
+        if boundary <= self._closed_before:
+            return
+        self._closed_before = boundary
+        batch.close_before = boundary
+        batch.meta[META_CLOSED_BEFORE] = str(boundary)
+        for rk in [k for k, v in self._open.items() if v.period_end <= boundary]:
+            batch.open_rows.pop(rk, None)
+            del self._open[rk]
+        # Forget series that are no longer open anywhere: they reload from the store if seen.
+        live = {(k[0], k[1]) for k in self._open}
+        for key in [k for k in self._series if k not in live]:
+            del self._series[key]
+
+
+def _peak(current: int, watermark: int | None, prev_watermark: int | None, fresh: bool) -> int:
+    """The gauge, or the kernel's high-water mark when it rose since the previous sample (or
+    the series is new, so the whole lifetime is being billed)."""
+    if watermark is None:
+        return current
+    if fresh or (prev_watermark is not None and watermark > prev_watermark):
+        return max(current, watermark)
+    return current
+
+
+def _network_totals(snapshot: Snapshot) -> Mapping[str, tuple[int, int]]:
+    """Workload id -> cumulative (rx, tx) bytes from the network component, if it ran."""
+    net = snapshot.extras.get("network")
+    totals = getattr(net, "totals_by_workload", None)
+    if not isinstance(totals, Mapping):
+        return {}
+    out: dict[str, tuple[int, int]] = {}
+    for wid, value in totals.items():
+        pair = _pair(value)
+        if pair is not None:
+            out[str(wid)] = pair
+    return out
+
+
+def _netns_of(snapshot: Snapshot) -> Mapping[str, int]:
+    found = getattr(snapshot.extras.get("network"), "netns_by_workload", None)
+    return found if isinstance(found, Mapping) else {}
+
+
+def _pair(value: object) -> tuple[int, int] | None:
+    if isinstance(value, tuple | list) and len(value) == 2:
+        rx, tx = value
+    else:
+        rx, tx = getattr(value, "rx_bytes", None), getattr(value, "tx_bytes", None)
+    if isinstance(rx, int) and isinstance(tx, int):
+        return rx, tx
+    return None
+
