@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,36 @@ def test_module_notify_reads_process_environment(listener: tuple[socket.socket, 
     proc = subprocess.run([sys.executable, "-c", code], env=env, timeout=30)
     assert proc.returncode == 0
     assert _recv(sock)["READY"] == "1"
+
+
+def test_agentd_speaks_sd_notify_like_under_systemd(
+    listener: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real daemon, started as systemd would start Type=notify with WatchdogSec=."""
+    from tests.support.agentd import running_agent
+
+    sock, path = listener
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    seen: list[dict[str, str]] = []
+
+    def until(pred: Any) -> dict[str, str]:
+        while True:
+            msg = _recv(sock)  # 5 s timeout per datagram: a silent daemon fails the test
+            seen.append(msg)
+            if pred(msg):
+                return msg
+
+    with running_agent({"interval": 1}, ready=False) as agent:
+        ready = until(lambda m: "READY" in m)
+        assert ready["READY"] == "1" and ready["MAINPID"] == str(agent.proc.pid)
+        # READY comes after the first snapshot: the API already serves it.
+        assert agent.get("/healthz")["snapshot_seq"] >= 1
+        until(lambda m: m.get("WATCHDOG") == "1")
+        status = until(lambda m: "STATUS" in m)
+        assert "workloads" in status["STATUS"]
+        assert agent.stop() == 0
+        until(lambda m: m.get("STOPPING") == "1")
+    # Nothing before READY claimed readiness; every datagram was well formed.
+    assert [m for m in seen if "READY" in m] == [ready]
