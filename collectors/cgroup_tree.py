@@ -7,13 +7,9 @@ runs (containers stop); such a directory is skipped, never an error.
 
 from __future__ import annotations
 
-import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-#: errno values that mean "the cgroup was removed while we read it".
-_VANISHED = (errno.ENOENT, errno.ENODEV, errno.ENOTDIR, errno.ESRCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +42,8 @@ def walk(root: Path) -> list[CgroupDir]:
                     except OSError:
                         continue
                     children.append((entry.path, child_rel))
-        except OSError as e:
-            if e.errno in _VANISHED:
-                continue
-            raise
+        except OSError:
+            continue  # vanished mid-walk (ENOENT/ENODEV), or unreadable: skip its subtree
         # Reverse so the stack pops children in readdir order (stable, parents first).
         stack.extend(reversed(children))
     return out
@@ -73,8 +67,7 @@ def read_procs(root: Path, path: str) -> tuple[int, ...]:
     try:
         with open(cgroup_dir(root, path) / "cgroup.procs", "rb") as f:
             data = f.read()
-    except OSError as e:
-        if e.errno in _VANISHED:
-            return ()
-        raise
+    except OSError:
+        # ENOENT/ENODEV: the cgroup vanished; EOPNOTSUPP: a threaded cgroup. Either way: none.
+        return ()
     return tuple(int(x) for x in data.split() if x.isdigit())

@@ -18,9 +18,6 @@ PROC = Path("/proc")
 #: Namespace kinds under /proc/<pid>/ns (time_for_children is left out: it mirrors time).
 NS_KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time", "user", "uts")
 
-#: errno values that mean "the process is gone" while reading its files.
-_VANISHED = (errno.ENOENT, errno.ESRCH, errno.ENOTDIR)
-
 
 @dataclass(frozen=True, slots=True)
 class NamespaceId:
@@ -126,10 +123,9 @@ def read_process(pid: int, proc_root: Path = PROC) -> ProcessInfo | None:
         uid = parse_status_uid(_read(base + "status"))
         cgroups = parse_cgroup(_read(base + "cgroup"))
         namespaces = read_namespaces(pid, proc_root)
-    except OSError as e:
-        if e.errno in _VANISHED or isinstance(e, PermissionError):
-            return None
-        raise
+    except OSError:
+        # Vanished (ENOENT/ESRCH), hidden (EACCES) or unreadable: not a process we can use.
+        return None
     name, ppid, start = stat
     return ProcessInfo(
         pid=pid,
