@@ -92,9 +92,7 @@ def test_finds_named_process_and_host_namespaces(nets: NetnsFactory) -> None:
 def test_interface_metadata_matches_iproute2(nets: NetnsFactory, collector: NetnsCollector) -> None:
     a, b = nets.create(), nets.create()
     nets.veth(a, b, "ca0", "ca1", mtu=1400)
-    b.ip("link", "add", "name", "br0", "type", "bridge")
-    b.ip("link", "set", "dev", "ca1", "master", "br0")
-    b.ip("link", "set", "dev", "br0", "up")
+    b.bridge("br0", "ca1")
     a.ip("tuntap", "add", "mode", "tun", "name", "tun0")
     # Operational state settles asynchronously (linkwatch): accept iproute2's before or after.
     before = {ns.key: {str(x["ifname"]): x["operstate"] for x in _all(ns)} for ns in (a, b)}

@@ -83,6 +83,14 @@ class TestNetns:
 
         self.run(write)
 
+    def bridge(self, name: str, *ports: str) -> None:
+        """A bridge, up, with `ports` enslaved. Multicast snooping off: a snooping bridge sends
+        IGMP reports (group 224.0.0.106) out of its ports, which would spoil exact counts."""
+        self.ip("link", "add", "name", name, "type", "bridge", "mcast_snooping", "0")
+        for port in ports:
+            self.ip("link", "set", "dev", port, "master", name)
+        self.ip("link", "set", "dev", name, "up")
+
     def link(self, name: str) -> dict[str, object]:
         import json
 
@@ -129,6 +137,17 @@ class NetnsFactory:
         if not ipv6:
             ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")
             ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        return ns
+
+    def attach(self, pid: int) -> TestNetns:
+        """Name the namespace of `pid` (a test container's), like `ip netns attach`; close()
+        removes only the name: the namespace lives as long as its processes."""
+        name = f"{self.prefix}-{len(self.namespaces)}"
+        ip("netns", "attach", name, str(pid))
+        ns = TestNetns(name)
+        self.namespaces.append(ns)
+        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")
+        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
         return ns
 
     def delete(self, ns: TestNetns) -> None:
