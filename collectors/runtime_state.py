@@ -148,7 +148,11 @@ def read_state_dir(cdir: Path, runtime: str, source: str = "") -> RuntimeState |
         if (cdir / "status").is_file():
             doc = _load_json(cdir / "status")
             config: object = None
-            for cfg in (cdir / "config.json", Path(str(doc.get("bundle", ""))) / "config.json"):
+            candidates = [cdir / "config.json"]
+            bundle = doc.get("bundle") if isinstance(doc, dict) else None
+            if isinstance(bundle, str) and bundle.startswith("/"):
+                candidates.append(Path(bundle) / "config.json")
+            for cfg in candidates:
                 try:
                     config = _load_json(cfg)
                     break

@@ -11,13 +11,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.discovery import Discovery, classify, systemd_unescape
 from agent.model import WorkloadKind
 from collectors import cgroup_tree
 from collectors.cgroup_tree import read_procs, walk
 from collectors.layout import CgroupLayout, LayoutKind
-from collectors.runtime_state import StateCache, read_runtime_states
+from collectors.runtime_state import (
+    StateCache,
+    parse_crun_status,
+    parse_runc_state,
+    read_runtime_states,
+    read_state_dir,
+)
 from tests.conftest import FIXTURES
 from tests.support.cgroups import CgroupFactory
 
@@ -311,3 +319,49 @@ def test_walk_and_procs_on_real_cgroups(cgroups: CgroupFactory) -> None:
     assert read_procs(root, child.rel) == (proc.pid,)
     assert read_procs(root, parent.rel) == ()
     assert read_procs(root, parent.rel + "/gone") == ()
+
+
+# --- properties: arbitrary input gives a result, never an exception --------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda kids: st.lists(kids) | st.dictionaries(st.text(), kids),
+    max_leaves=20,
+)
+_state_like = st.fixed_dictionaries(
+    {"id": st.text() | st.integers()},
+    optional={
+        "init_process_pid": _json, "init_process_start": _json, "created": _json,
+        "cgroup_paths": _json,
+        "config": st.fixed_dictionaries({}, optional={"labels": _json, "cgroups": _json}),
+    },
+)
+
+
+@given(_json | _state_like)
+def test_runc_state_parser_total(doc: object) -> None:
+    got = parse_runc_state(doc)
+    assert got is None or (isinstance(got.id, str) and got.id)
+
+
+@given(_json, _json)
+def test_crun_status_parser_total(doc: object, config: object) -> None:
+    got = parse_crun_status("x", doc, config)
+    assert got is None or got.id == "x"
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300), name=st.sampled_from(["state.json", "status"]))
+def test_state_dir_of_arbitrary_bytes(tmp_path: Path, data: bytes, name: str) -> None:
+    d = tmp_path / "c1"
+    d.mkdir(exist_ok=True)
+    for old in d.iterdir():
+        old.unlink()
+    (d / name).write_bytes(data)
+    got = read_state_dir(d, "runc")
+    assert got is None or isinstance(got.id, str)
+
+
+@given(st.text())
+def test_classify_total(path: str) -> None:
+    assert classify.__wrapped__(path).kind in WorkloadKind
