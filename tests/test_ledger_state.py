@@ -181,3 +181,14 @@ def test_parent_balances_with_an_unattributed_row(tmp_path: Path) -> None:
     led.close_due((T0 + 10) * 10**9)
     assert total(led, "/p", "cpu_usec") == 10000
     assert total(led, "/p", "cpu_usec", "unattributed") == 10000 - 3000 - 600
+
+
+def test_a_stretch_into_a_period_that_closes_in_the_same_cycle_is_kept(tmp_path: Path) -> None:
+    # grace 0: the second sample's cycle closes the first sample's period at once.
+    led = open_ledger(tmp_path / "a.db", period=10, grace=0)
+    a = ident("/a", 11)
+    led.observe_snapshot(snapshot([(a, synth("/a", 11, T0 + 8, cpu=0))]))
+    led.observe_snapshot(snapshot([(a, synth("/a", 11, T0 + 12, cpu=400))]))
+    closed = rows(led, include_open=False)
+    assert [(r.period_start, r.quantity) for r in closed if r.meter == "cpu_usec"] == [(T0, 200)]
+    assert total(led, "/a", "cpu_usec") == 400

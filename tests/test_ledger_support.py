@@ -4,8 +4,6 @@ standalone ledger runner used as the subprocess that the crash test kills with S
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -18,6 +16,7 @@ from agent.ledger.ledger import Ledger
 from agent.ledger.storage import LedgerStorage
 from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from agent.store import Store
+from collectors.cgroupfs import CgroupReader
 from collectors.layout import detect_layout
 from collectors.samples import CgroupSample, CpuSample, IoDeviceSample, MemorySample, PidsSample
 
@@ -73,52 +72,14 @@ def context(state_dir: Path, ledger_conf: Mapping[str, Any] | None = None) -> Ag
 
 # -- real samples ------------------------------------------------------------------------
 
-def _flat(path: Path) -> dict[str, int]:
-    out: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
-            k, _, v = line.partition(" ")
-            with contextlib.suppress(ValueError):
-                out[k] = int(v)
-    return out
+_READER: list[CgroupReader] = []
 
 
-def _int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def real_sample(rel: str, dirs: Mapping[str, Path] | None = None) -> CgroupSample:
-    """Read one cgroup from the kernel: the agent's reader when it is there, else the files
-    the ledger needs (cgroup2 cpu.stat and cgroup.stat; v1 memory and pids on hybrid hosts)."""
-    try:
-        from collectors.cgroupfs import CgroupReader  # type: ignore[import-not-found]
-        return CgroupReader(detect_layout()).read(rel)  # type: ignore[no-any-return]
-    except ImportError:
-        pass
-    layout = detect_layout()
-    assert layout.unified is not None
-    udir = layout.unified / rel.lstrip("/")
-    mono, wall = time.monotonic_ns(), time.time_ns()
-    try:
-        inode = os.stat(udir).st_ino
-        cpu = _flat(udir / "cpu.stat")
-    except OSError:
-        return CgroupSample(path=rel, inode=None, monotonic_ns=mono, wall_ns=wall, vanished=True)
-    mem = pids = None
-    if dirs and "memory" in dirs:
-        mem = MemorySample(current=_int(dirs["memory"] / "memory.usage_in_bytes"),
-                           peak=_int(dirs["memory"] / "memory.max_usage_in_bytes"))
-    if dirs and "pids" in dirs:
-        pids = PidsSample(current=_int(dirs["pids"] / "pids.current"),
-                          peak=_int(dirs["pids"] / "pids.peak"))
-    return CgroupSample(
-        path=rel, inode=inode, monotonic_ns=mono, wall_ns=wall,
-        cpu=CpuSample(usage_usec=cpu.get("usage_usec")), memory=mem, pids=pids,
-        stat=MappingProxyType(_flat(udir / "cgroup.stat")),
-    )
+def real_sample(rel: str) -> CgroupSample:
+    """Read one cgroup from the kernel with the agent's own reader."""
+    if not _READER:
+        _READER.append(CgroupReader(detect_layout()))
+    return _READER[0].read(rel)
 
 
 def read_boot_id() -> str:

@@ -336,8 +336,8 @@ class Ledger:
         self._closed_before = boundary
         batch.close_before = boundary
         batch.meta[META_CLOSED_BEFORE] = str(boundary)
+        # Rows changed in this batch are still written first, then closed (same transaction).
         for rk in [k for k, v in self._open.items() if v.period_end <= boundary]:
-            batch.open_rows.pop(rk, None)
             del self._open[rk]
         # Forget series that are no longer open anywhere: they reload from the store if seen.
         live = {(k[0], k[1]) for k in self._open}
