@@ -36,7 +36,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from agent.model import WorkloadIdentity, WorkloadKind
-from collectors.cgroup_tree import inode_of, read_procs, walk
+from collectors.cgroup_tree import cgroup_dir, inode_of, read_procs, walk
 from collectors.layout import CgroupLayout
 from collectors.procfs import (
     NamespaceId,
@@ -298,14 +298,22 @@ class Discovery:
         if inode is None:
             return None
         procs: dict[int, ProcessInfo] = {}
-        for pid in read_procs(self.root, path):
+        pids = read_procs(self.root, path)
+        if not pids and path != "/":  # a container may run its processes in sub-cgroups only
+            sub = walk(cgroup_dir(self.root, path))
+            pids = tuple(p for d in sub for p in read_procs(self.root, path + d.path))
+        for pid in pids:
             info = read_process(pid, self.proc_root)
             if info is not None:
                 procs[pid] = info
         states = self._states()
-        for st in states.values():  # init pids placed elsewhere still decide their cgroup
-            if st.init_pid is not None and st.init_pid not in procs:
-                info = read_process(st.init_pid, self.proc_root)
+        present = {path}
+        for st in states.values():
+            recorded = self._state_cgroup(st)
+            if recorded is not None and inode_of(self.root, recorded) is not None:
+                present.add(recorded)  # placed by its recorded path: no process to read
+            elif st.init_pid is not None and st.init_pid not in procs:
+                info = read_process(st.init_pid, self.proc_root)  # placed by its init's cgroup
                 if info is not None:
                     procs[st.init_pid] = info
         by_cgroup: dict[str, list[ProcessInfo]] = {}
@@ -313,7 +321,12 @@ class Discovery:
             cg = info.cgroups.get(self.ref_key)
             if cg is not None:
                 by_cgroup.setdefault(cg, []).append(info)
-        placed = self._place_states(states, procs, {path})
+        placed = self._place_states(states, procs, present)
+        mine = placed.get(path)
+        if mine is not None and mine.init_pid is not None and mine.init_pid not in procs:
+            info = read_process(mine.init_pid, self.proc_root)
+            if info is not None:
+                procs[mine.init_pid] = info
         ident = self._build(
             path, inode, by_cgroup, placed.get(path), self._containers, procs,
             host_namespaces(self.proc_root),
