@@ -12,6 +12,7 @@ namespace the host deleted lives on only until that cycle.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -131,6 +132,11 @@ def find_namespaces(
         except OSError:
             continue
         pids.setdefault((st.st_dev, st.st_ino), []).append(pid)
+    host = host_netns(proc_root)
+    # nsfs has one device: a name that is not on it is a plain file (`ip netns add` leaves an
+    # empty one behind when its bind mount fails), not a namespace.
+    own = _stat_key("/proc/self/ns/net")
+    nsfs = host[0] if host else own[0] if own else None
     for d in netns_dirs:
         try:
             with os.scandir(d) as it:
@@ -139,9 +145,8 @@ def find_namespaces(
             continue
         for name, path in named:
             key = _stat_key(path)
-            if key is not None and key[0] != 0:
+            if key is not None and key[0] == nsfs:
                 names.setdefault(key, set()).add(name)
-    host = host_netns(proc_root)
     refs: dict[NetnsKey, NetnsRef] = {}
     for key in pids.keys() | names.keys() | ({host} if host else set()):
         refs[key] = NetnsRef(
@@ -187,7 +192,11 @@ class NetnsCollector:
         self.refresh_s = refresh_s
         self._clock = clock
         self._handles: dict[NetnsKey, _Handle] = {}
+        #: Namespaces that could not be opened: (retry after, error).
+        self._failed: dict[NetnsKey, tuple[float, str]] = {}
         self._generation = 0
+        #: False once the kernel refused RTM_GETSTATS (before 4.7): link dumps only.
+        self._getstats = True
 
     @property
     def open_handles(self) -> int:
@@ -257,20 +266,42 @@ class NetnsCollector:
         return len(gone)
 
     def _open_new(self, refs: Mapping[NetnsKey, NetnsRef]) -> tuple[int, dict[NetnsKey, str]]:
-        wanted = [
-            OpenRequest(key, self._paths(ref)) for key, ref in refs.items()
-            if key not in self._handles
-        ]
-        if not wanted:
-            return 0, {}
-        self._generation += 1
+        """Open a socket in each namespace not open yet. One in the agent's own namespace needs
+        no setns() (so the host's counters work without CAP_SYS_ADMIN); a namespace that could
+        not be opened is retried after refresh_s, not every cycle."""
+        now = self._clock()
         errors: dict[NetnsKey, str] = {}
-        for key, result in run_in_namespaces(wanted, new_route_socket).items():
-            if isinstance(result, OSError):
-                errors[key] = result.strerror or str(result)
+        wanted: list[OpenRequest] = []
+        opened = 0
+        own = _stat_key("/proc/thread-self/ns/net")
+        for key, ref in refs.items():
+            if key in self._handles:
+                continue
+            failed = self._failed.get(key)
+            if failed is not None and now < failed[0]:
+                errors[key] = failed[1]
+            elif key == own:
+                try:
+                    self._handles[key] = _Handle(RtnlHandle(new_route_socket()))
+                    opened += 1
+                except OSError as e:
+                    errors[key] = e.strerror or str(e)
             else:
-                self._handles[key] = _Handle(RtnlHandle(result))
-        return len(wanted) - len(errors), errors
+                wanted.append(OpenRequest(key, self._paths(ref)))
+        for key in [k for k in self._failed if k not in refs]:
+            del self._failed[key]
+        if wanted:
+            for key, result in run_in_namespaces(wanted, new_route_socket).items():
+                if isinstance(result, OSError):
+                    errors[key] = result.strerror or str(result)
+                    self._failed[key] = (now + self.refresh_s, errors[key])
+                else:
+                    self._handles[key] = _Handle(RtnlHandle(result))
+                    self._failed.pop(key, None)
+                    opened += 1
+        if opened:
+            self._generation += 1
+        return opened, errors
 
     def _paths(self, ref: NetnsRef) -> list[str]:
         paths = [str(d / n) for n in ref.names for d in self.netns_dirs]
@@ -284,9 +315,15 @@ class NetnsCollector:
     def _read(self, h: _Handle, now: float) -> tuple[dict[int, LinkStats | None], bool]:
         """This cycle's counters; a full link dump when links changed or are due a refresh."""
         rtnl = h.rtnl
-        if not rtnl.changed and now - h.refreshed_at < self.refresh_s:
-            stats = dict(rtnl.stats())
-            if not rtnl.changed and stats.keys() == h.links.keys():
+        if self._getstats and not rtnl.changed and now - h.refreshed_at < self.refresh_s:
+            try:
+                stats = dict(rtnl.stats())
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self._getstats = False
+                stats = {}
+            if self._getstats and not rtnl.changed and stats.keys() == h.links.keys():
                 return stats, False
         rtnl.changed = False  # cleared before the dump: a change during it is seen next cycle
         links = rtnl.links()

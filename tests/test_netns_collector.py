@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -321,3 +322,42 @@ def test_parse_link_decodes_what_pyroute2_encodes(
     assert got.link_netnsid == nsid and got.master_index == master
     assert got.link_index == (None if link == index and nsid is None else link)
     assert got.stats is not None and list(got.stats)[:23] == stats
+
+
+def test_names_that_are_not_namespaces_are_ignored(tmp_path: Path) -> None:
+    (tmp_path / "leftover").write_text("")  # what a failed `ip netns add` leaves behind
+    refs, host = find_namespaces(netns_dirs=[tmp_path])
+    assert all(not r.names for r in refs.values())
+    assert host in refs
+
+
+def test_a_namespace_that_cannot_be_opened_is_retried_after_refresh_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import collectors.netns as netns_mod
+
+    # A fake /proc whose pid 1 "net" link is a UTS namespace: nsfs, but setns(NEWNET) refuses.
+    (tmp_path / "1" / "ns").mkdir(parents=True)
+    (tmp_path / "1" / "ns" / "net").symlink_to("/proc/self/ns/uts")
+    calls: list[int] = []
+    real = netns_mod.run_in_namespaces
+
+    def counting(requests, make):  # type: ignore[no-untyped-def]
+        calls.append(len(requests))
+        return real(requests, make)
+
+    monkeypatch.setattr(netns_mod, "run_in_namespaces", counting)
+    now = [100.0]
+    c = NetnsCollector(proc_root=tmp_path, netns_dirs=[], refresh_s=30.0, clock=lambda: now[0])
+    try:
+        scan = c.collect()
+        (sample,) = scan.namespaces.values()
+        assert sample.ref.is_host and sample.error == "Invalid argument" and calls == [1]
+        now[0] += 10
+        assert c.collect().namespaces[sample.ref.key].error == "Invalid argument"
+        assert calls == [1]  # not retried yet
+        now[0] += 25
+        c.collect()
+        assert calls == [1, 1] and c.open_handles == 0
+    finally:
+        c.close()
