@@ -55,7 +55,7 @@ def test_closed_periods_sum_to_the_kernel_delta_across_boundaries(
     k1 = cg.cpu_usage_usec()
     led.close_due(time.time_ns() + 10 * NS)
     per_period = cpu_rows(led, cg.rel)
-    assert sum(per_period.values()) == k1 - k0 > 1_000_000
+    assert sum(per_period.values()) == k1 - k0 > 200_000
     assert len([v for v in per_period.values() if v > 0]) >= 2
     for start, value in per_period.items():
         s, e = start * NS, (start + 2) * NS
