@@ -239,13 +239,17 @@ def _settings() -> Mapping[str, Setting]:
     def positive(v: object) -> str | None:
         return None if isinstance(v, int | float) and v > 0 else "must be > 0"
 
+    def paths(v: object) -> str | None:
+        ok = isinstance(v, list) and all(isinstance(x, str) and x.startswith("/") for x in v)
+        return None if ok else "must be a list of absolute directory paths"
+
     return MappingProxyType({
         "enabled": Setting(bool, True, "collect per-namespace network counters"),
         "link_refresh": Setting(
             (int, float), 60, "seconds between full link dumps without a link notification",
             positive),
         "netns_dirs": Setting(list, [str(d) for d in NETNS_DIRS],
-                              "directories of named network namespaces"),
+                              "directories of named network namespaces", paths),
     })
 
 

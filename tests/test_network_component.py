@@ -340,3 +340,21 @@ def test_disabled_component_collects_nothing(ctx: AgentContext) -> None:
     net = comp.collect(ctx, snapshot())  # enabled: bogus roots find no namespace
     assert isinstance(net, NetworkSnapshot) and not net.namespaces
     asyncio.run(comp.stop())
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("[network]\nlink_refresh = 0", "network.link_refresh: must be > 0 (got 0)"),
+    ('[network]\nnetns_dirs = ["/run/netns", 3]',
+     "network.netns_dirs: must be a list of absolute directory paths (got ['/run/netns', 3])"),
+    ("[network]\nenabled = 1", "network.enabled: expected true or false, got int"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path: Path, text: str, error: str) -> None:
+    from agent.config import ConfigError, load_config
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, [NetworkComponent()])
+    assert str(e.value) == error
+    cfg.write_text("[network]\nlink_refresh = 5\nnetns_dirs = []\n")
+    assert load_config(cfg, [NetworkComponent()])["network"]["link_refresh"] == 5
