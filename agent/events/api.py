@@ -1,0 +1,188 @@
+"""HTTP: GET /api/v1/events (a page from the store) and /api/v1/events/stream (SSE).
+
+The stream subscribes first, then replays the store from the client's last id
+(`Last-Event-ID` or `since`), then forwards live events, skipping ids already sent: a client that
+reconnects misses nothing still retained and gets nothing twice. A subscriber that falls more
+than its queue behind is not cut off; it is refilled from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from agent.events.model import Event, EventType
+from agent.events.store import MAX_LIMIT, EventLog
+from agent.exit_codes import ExitCode
+from agent.http_errors import json_error
+
+_KNOWN_TYPES = frozenset(t.value for t in EventType)
+_PAGE = 500
+
+
+class BadQuery(ValueError):
+    """A bad query parameter; str(e) is one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    types: tuple[str, ...] = ()
+    container: str | None = None
+
+    def match(self, event: Event) -> bool:
+        if self.types and event.type not in self.types:
+            return False
+        if not self.container:
+            return True
+        c = event.container
+        if c is None:
+            return False
+        ref = self.container
+        return ref in (c.id, c.name, c.cgroup) or (len(ref) >= 12 and c.id.startswith(ref))
+
+
+@dataclass(eq=False)
+class Subscriber:
+    queue: asyncio.Queue[Event | None] = field(default_factory=lambda: asyncio.Queue(1000))
+    overflowed: bool = False
+
+
+class Hub:
+    """Live fan-out to SSE subscribers (runs on the event loop)."""
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscriber] = set()
+
+    def publish(self, event: Event) -> None:
+        for sub in self.subscribers:
+            if sub.overflowed:
+                continue
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                sub.overflowed = True
+
+    def close(self) -> None:
+        for sub in self.subscribers:
+            with contextlib.suppress(asyncio.QueueFull):
+                sub.queue.put_nowait(None)
+
+
+def _parse_int(raw: str | None, name: str, minimum: int = 0) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadQuery(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise BadQuery(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def parse_filters(query: dict[str, str] | object) -> Filters:
+    assert hasattr(query, "get") and hasattr(query, "getall")
+    types: list[str] = []
+    for raw in query.getall("type", []):
+        types.extend(t for t in raw.split(",") if t)
+    unknown = [t for t in types if t not in _KNOWN_TYPES]
+    if unknown:
+        known = ", ".join(sorted(_KNOWN_TYPES))
+        raise BadQuery(f"unknown event type {unknown[0]!r} (known: {known})")
+    return Filters(tuple(types), query.get("container") or None)
+
+
+def sse_frame(event: Event) -> bytes:
+    return f"id: {event.id}\ndata: {json.dumps(event.to_json())}\n\n".encode()
+
+
+class EventsApi:
+    def __init__(self, log: Callable[[], EventLog], hub: Hub, heartbeat_s: float) -> None:
+        self._log = log
+        self.hub = hub
+        self.heartbeat_s = heartbeat_s
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/v1/events", self.list_events),
+            web.get("/api/v1/events/stream", self.stream),
+        ]
+
+    async def list_events(self, request: web.Request) -> web.StreamResponse:
+        try:
+            filters = parse_filters(request.query)
+            since = _parse_int(request.query.get("since"), "since")
+            limit = _parse_int(request.query.get("limit"), "limit", minimum=1) or 100
+        except BadQuery as e:
+            return json_error(str(e), ExitCode.USAGE)
+        if limit > MAX_LIMIT:
+            return json_error(f"limit must be <= {MAX_LIMIT}, got {limit}", ExitCode.USAGE)
+        log = self._log()
+        events = log.query(since, filters.types, filters.container, limit)
+        return web.json_response(
+            {"events": [e.to_json() for e in events], "last_id": log.last_id()}
+        )
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        try:
+            filters = parse_filters(request.query)
+            last = _parse_int(request.headers.get("Last-Event-ID"), "Last-Event-ID")
+            if last is None:
+                last = _parse_int(request.query.get("since"), "since")
+        except BadQuery as e:
+            return json_error(str(e), ExitCode.USAGE)
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await resp.prepare(request)
+        sub = Subscriber()
+        self.hub.subscribers.add(sub)
+        log = self._log()
+        try:
+            if last is None:
+                last = log.last_id()  # no position given: from now on
+            await resp.write(b"retry: 2000\n\n")
+            last = await self._replay(resp, log, last, filters)
+            while True:
+                if sub.overflowed:
+                    while not sub.queue.empty():
+                        sub.queue.get_nowait()
+                    sub.overflowed = False
+                    last = await self._replay(resp, log, last, filters)
+                try:
+                    event = await asyncio.wait_for(sub.queue.get(), self.heartbeat_s)
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                if event is None:
+                    break
+                if event.id <= last:
+                    continue
+                last = event.id
+                if filters.match(event):
+                    await resp.write(sse_frame(event))
+        except ConnectionResetError:
+            pass
+        finally:
+            self.hub.subscribers.discard(sub)
+        return resp
+
+    async def _replay(
+        self, resp: web.StreamResponse, log: EventLog, last: int, filters: Filters
+    ) -> int:
+        while True:
+            page: Sequence[Event] = log.query(last, filters.types, filters.container, _PAGE)
+            for event in page:
+                await resp.write(sse_frame(event))
+                last = event.id
+            if len(page) < _PAGE:
+                return last

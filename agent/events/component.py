@@ -1,0 +1,367 @@
+"""The events capability: the event log, kernel-driven lifecycle and limit events, sinks.
+
+start() replaces ctx.emit, so every component's events land in the log. Lifecycle comes from
+the kernel first (IN_CREATE on the tree, `populated` in cgroup.events) and from the snapshots as
+a safety net (a workload that appears or vanishes between cycles); one incarnation gets one
+started/stopped pair per run whichever saw it first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from agent.component import AgentContext, Component, Setting
+from agent.events.api import EventsApi, Hub
+from agent.events.lifecycle import (
+    FinalReader,
+    final_fields,
+    identify,
+    net_totals,
+    pressure_fields,
+    throttled_share,
+)
+from agent.events.model import Event, EventContainer, EventType, severity_for
+from agent.events.sinks import Sink, build_sinks
+from agent.events.store import EventLog
+from agent.events.watcher import CgroupWatcher, PsiTrigger, WatchedCgroup
+from agent.model import Snapshot, WorkloadIdentity, WorkloadState
+from collectors.samples import CgroupSample
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+log = logging.getLogger("agent.events")
+
+#: Counter (source, key) -> event type; PER_UNIT types get one event per counted occurrence.
+COUNTER_EVENTS: Mapping[tuple[str, str], str] = MappingProxyType(
+    {
+        ("memory.events", "high"): EventType.MEMORY_HIGH,
+        ("memory.events", "max"): EventType.MEMORY_MAX,
+        ("memory.events", "oom"): EventType.OOM,
+        ("memory.events", "oom_kill"): EventType.OOM_KILL,
+        ("memory.events", "oom_group_kill"): EventType.OOM_GROUP_KILL,
+        ("memory.oom_control", "oom_kill"): EventType.OOM_KILL,
+        ("memory.failcnt", "failcnt"): EventType.MEMORY_MAX,
+        ("pids.events", "max"): EventType.PIDS_MAX,
+    }
+)
+PER_UNIT = frozenset({EventType.OOM, EventType.OOM_KILL, EventType.OOM_GROUP_KILL})
+#: More kills than this in one re-read are stored as one extra event carrying the rest.
+MAX_PER_UNIT = 100
+#: A control component's frozen/thawed and the kernel's for the same cgroup are one event.
+_DEDUPE_S = 5.0
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _share(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def _window(v: Any) -> str | None:
+    return None if 500_000 <= v <= 10_000_000 else "must be between 500000 and 10000000 µs"
+
+
+SETTINGS: Mapping[str, Setting] = MappingProxyType(
+    {
+        "retention_days": Setting((int, float), 14, "keep events this many days", _positive),
+        "retention_count": Setting(int, 100_000, "keep at most this many events", _positive),
+        "some_stall_us": Setting(int, 150_000, "PSI trigger: stall µs per window", _positive),
+        "window_us": Setting(int, 2_000_000, "PSI trigger window, µs (2 s multiples "
+                             "without CAP_SYS_RESOURCE)", _window),
+        "pressure_resources": Setting(list, ["cpu", "memory", "io"], "PSI files to watch"),
+        "cpu_throttled_share": Setting((int, float), 0.25, "throttled share of a cycle", _share),
+        "grafana_url": Setting(str, "", "Grafana base URL for annotations (empty: off)"),
+        "grafana_token": Setting(str, "", "Grafana service account token"),
+        "webhook_url": Setting(str, "", "URL that receives each event as JSON (empty: off)"),
+        "queue_size": Setting(int, 1000, "events queued per sink before dropping", _positive),
+        "retry_limit": Setting(int, 5, "delivery retries after the first try"),
+        "retry_backoff_s": Setting((int, float), 0.5, "first retry delay, doubled each time",
+                                   _positive),
+        "retry_backoff_max_s": Setting((int, float), 30, "longest retry delay", _positive),
+        "delivery_timeout_s": Setting((int, float), 5, "timeout of one delivery", _positive),
+        "poll_interval_s": Setting((int, float), 0.5, "polling of v1 counters without "
+                                   "notification (pids.events, memory.failcnt)", _positive),
+        "heartbeat_s": Setting((int, float), 15, "SSE keep-alive comment interval", _positive),
+        "watch_new_cgroups": Setting(bool, True, "inotify the whole tree for new cgroups"),
+    }
+)
+
+
+class EventsComponent(Component):
+    name = "events"
+    settings = SETTINGS
+
+    def __init__(self) -> None:
+        self.ctx: AgentContext | None = None
+        self.log: EventLog | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.hub = Hub()
+        self.sinks: list[Sink] = []
+        self.watcher: CgroupWatcher | None = None
+        self.reader: FinalReader | None = None
+        self.counts: Counter[str] = Counter()
+        self._emit_lock = threading.Lock()
+        self._running: dict[tuple[str, int], bool] = {}
+        self._usage: dict[tuple[str, int], int] = {}
+        self._throttled: set[tuple[str, int]] = set()
+        self._prev: Snapshot | None = None
+        self._recent: dict[tuple[str, str], float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._api = EventsApi(self._event_log, self.hub, 15.0)
+
+    def _event_log(self) -> EventLog:
+        if self.log is None:
+            raise RuntimeError("events component not started")
+        return self.log
+
+    # -- Component hooks -----------------------------------------------------------------
+    async def start(self, ctx: AgentContext) -> None:
+        cfg = ctx.section(self.name)
+        self.ctx = ctx
+        self.loop = asyncio.get_running_loop()
+        self.log = EventLog(ctx.store)
+        self._api.heartbeat_s = float(cfg.get("heartbeat_s", 15))
+        self.reader = FinalReader(ctx.layout)
+        self._prune()
+        self.sinks = build_sinks({**{k: s.default for k, s in SETTINGS.items()}, **cfg})
+        for sink in self.sinks:
+            sink.start()
+        ctx.emit = self.emit
+        psi = PsiTrigger(
+            int(cfg.get("some_stall_us", 150_000)), int(cfg.get("window_us", 2_000_000)),
+            tuple(str(r) for r in cfg.get("pressure_resources", ("cpu", "memory", "io"))),
+        )
+        self.watcher = CgroupWatcher(
+            ctx.layout, self, identify, psi, float(cfg.get("poll_interval_s", 0.5))
+        )
+        self.watcher.start(self.loop, watch_tree=bool(cfg.get("watch_new_cgroups", True)))
+        if self.watcher.psi_error:
+            ctx.host_facts["psi_triggers"] = self.watcher.psi_error
+        self._tasks.append(self.loop.create_task(self._prune_forever()))
+        self.emit(EventType.AGENT_STARTED, None, "", {"pid": os.getpid()})
+
+    async def stop(self) -> None:
+        self.emit(EventType.AGENT_STOPPED, None, "", {"pid": os.getpid()})
+        await asyncio.sleep(0)  # let the fan-out of agent_stopped run
+        for task in self._tasks:
+            task.cancel()
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
+        self.hub.close()
+        await asyncio.gather(*(s.stop() for s in self.sinks), return_exceptions=True)
+
+    def routes(self) -> list[web.RouteDef]:
+        return self._api.routes()
+
+    def metric_families(self, snapshot: Snapshot) -> Iterable[Metric]:
+        events = CounterMetricFamily(
+            "container_agent_events", "Events emitted since the agent started, by type",
+            labels=["type"],
+        )
+        for etype, n in sorted(self.counts.items()):
+            events.add_metric([etype], n)
+        dropped = CounterMetricFamily(
+            "container_agent_event_deliveries_dropped",
+            "Events a sink never received (queue full or retries exhausted)", labels=["sink"],
+        )
+        for sink in self.sinks:
+            dropped.add_metric([sink.kind], sink.dropped)
+        return [events, dropped]
+
+    # -- emitting (any thread) -----------------------------------------------------------
+    def emit(
+        self, etype: str, who: WorkloadIdentity | None, severity: str,
+        fields: Mapping[str, object],
+    ) -> None:
+        if self.log is None:
+            return
+        if etype in (EventType.FROZEN, EventType.THAWED) and who is not None:
+            key, now = (who.cgroup, str(etype)), time.monotonic()
+            if now - self._recent.get(key, -_DEDUPE_S) < _DEDUPE_S:
+                return  # the kernel's notification and the control verb: one event
+            self._recent[key] = now
+        container = EventContainer.of(who) if who is not None else None
+        with self._emit_lock:
+            try:
+                event = self.log.append(
+                    str(etype), container, severity_for(etype, severity), fields, time.time_ns()
+                )
+            except Exception:
+                log.exception("cannot store event %s", etype)
+                return
+            self.counts[event.type] += 1
+            loop = self.loop
+            if loop is None or loop.is_closed():
+                return
+            with contextlib.suppress(RuntimeError):  # loop closed at shutdown
+                loop.call_soon_threadsafe(self._fanout, event)
+
+    def _fanout(self, event: Event) -> None:
+        self.hub.publish(event)
+        for sink in self.sinks:
+            sink.offer(event)
+
+    # -- watcher callbacks (event loop) --------------------------------------------------
+    def on_populated(self, cg: WatchedCgroup, populated: bool) -> None:
+        key = (cg.path, cg.inode)
+        if populated:
+            if not self._running.get(key):
+                self._running[key] = True
+                self.emit(EventType.CONTAINER_STARTED, cg.identity, "", {"source": "kernel"})
+            return
+        # Read at once: the runtime may rmdir the cgroup any moment now.
+        sample = self.reader.read(cg) if self.reader else None
+        if not self._running.get(key):
+            usage = sample.cpu.usage_usec if sample and sample.cpu else None
+            if usage is None or usage <= self._usage.get(key, 0):
+                return  # a notification with nothing behind it
+            # It ran and emptied between two reads (a life shorter than our reaction).
+            self.emit(EventType.CONTAINER_STARTED, cg.identity, "",
+                      {"source": "kernel", "coalesced": True})
+        self._stopped(cg.identity, sample, final=sample is not None and not sample.vanished)
+
+    def _stopped(self, who: WorkloadIdentity, sample: CgroupSample | None, final: bool) -> None:
+        key = who.incarnation
+        self._running[key] = False
+        if sample is not None and sample.cpu is not None and sample.cpu.usage_usec is not None:
+            self._usage[key] = sample.cpu.usage_usec
+        fields: dict[str, object] = {"final": final}
+        if sample is not None:
+            fields.update(final_fields(sample))
+        snapshot = self.ctx.latest() if self.ctx else None
+        if snapshot is not None:
+            fields.update(net_totals(snapshot, who.id))
+        self.emit(EventType.CONTAINER_STOPPED, who, "", fields)
+        if final and sample is not None and self.ctx is not None:
+            try:
+                self.ctx.publish_final_sample(who, sample)
+            except Exception:
+                log.exception("final-sample listener failed for %s", who.cgroup)
+
+    def on_frozen(self, cg: WatchedCgroup, frozen: bool) -> None:
+        etype = EventType.FROZEN if frozen else EventType.THAWED
+        self.emit(etype, cg.identity, "", {"source": "kernel"})
+
+    def on_counter(self, cg: WatchedCgroup, source: str, key: str, delta: int, total: int) -> None:
+        etype = COUNTER_EVENTS.get((source, key))
+        if etype is None:
+            return
+        base = {"source": source, "counter": key}
+        if etype not in PER_UNIT:
+            self.emit(etype, cg.identity, "", {**base, "count": delta, "total": total})
+            return
+        for i in range(min(delta, MAX_PER_UNIT)):
+            self.emit(etype, cg.identity, "", {**base, "total": total - delta + i + 1})
+        if delta > MAX_PER_UNIT:
+            self.emit(etype, cg.identity, "", {**base, "count": delta - MAX_PER_UNIT,
+                                                "total": total, "coalesced": True})
+
+    def on_pressure(self, cg: WatchedCgroup, res: str, text: str) -> None:
+        psi = self.watcher.psi if self.watcher else None
+        fields: dict[str, object] = {"resource": res}
+        if psi is not None:
+            fields.update(stall_us=psi.stall_us, window_us=psi.window_us)
+        fields.update(pressure_fields(text))
+        self.emit(EventType.PRESSURE, cg.identity, "", fields)
+
+    def on_gone(self, cg: WatchedCgroup) -> None:
+        key = (cg.path, cg.inode)
+        if self._running.get(key):
+            # Removed before we could read it (or while we were not told): last cycle's data.
+            self._stopped(cg.identity, self._last_sample(cg.identity), final=False)
+        self._running.pop(key, None)
+        self._usage.pop(key, None)
+
+    def _last_sample(self, who: WorkloadIdentity) -> CgroupSample | None:
+        snapshot = self.ctx.latest() if self.ctx else None
+        state = snapshot.workloads.get(who.id) if snapshot else None
+        if state is not None and state.identity.incarnation == who.incarnation:
+            return state.sample
+        return None
+
+    # -- snapshots: the safety net, throttling, and which cgroups to watch ---------------
+    async def on_snapshot(self, snapshot: Snapshot) -> None:
+        prev = self._prev
+        prev_states = {w.identity.incarnation: w for w in prev.workloads.values()} if prev else {}
+        current: dict[tuple[str, int], WorkloadState] = {}
+        for state in snapshot.workloads.values():
+            who = state.identity
+            key = who.incarnation
+            current[key] = state
+            if self.watcher is not None:
+                watched = self.watcher.cgroups.get(who.cgroup)
+                if watched is None or watched.inode != who.inode:
+                    self.watcher.watch(who, new=prev is not None and key not in prev_states,
+                                       v1_paths=state.sample.v1_paths)
+                else:
+                    watched.identity = who
+            if prev is None:
+                if state.sample.populated is not False:
+                    self._running.setdefault(key, True)  # running before we started
+            elif not self._running.get(key) and key not in prev_states and (
+                state.sample.populated is not False and key not in self._running
+            ):
+                self._running[key] = True
+                self.emit(EventType.CONTAINER_STARTED, who, "", {"source": "discovery"})
+            self._check_throttled(state, prev_states.get(key))
+        for key, state in prev_states.items():
+            if key in current:
+                continue
+            if self._running.get(key):
+                self._stopped(state.identity, state.sample, final=False)
+            self._running.pop(key, None)
+            self._throttled.discard(key)
+            w = self.watcher.cgroups.get(key[0]) if self.watcher is not None else None
+            if w is not None and w.inode == key[1] and not w.files:
+                assert self.watcher is not None
+                self.watcher.unwatch(key[0])
+        self._prev = snapshot
+
+    def _check_throttled(self, state: WorkloadState, prev: WorkloadState | None) -> None:
+        if prev is None or self.ctx is None:
+            return
+        limit = float(self.ctx.section(self.name).get("cpu_throttled_share", 0.25))
+        share = throttled_share(prev.sample, state.sample)
+        key = state.identity.incarnation
+        if share is None or share < limit:
+            self._throttled.discard(key)
+            return
+        if key in self._throttled:
+            return  # still throttled: one event per episode
+        self._throttled.add(key)
+        self.emit(EventType.CPU_THROTTLED, state.identity, "",
+                  {"share": round(share, 4), "threshold": limit,
+                   "window_s": round((state.sample.monotonic_ns - prev.sample.monotonic_ns) / 1e9,
+                                     3)})
+
+    # -- retention -----------------------------------------------------------------------
+    def _prune(self) -> None:
+        if self.log is None or self.ctx is None:
+            return
+        cfg = self.ctx.section(self.name)
+        days = float(cfg.get("retention_days", 14))
+        count = int(cfg.get("retention_count", 100_000))
+        n = self.log.prune(days * 86400, count, time.time_ns())
+        if n:
+            log.info("event retention removed %d events", n)
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            self._prune()

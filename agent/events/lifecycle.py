@@ -1,0 +1,115 @@
+"""Small pure helpers of the events component: identities, final reads, event fields."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, cast
+
+from agent.model import WorkloadIdentity, WorkloadKind
+from collectors.layout import CgroupLayout
+from collectors.samples import CgroupSample
+
+if TYPE_CHECKING:
+    from agent.events.watcher import WatchedCgroup
+    from agent.model import Snapshot
+
+log = logging.getLogger("agent.events")
+
+
+class _Reader(Protocol):
+    def read(self, path: str, member_pid: int | None = None) -> CgroupSample: ...
+
+
+class FinalReader:
+    """Reads a cgroup that just emptied, through collectors.cgroupfs (helper 1's reader)."""
+
+    def __init__(self, layout: CgroupLayout) -> None:
+        self.layout = layout
+        mod = importlib.import_module("collectors.cgroupfs")
+        self._reader = cast(_Reader, mod.CgroupReader(layout))
+
+    def read(self, cg: WatchedCgroup) -> CgroupSample:
+        return self._reader.read(cg.path, member_pid=None)
+
+
+def identify(path: str, inode: int) -> WorkloadIdentity:
+    """The identity of a cgroup seen before discovery named it (path rules only)."""
+    name = path.rsplit("/", 1)[-1] or "/"
+    try:
+        from agent.discovery import classify
+    except ImportError:  # discovery not in this tree: a plain cgroup
+        return WorkloadIdentity(path, WorkloadKind.CGROUP, "", name, path, inode)
+    c = classify(path)
+    return WorkloadIdentity(
+        id=c.id or path, kind=c.kind, runtime=c.runtime, name=c.name or name, cgroup=path,
+        inode=inode, pod_uid=c.pod_uid, qos_class=c.qos_class,
+    )
+
+
+def final_fields(sample: CgroupSample) -> dict[str, object]:
+    """What container_stopped carries: the cgroup's lifetime totals at the end."""
+    out: dict[str, object] = {}
+    cpu = sample.cpu
+    if cpu is not None and cpu.usage_usec is not None:
+        out["cpu_usage_usec"] = cpu.usage_usec
+        out["cpu_seconds"] = cpu.usage_usec / 1e6
+        out["cpu_user_usec"] = cpu.user_usec
+        out["cpu_system_usec"] = cpu.system_usec
+    mem = sample.memory
+    if mem is not None:
+        out["memory_peak_bytes"] = mem.peak
+        if mem.events:
+            out["oom_kills"] = mem.events.get("oom_kill")
+    io = sample.io_totals
+    if io is not None:
+        out["io_read_bytes"], out["io_write_bytes"] = io[0], io[1]
+        out["io_read_ops"], out["io_write_ops"] = io[2], io[3]
+    if sample.pids is not None:
+        out["pids_peak"] = sample.pids.peak
+    return out
+
+
+def net_totals(snapshot: Snapshot, workload_id: str) -> dict[str, object]:
+    """rx/tx bytes of the container's network namespace, as the last cycle saw them."""
+    net = snapshot.extras.get("network")
+    totals = getattr(net, "totals_by_workload", None)
+    if not isinstance(totals, Mapping):
+        return {}
+    pair = totals.get(workload_id)
+    if not isinstance(pair, tuple) or len(pair) != 2:
+        return {}
+    return {"net_rx_bytes": pair[0], "net_tx_bytes": pair[1]}
+
+
+def pressure_fields(text: str) -> dict[str, object]:
+    """`some avg10=.. total=..` lines as some_avg10, some_total_usec, full_avg10, ..."""
+    out: dict[str, object] = {}
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind not in ("some", "full"):
+            continue
+        for item in rest.split():
+            k, _, v = item.partition("=")
+            try:
+                if k == "total":
+                    out[f"{kind}_total_usec"] = int(v)
+                elif k in ("avg10", "avg60"):
+                    out[f"{kind}_{k}"] = float(v)
+            except ValueError:
+                continue
+    return out
+
+
+def throttled_share(prev: CgroupSample, cur: CgroupSample) -> float | None:
+    """Share of the wall time between two samples the cgroup spent throttled."""
+    if prev.cpu is None or cur.cpu is None or prev.inode != cur.inode:
+        return None
+    a, b = prev.cpu.throttled_usec, cur.cpu.throttled_usec
+    dt_us = (cur.monotonic_ns - prev.monotonic_ns) / 1000
+    if a is None or b is None or b < a or dt_us <= 0:
+        return None
+    return (b - a) / dt_us
+
+

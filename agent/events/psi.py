@@ -1,0 +1,70 @@
+"""Waiting on PSI triggers: a thread blocked in epoll_wait, reporting to the event loop.
+
+Why not `loop.add_reader` on a dedicated epoll's fd, as for other kernfs fds: a PSI trigger's
+poll consumes its event (psi_trigger_poll does cmpxchg(&t->event, 1, 0)). When the loop's
+epoll checks whether our nested epoll is ready, that check polls the trigger and swallows the
+event, so our own epoll_wait then finds nothing [obs, 6.18: add_reader fired, poll(0) gave []].
+A blocking epoll_wait in one thread polls each trigger once and gets the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import threading
+from collections.abc import Callable
+
+
+class PsiWaiter:
+    def __init__(self, on_fire: Callable[[int, int], None]) -> None:
+        """`on_fire(fd, mask)` runs on the event loop for each trigger that fired."""
+        self.on_fire = on_fire
+        self.epoll = select.epoll()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.epoll.register(self._wake, select.EPOLLIN)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="psi-triggers", daemon=True)
+        self._thread.start()
+
+    def register(self, fd: int) -> None:
+        # EPOLLPRI only: with EPOLLIN a kernfs fd is always ready.
+        self.epoll.register(fd, select.EPOLLPRI)
+
+    def unregister(self, fd: int) -> None:
+        with contextlib.suppress(OSError):
+            self.epoll.unregister(fd)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            os.eventfd_write(self._wake, 1)
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.epoll.close()
+        os.close(self._wake)
+
+    def _run(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while True:
+            try:
+                ready = self.epoll.poll()
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):
+                return  # closed
+            for fd, mask in ready:
+                if fd == self._wake:
+                    return
+                if mask & select.EPOLLERR:
+                    # The cgroup is gone; level-triggered POLLERR would spin: drop it here.
+                    self.unregister(fd)
+                try:
+                    loop.call_soon_threadsafe(self.on_fire, fd, mask)
+                except RuntimeError:
+                    return  # the loop is closed

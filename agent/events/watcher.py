@@ -1,0 +1,538 @@
+"""Kernel notifications for watched cgroups, delivered on the event loop within milliseconds.
+
+- inotify IN_MODIFY on `cgroup.events`, `memory.events[.local]`, `pids.events[.local]` (v2);
+- inotify IN_CREATE/IN_DELETE on every directory of the reference tree, so a cgroup that lives
+  50 ms is watched from its mkdir on;
+- v1 memory: `memory.oom_control` through `cgroup.event_control` and an eventfd; v1
+  `pids.events` and `memory.failcnt` send no notification on this kernel, so they are polled;
+- PSI triggers written to `<res>.pressure`, waited on with EPOLLPRI in a dedicated epoll by
+  one thread (psi.py says why not through `loop.add_reader`).
+
+Notifications coalesce (at most 100/s per file), so counts always come from re-reading the
+files: a burst of 3 OOM kills is a delta of 3. The listener gets deltas, never wake-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import resource
+import select
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from agent.events.psi import PsiWaiter
+from agent.inotify import (
+    IN_CREATE,
+    IN_DELETE,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MODIFY,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    Inotify,
+)
+from agent.model import WorkloadIdentity
+from collectors.layout import CgroupLayout
+
+log = logging.getLogger("agent.events.watcher")
+
+_GONE = (errno.ENOENT, errno.ENODEV, errno.ENOTDIR, errno.ESRCH)
+_DIR_MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR
+#: v1 controllers whose files the watcher reads.
+_V1_USED = ("memory", "pids")
+#: How often, and how long, to wait for a new process to reach its v1 cgroups.
+_V1_RETRY_S, _V1_RETRIES = 0.05, 40
+#: Re-reads after an OOM eventfd wake-up (s).
+_OOM_REREAD_S = (0.02, 0.1, 0.5)
+
+
+class WatchListener(Protocol):
+    def on_populated(self, cg: WatchedCgroup, populated: bool) -> None: ...
+    def on_frozen(self, cg: WatchedCgroup, frozen: bool) -> None: ...
+    def on_counter(self, cg: WatchedCgroup, source: str, key: str, delta: int, total: int) -> None:
+        ...
+    def on_pressure(self, cg: WatchedCgroup, res: str, text: str) -> None: ...
+    def on_gone(self, cg: WatchedCgroup) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PsiTrigger:
+    stall_us: int
+    window_us: int
+    resources: tuple[str, ...] = ("cpu", "memory", "io")
+
+
+@dataclass(eq=False)
+class WatchedCgroup:
+    """One cgroup incarnation the watcher follows."""
+
+    path: str
+    inode: int
+    identity: WorkloadIdentity
+    #: Created while the agent watched: counters start from 0, not from the first read.
+    new: bool
+    populated: bool | None = None
+    #: Ever seen populated since watched (a 50 ms life can coalesce into one `populated 0`).
+    seen_populated: bool = False
+    frozen: bool | None = None
+    v1_dirs: dict[str, Path] = field(default_factory=dict)
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    polled: set[str] = field(default_factory=set)
+    wds: dict[int, str] = field(default_factory=dict)
+    psi: dict[int, str] = field(default_factory=dict)
+    oom_fds: tuple[int, int] | None = None
+    v1_tries: int = 0
+    v1_pending: bool = False
+
+
+def parse_flat(text: str) -> dict[str, int]:
+    """Flat keyed `KEY VALUE` lines (a bare number is key ``value``); junk lines skipped."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 1 and parts[0].isdigit():
+            out["value"] = int(parts[0])
+        elif len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def _read(path: Path) -> str | None:
+    """File text, or None when the cgroup (or the file) is gone."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError as e:
+        if e.errno in _GONE:
+            return None
+        raise
+
+
+def raise_nofile_limit() -> None:
+    """Each watched cgroup holds a few fds (PSI triggers, eventfds): use the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class CgroupWatcher:
+    def __init__(
+        self,
+        layout: CgroupLayout,
+        listener: WatchListener,
+        identify: Callable[[str, int], WorkloadIdentity],
+        psi: PsiTrigger | None,
+        poll_interval_s: float = 0.5,
+    ) -> None:
+        self.layout = layout
+        self.root = layout.reference_root
+        self.listener = listener
+        self.identify = identify
+        self.psi = psi
+        self.poll_interval_s = poll_interval_s
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ino = Inotify()
+        self.psi_waiter = PsiWaiter(self._on_psi)
+        self.cgroups: dict[str, WatchedCgroup] = {}
+        self._dir_wds: dict[int, str] = {}
+        self._dir_by_path: dict[str, int] = {}
+        self._file_wds: dict[int, WatchedCgroup] = {}
+        self._psi_fds: dict[int, WatchedCgroup] = {}
+        self._poll_handle: asyncio.TimerHandle | None = None
+        self.psi_error: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop, watch_tree: bool = True) -> None:
+        raise_nofile_limit()
+        self.loop = loop
+        loop.add_reader(self.ino.fd, self._on_inotify)
+        self.psi_waiter.start(loop)
+        if watch_tree:
+            self._watch_subtree("/", report_new=False)
+        self._schedule_poll()
+
+    def close(self) -> None:
+        for path in list(self.cgroups):
+            self.unwatch(path)
+        if self._poll_handle is not None:
+            self._poll_handle.cancel()
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.ino.fd)
+        self.ino.close()
+        self.psi_waiter.close()
+
+    def _abs(self, path: str) -> Path:
+        return self.root if path == "/" else self.root / path.lstrip("/")
+
+    # -- the directory tree: IN_CREATE reports new cgroups at once -----------------------
+    def _watch_subtree(self, top: str, report_new: bool) -> None:
+        # The watch goes on before the listing: a child made meanwhile is listed or reported.
+        stack = [top]
+        while stack:
+            rel = stack.pop()
+            if rel not in self._dir_by_path:
+                try:
+                    wd = self.ino.add_watch(str(self._abs(rel)), _DIR_MASK)
+                except OSError as e:
+                    if e.errno in _GONE:
+                        continue
+                    raise
+                self._dir_wds[wd] = rel
+                self._dir_by_path[rel] = wd
+            if report_new and rel not in self.cgroups:
+                self._new_cgroup(rel)
+            try:
+                with os.scandir(self._abs(rel)) as it:
+                    for entry in it:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(f"{rel.rstrip('/')}/{entry.name}")
+            except OSError as e:
+                if e.errno not in _GONE:
+                    raise
+
+    def _new_cgroup(self, rel: str) -> None:
+        try:
+            inode = os.stat(self._abs(rel)).st_ino
+        except OSError:
+            return
+        self.watch(self.identify(rel, inode), new=True)
+
+    def _dir_gone(self, rel: str) -> None:
+        prefix = rel.rstrip("/") + "/"
+        for path in [p for p in self._dir_by_path if p == rel or p.startswith(prefix)]:
+            wd = self._dir_by_path.pop(path)
+            self._dir_wds.pop(wd, None)
+            self.ino.rm_watch(wd)
+        for path in [p for p in self.cgroups if p == rel or p.startswith(prefix)]:
+            cg = self.cgroups.get(path)
+            if cg is not None:
+                self.unwatch(path)
+                self.listener.on_gone(cg)
+
+    # -- one cgroup ----------------------------------------------------------------------
+    def watch(
+        self, identity: WorkloadIdentity, new: bool, v1_paths: Mapping[str, str] | None = None
+    ) -> WatchedCgroup | None:
+        """Follow one cgroup; None when it is already gone. Idempotent per path and inode."""
+        old = self.cgroups.get(identity.cgroup)
+        if old is not None:
+            if old.inode == identity.inode:
+                old.identity = identity
+                return old
+            self.unwatch(identity.cgroup)
+            self.listener.on_gone(old)
+        d = self._abs(identity.cgroup)
+        cg = WatchedCgroup(identity.cgroup, identity.inode, identity, new)
+        self.cgroups[cg.path] = cg
+        if self.layout.unified is not None:
+            self._add_file(cg, "cgroup.events", d / "cgroup.events")
+            for source in ("memory.events", "pids.events"):
+                local = d / f"{source}.local"
+                self._add_file(cg, source, local if local.exists() else d / source)
+            if self.psi is not None and cg.path != "/":
+                for res in self.psi.resources:
+                    self._add_psi(cg, res, d / f"{res}.pressure")
+        else:
+            # Legacy v1: no cgroup.events; emptiness is polled from cgroup.procs.
+            cg.files["cgroup.procs"] = d / "cgroup.procs"
+            cg.polled.add("cgroup.procs")
+        if cg.path in self.cgroups:
+            self._setup_v1(cg, v1_paths, retry=False)
+        for source in list(cg.files):
+            if cg.path in self.cgroups:
+                self._reread(cg, source)
+        return self.cgroups.get(cg.path)
+
+    def unwatch(self, path: str) -> None:
+        cg = self.cgroups.pop(path, None)
+        if cg is None:
+            return
+        for wd in cg.wds:
+            self._file_wds.pop(wd, None)
+            self.ino.rm_watch(wd)
+        cg.wds.clear()
+        for fd in list(cg.psi):
+            self._psi_fds.pop(fd, None)
+            self.psi_waiter.unregister(fd)
+            os.close(fd)
+        cg.psi.clear()
+        self._close_oom(cg)
+
+    def _add_file(self, cg: WatchedCgroup, source: str, path: Path) -> None:
+        try:
+            wd = self.ino.add_watch(str(path), IN_MODIFY)
+        except OSError as e:
+            if e.errno in _GONE:
+                return  # absent on this kernel or controller
+            raise
+        cg.files[source] = path
+        cg.wds[wd] = source
+        self._file_wds[wd] = cg
+
+    def _add_psi(self, cg: WatchedCgroup, res: str, path: Path) -> None:
+        assert self.psi is not None
+        if not path.exists():
+            return
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno not in _GONE:
+                log.warning("PSI trigger on %s: %s", path, e)
+            return
+        try:
+            os.write(fd, f"some {self.psi.stall_us} {self.psi.window_us}\0".encode())
+            self.psi_waiter.register(fd)
+        except OSError as e:
+            os.close(fd)
+            if e.errno == errno.EOPNOTSUPP:
+                self.psi_error = "PSI is disabled in this kernel (EOPNOTSUPP)"
+            elif e.errno == errno.EINVAL:
+                self.psi_error = (
+                    f"PSI trigger 'some {self.psi.stall_us} {self.psi.window_us}' refused "
+                    "(without CAP_SYS_RESOURCE the window must be a multiple of 2 s)"
+                )
+            elif e.errno not in _GONE:
+                self.psi_error = f"PSI trigger: {e.strerror}"
+            if self.psi_error and e.errno not in _GONE:
+                log.warning("%s; pressure events are off", self.psi_error)
+                self.psi = None
+            return
+        cg.psi[fd] = res
+        self._psi_fds[fd] = cg
+
+    # -- v1 memory and pids hierarchies --------------------------------------------------
+    def _setup_v1(self, cg: WatchedCgroup, v1_paths: Mapping[str, str] | None, retry: bool) -> None:
+        wanted = [c for c in _V1_USED if self.layout.v1_root(c) is not None and c not in cg.v1_dirs]
+        for ctrl in wanted:
+            d = self._v1_dir(cg, ctrl, (v1_paths or {}).get(ctrl))
+            if d is None:
+                continue
+            cg.v1_dirs[ctrl] = d
+            if ctrl == "memory":
+                self._add_v1_source(cg, "memory.failcnt", d / "memory.failcnt")
+                self._add_oom_eventfd(cg, d / "memory.oom_control")
+            else:
+                self._add_v1_source(cg, "pids.events", d / "pids.events")
+        missing = [c for c in wanted if c not in cg.v1_dirs]
+        if retry and missing and not cg.v1_pending and cg.v1_tries < _V1_RETRIES and self.loop:
+            # A runtime moves a new process into each hierarchy in turn: ask again shortly.
+            cg.v1_tries += 1
+            cg.v1_pending = True
+            self.loop.call_later(_V1_RETRY_S, self._retry_v1, cg)
+
+    def _retry_v1(self, cg: WatchedCgroup) -> None:
+        cg.v1_pending = False
+        if self.cgroups.get(cg.path) is cg:
+            self._setup_v1(cg, None, retry=True)
+
+    def _v1_dir(self, cg: WatchedCgroup, ctrl: str, given: str | None) -> Path | None:
+        root = self.layout.v1_root(ctrl)
+        assert root is not None
+        if root == self.root:
+            return self._abs(cg.path)
+        if given:
+            return root / given.lstrip("/")
+        same = root / cg.path.lstrip("/")
+        if same.is_dir():
+            return same
+        # The hierarchies differ (here memory sits under /process_api/<id>): ask a member
+        # process, and trust it only once it names a directory ending like ours.
+        procs = _read(self._abs(cg.path) / "cgroup.procs")
+        base = cg.path.rsplit("/", 1)[-1]
+        for pid in (procs or "").split()[:3]:
+            text = _read(Path(f"/proc/{pid}/cgroup")) or ""
+            for line in text.splitlines():
+                _hid, ctrls, path = line.split(":", 2)
+                if ctrl in ctrls.split(",") and path.rsplit("/", 1)[-1] == base:
+                    return root / path.lstrip("/")
+        return None
+
+    def _add_v1_source(self, cg: WatchedCgroup, source: str, path: Path) -> None:
+        if path.exists():
+            cg.files[source] = path
+            cg.polled.add(source)
+            self._reread(cg, source)
+
+    def _add_oom_eventfd(self, cg: WatchedCgroup, control: Path) -> None:
+        try:
+            cfd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            with open(control.parent / "cgroup.event_control", "w") as f:
+                f.write(f"{efd} {cfd}")
+        except OSError as e:
+            os.close(efd)
+            os.close(cfd)
+            log.debug("oom eventfd on %s: %s", control, e)
+            return
+        cg.oom_fds = (efd, cfd)
+        cg.files["memory.oom_control"] = control
+        cg.polled.add("memory.oom_control")  # safety net: see _on_oom_eventfd
+        self._reread(cg, "memory.oom_control")
+        if self.loop is not None:
+            self.loop.add_reader(efd, self._on_oom_eventfd, cg)
+
+    def _close_oom(self, cg: WatchedCgroup) -> None:
+        if cg.oom_fds is None:
+            return
+        efd, cfd = cg.oom_fds
+        cg.oom_fds = None
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(efd)
+        os.close(efd)
+        os.close(cfd)
+
+    # -- reacting ------------------------------------------------------------------------
+    def _reread(self, cg: WatchedCgroup, source: str, notified: bool = False) -> None:
+        path = cg.files.get(source)
+        if path is None:
+            return
+        text = _read(path)
+        if text is None:
+            if source in ("cgroup.events", "cgroup.procs") and self.cgroups.get(cg.path) is cg:
+                self.unwatch(cg.path)
+                self.listener.on_gone(cg)
+            elif source == "memory.oom_control":
+                self._close_oom(cg)
+            return
+        if source == "cgroup.procs":
+            self._set_populated(cg, bool(text.split()), notified=False)
+            return
+        values = parse_flat(text)
+        if source == "cgroup.events":
+            notified_populated = notified
+            if "frozen" in values:
+                frozen = bool(values["frozen"])
+                if cg.frozen is not None and frozen != cg.frozen:
+                    notified_populated = False  # this notification was the freeze
+                    self.listener.on_frozen(cg, frozen)
+                cg.frozen = frozen
+            self._set_populated(cg, bool(values.get("populated", 0)), notified_populated)
+            return
+        if source == "memory.failcnt":
+            values = {"failcnt": values.get("value", 0)}
+        old = cg.counters.get(source)
+        if old is None:
+            old = {} if cg.new else values
+        cg.counters[source] = values
+        for key, total in values.items():
+            delta = total - old.get(key, 0)
+            if delta > 0:
+                self.listener.on_counter(cg, source, key, delta, total)
+
+    def _set_populated(self, cg: WatchedCgroup, populated: bool, notified: bool) -> None:
+        first = cg.populated is None
+        if populated and cg.populated is not True:
+            cg.v1_tries = 0
+            self._setup_v1(cg, None, retry=True)
+        if not populated:
+            # Count what happened up to the end (an OOM kill emptying it) before the stop.
+            self._refresh_counters(cg)
+        if populated != cg.populated:
+            cg.populated = populated
+            cg.seen_populated |= populated
+            # An old cgroup's first read is its state, not a change; a new one going
+            # populated is a start.
+            if not first or (cg.new and populated):
+                self.listener.on_populated(cg, populated)
+        elif notified and not populated:
+            # Told something changed, yet still empty: a short life (populated 1 then 0)
+            # coalesced into one read. The listener checks the counters to tell.
+            self.listener.on_populated(cg, False)
+
+    def _on_inotify(self) -> None:
+        todo: dict[tuple[int, str], WatchedCgroup] = {}
+        for ev in self.ino.read_events():
+            if ev.overflow:
+                log.warning("inotify queue overflow: rescanning the cgroup tree")
+                self._watch_subtree("/", report_new=True)
+                for cg in list(self.cgroups.values()):
+                    for source in cg.wds.values():
+                        todo[(id(cg), source)] = cg
+                continue
+            parent = self._dir_wds.get(ev.wd)
+            if parent is not None:
+                if ev.mask & IN_IGNORED:
+                    self._dir_wds.pop(ev.wd, None)
+                    if self._dir_by_path.get(parent) == ev.wd:
+                        del self._dir_by_path[parent]
+                elif ev.mask & IN_ISDIR and ev.name:
+                    child = f"{parent.rstrip('/')}/{ev.name}"
+                    if ev.mask & (IN_CREATE | IN_MOVED_TO):
+                        self._watch_subtree(child, report_new=True)
+                    elif ev.mask & (IN_DELETE | IN_MOVED_FROM):
+                        self._dir_gone(child)
+                continue
+            owner = self._file_wds.get(ev.wd)
+            if owner is not None and ev.mask & IN_MODIFY:
+                changed = owner.wds.get(ev.wd)
+                if changed is not None:
+                    todo[(id(owner), changed)] = owner
+        # Several notifications for one file since the last read are one re-read.
+        for (_, source), cg in todo.items():
+            if self.cgroups.get(cg.path) is cg:
+                self._reread(cg, source, notified=True)
+
+    def _on_oom_eventfd(self, cg: WatchedCgroup) -> None:
+        if cg.oom_fds is None:
+            return
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(cg.oom_fds[0])
+        # Also signalled when the cgroup goes away: the re-read then finds nothing.
+        self._refresh_counters(cg)
+        # The eventfd fires when the OOM starts, the kill is counted a moment later.
+        if self.loop is not None:
+            for delay in _OOM_REREAD_S:
+                self.loop.call_later(delay, self._refresh_if_watched, cg)
+
+    def _refresh_if_watched(self, cg: WatchedCgroup) -> None:
+        if self.cgroups.get(cg.path) is cg:
+            self._refresh_counters(cg)
+
+    def _refresh_counters(self, cg: WatchedCgroup) -> None:
+        for source in [s for s in cg.files if s not in ("cgroup.events", "cgroup.procs")]:
+            if self.cgroups.get(cg.path) is cg or source == "memory.oom_control":
+                self._reread(cg, source)
+
+    def _on_psi(self, fd: int, mask: int) -> None:
+        cg = self._psi_fds.get(fd)
+        if cg is None:
+            return
+        res = cg.psi.get(fd, "")
+        if mask & select.EPOLLERR:
+            # The cgroup was removed: the trigger is dead (read gives ENODEV).
+            self._psi_fds.pop(fd, None)
+            cg.psi.pop(fd, None)
+            self.psi_waiter.unregister(fd)
+            os.close(fd)
+            return
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            text = os.read(fd, 4096).decode(errors="replace")
+        except OSError:
+            text = ""
+        self.listener.on_pressure(cg, res, text)
+
+    def _schedule_poll(self) -> None:
+        if self.loop is not None:
+            self._poll_handle = self.loop.call_later(self.poll_interval_s, self._poll)
+
+    def _poll(self) -> None:
+        try:
+            for cg in list(self.cgroups.values()):
+                for source in sorted(cg.polled):
+                    if self.cgroups.get(cg.path) is cg:
+                        self._reread(cg, source)
+        finally:
+            self._schedule_poll()

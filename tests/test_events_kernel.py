@@ -1,0 +1,107 @@
+"""Kernel-driven events on real cgroups: no snapshot is ever given to the component here, so
+every event below came from a kernel notification (inotify, eventfd, PSI trigger), not from a
+collection cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from tests.support.cgroups import CgroupFactory, TestCgroup
+from tests.test_events_harness import Harness, started
+
+PY = sys.executable
+
+
+def _watched(h: Harness, cg: TestCgroup) -> bool:
+    assert h.comp.watcher is not None
+    return cg.rel in h.comp.watcher.cgroups
+
+
+async def _wait_exit(proc: object) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, proc.wait)  # type: ignore[attr-defined]
+
+
+def test_short_lived_cgroup_started_and_stopped_with_exact_cpu(
+    cgroups: CgroupFactory, tmp_path: Path
+) -> None:
+    async def body() -> None:
+        async with started(tmp_path) as h:
+            cg = cgroups.create()
+            await h.wait_for(lambda: _watched(h, cg))
+            # A process living about 50 ms.
+            proc = cg.spawn([PY, "-S", "-c",
+                             "import time\nt=time.monotonic()\nwhile time.monotonic()-t<0.05: pass"])
+            await _wait_exit(proc)
+            stopped = await h.wait_for(lambda: h.events("container_stopped", cg.rel))
+            kernel = cg.cpu_usage_usec()  # still there: read before removal
+            assert [e.type for e in h.events(container=cg.rel)][:2] == [
+                "container_started", "container_stopped"]
+            assert len(stopped) == 1
+            f = stopped[0].fields
+            assert f["final"] is True
+            assert f["cpu_usage_usec"] == kernel > 0
+            assert stopped[0].container is not None
+            assert stopped[0].container.inode == cg.ref_dir.stat().st_ino
+            finals = [s for who, s in h.finals if who.cgroup == cg.rel]
+            assert finals and finals[0].cpu is not None
+            assert finals[0].cpu.usage_usec == kernel
+    asyncio.run(body())
+
+
+def test_oom_kills_one_event_per_kill(cgroups: CgroupFactory, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with started(tmp_path) as h:
+            cg = cgroups.create()
+            cg.write("memory", "memory.limit_in_bytes", str(32 << 20))
+            await h.wait_for(lambda: _watched(h, cg))
+            proc = cg.spawn(["sh", "-c", "for i in 1 2 3; do "
+                             f"{PY} -S -c 'x = bytearray(200 << 20)'; done"])
+            await _wait_exit(proc)
+            kernel = int(dict(line.split() for line in cg.read(
+                "memory", "memory.oom_control").splitlines())["oom_kill"])
+            assert kernel >= 3
+            kills = await h.wait_for(
+                lambda: (e := h.events("oom_kill", cg.rel)) and len(e) >= kernel and e)
+            assert len(kills) == kernel
+            assert [e.fields["total"] for e in kills] == list(range(1, kernel + 1))
+            assert all(e.severity == "error" for e in kills)
+    asyncio.run(body())
+
+
+def test_pids_limit_hit(cgroups: CgroupFactory, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with started(tmp_path) as h:
+            cg = cgroups.create()
+            cg.write("pids", "pids.max", "3")
+            await h.wait_for(lambda: _watched(h, cg))
+            proc = cg.spawn(["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 1 & done; wait"])
+            await _wait_exit(proc)
+            kernel = int(cg.read("pids", "pids.events").split()[1])
+            assert kernel > 0
+            hits = await h.wait_for(lambda: (e := h.events("pids_max", cg.rel)) and sum(
+                int(x.fields["count"]) for x in e) >= kernel and e)
+            assert sum(int(x.fields["count"]) for x in hits) == kernel
+            assert hits[-1].fields["total"] == kernel
+    asyncio.run(body())
+
+
+def test_cpu_contention_gives_pressure_event(cgroups: CgroupFactory, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with started(tmp_path, some_stall_us=100_000, window_us=2_000_000,
+                           pressure_resources=["cpu"]) as h:
+            cg = cgroups.create()
+            await h.wait_for(lambda: _watched(h, cg))
+            assert h.comp.watcher is not None
+            assert h.comp.watcher.psi_error is None
+            code = "import time\nt=time.monotonic()\nwhile time.monotonic()-t<8: pass"
+            for _ in range(4):  # 4 spinners on 2 CPUs: each waits for a CPU half the time
+                cg.spawn([PY, "-S", "-c", code])
+            events = await h.wait_for(lambda: h.events("pressure", cg.rel), timeout=8)
+            e = events[0]
+            assert e.fields["resource"] == "cpu"
+            assert e.fields["window_us"] == 2_000_000
+            assert int(e.fields["some_total_usec"]) > 0
+            cg.stop_processes()
+    asyncio.run(body())
