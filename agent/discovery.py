@@ -253,6 +253,8 @@ class Discovery:
         self._state_cache: StateCache = {}
         #: Container cgroups (path -> id) as of the last scan/identify, for nesting decisions.
         self._containers: dict[str, str] = {}
+        #: The host's namespaces as of the last scan (they do not change while we run).
+        self._host: Mapping[str, NamespaceId] = {}
 
     @staticmethod
     def _reference_key(layout: CgroupLayout) -> str:
@@ -270,7 +272,7 @@ class Discovery:
         """Every cgroup of the reference tree, keyed by WorkloadIdentity.id."""
         dirs = walk(self.root)
         procs = read_processes(self.proc_root)
-        host = host_namespaces(self.proc_root)
+        host = self._host = host_namespaces(self.proc_root)
         by_cgroup: dict[str, list[ProcessInfo]] = {}
         for info in procs.values():
             cg = info.cgroups.get(self.ref_key)
@@ -329,7 +331,7 @@ class Discovery:
                 procs[mine.init_pid] = info
         ident = self._build(
             path, inode, by_cgroup, placed.get(path), self._containers, procs,
-            host_namespaces(self.proc_root),
+            self._host or host_namespaces(self.proc_root),
         )
         if inode_of(self.root, path) != inode:
             return None  # removed (or replaced) while we looked
