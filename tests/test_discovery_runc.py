@@ -14,6 +14,7 @@ import pytest
 
 from agent.discovery import Discovery
 from agent.model import WorkloadIdentity, WorkloadKind
+from collectors.layout import CgroupLayout, LayoutKind
 from collectors.procfs import host_namespaces, read_process
 from tests.support.cgroups import CgroupFactory
 from tests.support.runc import RuncContainer, RuncUnavailable, process_dead, runc_container
@@ -159,3 +160,21 @@ def test_runc_container_cleanup_leaves_nothing(cgroups: CgroupFactory) -> None:
     for key, d in dirs.items():
         if key in ("cpuset", "devices", "name=systemd"):
             assert not d.parent.exists(), d.parent
+
+
+@pytest.mark.parametrize("controller", ["cpuacct", "memory"])
+def test_legacy_reference_hierarchy(cgroups: CgroupFactory, controller: str) -> None:
+    """As on a v1-only host: the reference tree is a v1 hierarchy. memory sits under
+    /process_api/<id> here, so its paths differ from the cgroup2 ones."""
+    root = cgroups.layout.v1_root(controller)
+    if root is None:
+        pytest.skip(f"no v1 {controller} hierarchy on this host")
+    legacy = CgroupLayout(kind=LayoutKind.LEGACY, unified=None, v1={controller: root})
+    try:
+        with runc_container(cgroups) as c:
+            expected = "/" + str(c.cgroup_dirs[controller].relative_to(root))
+            w = Discovery(legacy).scan()[c.id]
+            assert (w.runtime, w.cgroup, w.init_pid) == ("runc", expected, c.init_pid)
+            assert w.inode == os.stat(c.cgroup_dirs[controller]).st_ino
+    except RuncUnavailable as e:
+        pytest.skip(f"runc cannot run here: {e}")
