@@ -40,8 +40,8 @@ def test_first_cycle_is_a_baseline_then_deltas_are_exact(tmp_path: Path) -> None
     led.observe_snapshot(snapshot([(a, synth("/a", 11, T0 + 2, cpu=6000))]))
     led.observe_snapshot(snapshot([(a, synth("/a", 11, T0 + 3, cpu=9000))]))
     assert total(led, "/a", "cpu_usec") == 4000
-    # Every sample counted once on the cpu row, the baseline too (it carries no usage).
-    assert sum(r.n_samples for r in rows(led) if r.meter == "cpu_usec") == 2
+    # Every sample counted once on the cpu row, the baseline too (its value is the start).
+    assert sum(r.n_samples for r in rows(led) if r.meter == "cpu_usec") == 3
 
 
 def test_an_incarnation_seen_later_is_billed_from_zero(tmp_path: Path) -> None:

@@ -236,6 +236,7 @@ class Ledger:
             prev = s.counters.get(meter)
             s.counters[meter] = value
             resets = 0
+            self._add(batch, (*key, SELF, meter, here), meter, 0, 1, 0)
             if prev is None:
                 if first_sample and s.baseline:
                     continue
@@ -247,7 +248,6 @@ class Ledger:
             else:
                 delta, t0m = value - prev, t0
             self._add_split(batch, key, SELF, meter, delta, t0m, t1, resets)
-            self._add(batch, (*key, SELF, meter, here), meter, 0, 1, 0)
         self._observe_memory(batch, key, s, sample, t0, t1, first_sample)
         s.inner = s.inner or (sample.stat.get("nr_descendants", 0)
                               + sample.stat.get("nr_dying_descendants", 0)) > 0
