@@ -49,7 +49,6 @@ class RuntimeState:
     cgroup_paths: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     #: Where the runtime's state lives (the root key, e.g. "runc:k8s.io").
     source: str = ""
-    status: str | None = None
 
 
 def _load_json(path: Path) -> Any:
