@@ -18,6 +18,7 @@ their parent's own row and so never add to a group.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -74,6 +75,7 @@ def _iso(t: str) -> int:
     return int(dt.timestamp())
 
 
+@functools.lru_cache(maxsize=4096)  # a few distinct period bounds per export
 def iso(epoch_s: int) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
