@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ from agent.http_errors import json_error
 
 _KNOWN_TYPES = frozenset(t.value for t in EventType)
 _PAGE = 500
+#: How often a quiet stream checks that its client is still there (s).
+_CHECK_S = 1.0
 
 
 class BadQuery(ValueError):
@@ -106,6 +109,8 @@ class EventsApi:
         self._log = log
         self.hub = hub
         self.heartbeat_s = heartbeat_s
+        #: Times a subscriber fell behind and was refilled from the store.
+        self.refills = 0
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -152,17 +157,25 @@ class EventsApi:
                 last = log.last_id()  # no position given: from now on
             await resp.write(b"retry: 2000\n\n")
             last = await self._replay(resp, log, last, filters)
+            quiet_since = time.monotonic()
             while True:
                 if sub.overflowed:
                     while not sub.queue.empty():
                         sub.queue.get_nowait()
                     sub.overflowed = False
+                    self.refills += 1
                     last = await self._replay(resp, log, last, filters)
                 try:
-                    event = await asyncio.wait_for(sub.queue.get(), self.heartbeat_s)
+                    event = await asyncio.wait_for(sub.queue.get(), _CHECK_S)
                 except TimeoutError:
-                    await resp.write(b": keep-alive\n\n")
+                    # aiohttp does not cancel a handler whose client left: look every second.
+                    if request.transport is None or request.transport.is_closing():
+                        break
+                    if time.monotonic() - quiet_since >= self.heartbeat_s:
+                        await resp.write(b": keep-alive\n\n")
+                        quiet_since = time.monotonic()
                     continue
+                quiet_since = time.monotonic()
                 if event is None:
                     break
                 if event.id <= last:
