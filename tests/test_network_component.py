@@ -358,3 +358,41 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path, text: str, error: str)
     assert str(e.value) == error
     cfg.write_text("[network]\nlink_refresh = 5\nnetns_dirs = []\n")
     assert load_config(cfg, [NetworkComponent()])["network"]["link_refresh"] == 5
+
+
+def test_agentd_end_to_end_metrics_api_and_agentctl_show(
+    nets: NetnsFactory, cgroups: CgroupFactory, runc: list[object],
+) -> None:
+    """The real daemon discovers a runc container; its traffic shows in /metrics (both
+    namings), /api/v1/network, and `agentctl show` lists its interfaces with the peer."""
+    from tests.support.agentd import running_agent
+
+    c = start(runc, cgroups)
+    cns = nets.attach(c.init_pid)
+    pair = nets.veth(nets.create(), cns, "ca0", "eth0")
+    assert nets.send_udp(pair, 300, 1000) == 300
+    want = 300 * (1000 + UDP_OVERHEAD)
+    with running_agent({"cadvisor": True}) as agent:
+
+        def counted() -> bool:
+            net = agent.get("/api/v1/network")
+            ns = [n for n in net["namespaces"] if n["netns"] == cns.ino]
+            return bool(ns and ns[0]["owner"] == c.id and any(
+                i["name"] == "eth0" and i["rx_bytes"] == want for i in ns[0]["interfaces"]))
+
+        agent.wait_for(counted, timeout=60)
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = [s for f in text_string_to_metric_families(agent.get_text("/metrics"))
+                   for s in f.samples]
+        mine = [s for s in samples if s.name == "container_agent_network_receive_bytes_total"
+                and s.labels.get("netns") == str(cns.ino) and s.labels["interface"] == "eth0"]
+        assert [(s.labels["id"], s.labels["scope"], s.value) for s in mine] == [
+            (c.id, "container", want)]
+        ca = [s for s in samples if s.name == "container_network_receive_bytes_total"
+              and s.labels.get("id") == c.cgroup]
+        assert [(s.labels["interface"], s.value) for s in ca] == [("eth0", want)]
+        shown = agent.agentctl("show", c.id)
+        assert shown.returncode == 0, shown.stderr
+        line = next(x for x in shown.stdout.splitlines() if x.startswith("net eth0:"))
+        assert "peer ca0 in netns" in line
