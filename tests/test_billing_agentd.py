@@ -80,3 +80,27 @@ def test_agentd_kill9_restart_exact_and_exports_identical(cgroups: CgroupFactory
         finally:
             for a in agents:
                 a.stop()
+
+
+def test_agentd_bills_a_100ms_cgroup_exactly(cgroups: CgroupFactory) -> None:
+    with tempfile.TemporaryDirectory(prefix="ca-ledger-e2e-") as tmp:
+        agent = RunningAgent(Path(tmp), CONFIG, [])
+        try:
+            agent.wait_ready()
+            agent.wait_for(lambda: agent.get_text("/api/v1/billing?from=0&format=jsonl&open=1"))
+            short = cgroups.create("short")
+            short.burn(0.1).wait()
+            kernel = short.cpu_usage_usec()
+            # The events component reads the cgroup at `populated 0` and hands that final
+            # sample to the ledger; then the cgroup goes at once, as a runtime removes it.
+            def stopped() -> bool:
+                events = agent.get("/api/v1/events?type=container_stopped&limit=1000")["events"]
+                return any(e["container"] and e["container"]["cgroup"] == short.rel
+                           and e["fields"].get("final") for e in events)
+            agent.wait_for(stopped, timeout=20)
+            short.remove()
+            agent.wait_for(lambda: _cpu(_rows(agent, short.rel, True)) == kernel, timeout=20)
+            agent.wait_for(lambda: _cpu(_rows(agent, short.rel, False)) == kernel, timeout=20)
+            assert kernel > 20_000
+        finally:
+            agent.stop()
