@@ -396,3 +396,19 @@ def test_agentd_end_to_end_metrics_api_and_agentctl_show(
         assert shown.returncode == 0, shown.stderr
         line = next(x for x in shown.stdout.splitlines() if x.startswith("net eth0:"))
         assert "peer ca0 in netns" in line
+
+
+def test_host_side_peer_is_described_with_its_bridge() -> None:
+    # A veth whose peer is in the host's namespace cannot be made here (tests never touch the
+    # host's network), so this checks the wording from a hand-built PeerRef.
+    from agent.network import PeerRef
+    from agent.network_export import peer_text
+
+    names = {4026532999: ("ca-test-x",)}
+    assert peer_text(PeerRef(4026531833, 57, "veth1a2b", "docker0", True), names) == (
+        "veth1a2b in host netns, bridge docker0")
+    assert peer_text(PeerRef(4026532999, 2, "ca1", None, False), names) == (
+        "ca1 in netns 4026532999 (ca-test-x)")
+    assert peer_text(PeerRef(4026532998, 3, "ca2", "br0", False), names) == (
+        "ca2 in netns 4026532998, bridge br0")
+    assert peer_text(None, names) is None

@@ -39,7 +39,7 @@ from agent.model import (
 from agent.network import NetworkComponent, NetworkSnapshot
 from agent.store import Store
 from collectors.layout import detect_layout
-from collectors.netns import NetnsCollector
+from collectors.netns import NetnsCollector, find_namespaces
 from collectors.samples import CgroupSample
 
 
@@ -167,6 +167,12 @@ def main() -> int:
         print(f"  last warm cycle: {last.stats_dumps} stats dumps, {last.link_dumps} link dumps, "
               f"{last.nsid_queries} RTM_GETNSID")
         col.close()
+        nprocs = sum(1 for e in os.scandir("/proc") if e.name.isdigit())
+        walls, cpus = measure(find_namespaces, args.cycles)
+        show(f"  of which enumeration ({nprocs} processes)", walls, cpus)
+        walls, _ = measure(lambda: find_namespaces(netns_dirs=()), args.cycles)
+        print(f"  enumeration per process: {statistics.median(walls) / max(nprocs, 1) * 1e6:.1f} "
+              f"us (a stat of /proc/<pid>/ns/net each)")
         full = NetnsCollector(refresh_s=0.0)  # worst case: every link re-dumped every cycle
         full.collect()
         show("collector, full link dump every cycle", *measure(full.collect, args.cycles))
