@@ -152,3 +152,12 @@ def test_agentctl_bad_arguments_are_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert code == 2
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_parquet_without_pyarrow_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if the extra were not installed
+    with pytest.raises(ExportError) as err:
+        export([], "parquet")
+    assert "needs pyarrow" in str(err.value) and "\n" not in str(err.value)
