@@ -12,6 +12,7 @@ from tests.support.cgroups import CgroupFactory, TestCgroup
 from tests.test_events_harness import Harness, started
 
 PY = sys.executable
+SHORT_LIFE = "import time\nt=time.monotonic()\nwhile time.monotonic()-t<0.05: pass"
 
 
 def _watched(h: Harness, cg: TestCgroup) -> bool:
@@ -31,8 +32,7 @@ def test_short_lived_cgroup_started_and_stopped_with_exact_cpu(
             cg = cgroups.create()
             await h.wait_for(lambda: _watched(h, cg))
             # A process living about 50 ms.
-            proc = cg.spawn([PY, "-S", "-c",
-                             "import time\nt=time.monotonic()\nwhile time.monotonic()-t<0.05: pass"])
+            proc = cg.spawn([PY, "-S", "-c", SHORT_LIFE])
             await _wait_exit(proc)
             stopped = await h.wait_for(lambda: h.events("container_stopped", cg.rel))
             kernel = cg.cpu_usage_usec()  # still there: read before removal
