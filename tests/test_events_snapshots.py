@@ -1,0 +1,68 @@
+"""The snapshot path: lifecycle safety net, one started/stopped pair whoever saw it first."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from pathlib import Path
+from types import MappingProxyType
+
+from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
+from collectors.cgroupfs import CgroupReader
+from collectors.samples import CgroupSample
+from tests.support.cgroups import CgroupFactory
+from tests.test_events_harness import started
+
+HOST = HostInfo(socket.gethostname(), "b", "m", "k", "hybrid", 2, 1 << 30, "test")
+
+
+def snap(seq: int, *states: WorkloadState) -> Snapshot:
+    return Snapshot(seq, time.time_ns(), time.monotonic_ns(), 0, HOST,
+                    MappingProxyType({s.identity.id: s for s in states}))
+
+
+def test_kernel_and_discovery_give_one_pair(cgroups: CgroupFactory, tmp_path: Path) -> None:
+    async def body() -> None:
+        # No tree watch: the cgroup becomes known through a snapshot, as discovery reports it.
+        async with started(tmp_path, watch_new_cgroups=False) as h:
+            await h.comp.on_snapshot(snap(1))
+            cg = cgroups.create()
+            proc = cg.spawn([sys.executable, "-S", "-c", "import time; time.sleep(30)"])
+            reader = CgroupReader(h.ctx.layout)
+            who = WorkloadIdentity("box-1", WorkloadKind.CONTAINER, "runc", "box",
+                                   cg.rel, cg.ref_dir.stat().st_ino, init_pid=proc.pid)
+            state = WorkloadState(who, reader.read(cg.rel, member_pid=proc.pid))
+            await h.comp.on_snapshot(snap(2, state))
+            await h.comp.on_snapshot(snap(3, state))
+            proc.kill()
+            proc.wait()
+            await h.wait_for(lambda: h.events("container_stopped", "box-1"))
+            await h.comp.on_snapshot(snap(4))  # gone from discovery too: nothing new
+            types = [e.type for e in h.events(container="box-1")]
+            assert types == ["container_started", "container_stopped"]
+            stopped = h.events("container_stopped", "box-1")[0]
+            assert stopped.fields["final"] is True
+            assert stopped.container is not None and stopped.container.name == "box"
+            assert stopped.fields["cpu_usage_usec"] == cg.cpu_usage_usec()
+    asyncio.run(body())
+
+
+def test_workload_seen_only_by_cycles(tmp_path: Path) -> None:
+    """A cgroup the watcher cannot follow (here: a path that is not in the tree) still gets
+    started and stopped from the snapshots, the stop marked not final."""
+    async def body() -> None:
+        async with started(tmp_path, watch_new_cgroups=False) as h:
+            who = WorkloadIdentity("/nowhere/x", WorkloadKind.CGROUP, "", "x", "/nowhere/x", 5)
+            sample = CgroupSample("/nowhere/x", 5, time.monotonic_ns(), time.time_ns(),
+                                  populated=True)
+            await h.comp.on_snapshot(snap(1))
+            await h.comp.on_snapshot(snap(2, WorkloadState(who, sample)))
+            await h.comp.on_snapshot(snap(3))
+            events = h.events(container="/nowhere/x")
+            assert [(e.type, e.fields.get("source")) for e in events][0] == (
+                "container_started", "discovery")
+            assert events[1].type == "container_stopped" and events[1].fields["final"] is False
+            assert len(events) == 2
+    asyncio.run(body())
