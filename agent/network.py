@@ -126,6 +126,8 @@ class NetworkSnapshot:
     #: Owner workload id -> (rx_bytes, tx_bytes) over its namespace's non-loopback interfaces.
     totals_by_workload: Mapping[str, tuple[int, int]]
     monotonic_ns: int
+    #: Netlink sockets the collector holds open (one per readable namespace): a leak shows here.
+    open_sockets: int = 0
 
     def namespace_of(self, workload_id: str) -> NamespaceView | None:
         ino = self.netns_by_workload.get(workload_id)
@@ -137,6 +139,7 @@ def build_snapshot(
     workloads: Mapping[str, WorkloadState],
     netns_of: Mapping[str, int],
     start_of: Mapping[str, int],
+    open_sockets: int = 0,
 ) -> NetworkSnapshot:
     """Join one scan with this cycle's workloads (netns_of: workload id -> netns inode;
     start_of: workload id -> start time of its init process, to choose owners)."""
@@ -184,6 +187,7 @@ def build_snapshot(
         host_network=frozenset(host_network),
         totals_by_workload=MappingProxyType(totals),
         monotonic_ns=scan.monotonic_ns,
+        open_sockets=open_sockets,
     )
 
 
@@ -290,8 +294,9 @@ class NetworkComponent(Component):
                 self._collector = NetnsCollector(
                     self.proc_root, dirs, refresh_s=float(section.get("link_refresh", 60)))
             scan = self._collector.collect()
+            sockets = self._collector.open_handles
         netns_of, start_of = self._map_workloads(snapshot.workloads)
-        return build_snapshot(scan, snapshot.workloads, netns_of, start_of)
+        return build_snapshot(scan, snapshot.workloads, netns_of, start_of, sockets)
 
     def _map_workloads(
         self, workloads: Mapping[str, WorkloadState]
@@ -325,6 +330,12 @@ class NetworkComponent(Component):
         except OSError:
             return None
         return parsed[2] if parsed else None
+
+    @property
+    def open_sockets(self) -> int:
+        """Netlink sockets held now (0 before the first cycle and after stop())."""
+        with self._lock:
+            return self._collector.open_handles if self._collector is not None else 0
 
     async def on_snapshot(self, snapshot: Snapshot) -> None:
         self._latest = snapshot

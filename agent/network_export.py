@@ -8,6 +8,7 @@ Per namespace and interface (every namespace, the host's included):
   container_agent_network_interface_info{netns, interface, kind, mac, operstate, master,
     peer_netns, peer_interface} 1, container_agent_network_interface_up, ..._mtu_bytes.
 Per namespace: container_agent_network_namespace_member{netns, id, name, runtime, role} 1.
+Agent: container_agent_network_namespaces, container_agent_network_netlink_sockets.
 Per workload (workload labels): container_agent_network_workload_{receive,transmit}_bytes_total
   (owners only: a shared namespace is counted once), container_agent_network_host_network 1.
 cAdvisor mode: container_network_{receive,transmit}_{bytes,packets,packets_dropped,errors}_total
@@ -105,8 +106,13 @@ def metric_families(net: NetworkSnapshot, snapshot: Snapshot, cadvisor: bool) ->
             up.add_metric([netns, name], 1 if i.operstate == "up" else 0)
             if i.mtu is not None:
                 mtu.add_metric([netns, name], i.mtu)
+    sockets = GaugeMetricFamily(f"{P}netlink_sockets",
+                                "Netlink sockets the agent holds, one per readable namespace")
+    sockets.add_metric([], net.open_sockets)
+    namespaces = GaugeMetricFamily(f"{P}namespaces", "Network namespaces found")
+    namespaces.add_metric([], len(net.namespaces))
     yield from counters.values()
-    yield from (info, up, mtu, member)
+    yield from (info, up, mtu, member, sockets, namespaces)
     yield from _workload_families(net, snapshot)
     if cadvisor:
         yield from _cadvisor_families(net, snapshot)

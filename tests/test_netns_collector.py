@@ -237,28 +237,32 @@ def test_link_change_is_seen_next_cycle(nets: NetnsFactory, collector: NetnsColl
 
 @root
 def test_namespaces_come_and_go_without_leaks(nets: NetnsFactory) -> None:
+    # Other tests on this host may add namespaces meanwhile: the invariant checked is "one
+    # open fd per readable namespace and nothing else", and no fd at all after close().
+    fds0, kids0, threads0 = open_fds(), children_of_self(), threading.active_count()
     c = NetnsCollector()
     try:
         c.collect()
-        fds0, kids0, threads0 = open_fds(), children_of_self(), threading.active_count()
-        handles0 = c.open_handles
         for _round in range(4):
             made = [nets.create() for _ in range(3)]
             nets.veth(made[0], made[1])
             scan = c.collect()
-            assert scan.opened == 3 and all(scan.namespaces[m.key].error is None for m in made)
-            assert c.open_handles == handles0 + 3
-            assert len(open_fds()) == len(fds0) + 3  # one socket per namespace, nothing else
+            assert scan.opened >= 3 and all(scan.namespaces[m.key].error is None for m in made)
+            readable = [k for k, s in scan.namespaces.items() if s.error is None]
+            assert c.open_handles == len(readable)
+            assert len(open_fds()) == len(fds0) + c.open_handles
             for m in made:
                 nets.delete(m)
             scan = c.collect()
-            assert scan.closed == 3 and not any(m.key in scan.namespaces for m in made)
-            assert c.open_handles == handles0
-        assert open_fds() == fds0
+            assert scan.closed >= 3 and not any(m.key in scan.namespaces for m in made)
+            readable = [k for k, s in scan.namespaces.items() if s.error is None]
+            assert c.open_handles == len(readable)
+            assert len(open_fds()) == len(fds0) + c.open_handles
         assert children_of_self() == kids0
         assert threading.active_count() == threads0
     finally:
         c.close()
+    assert open_fds() == fds0
 
 
 @root
