@@ -105,3 +105,26 @@ def test_cpu_contention_gives_pressure_event(cgroups: CgroupFactory, tmp_path: P
             assert int(e.fields["some_total_usec"]) > 0
             cg.stop_processes()
     asyncio.run(body())
+
+
+def test_freeze_from_the_kernel_and_from_control(cgroups: CgroupFactory, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with started(tmp_path) as h:
+            cg = cgroups.create()
+            await h.wait_for(lambda: _watched(h, cg))
+            cg.spawn([PY, "-S", "-c", "import time; time.sleep(30)"])
+            await h.wait_for(lambda: h.events("container_started", cg.rel))
+            # Someone else freezes it (docker pause would): the kernel's word is the event.
+            cg.write("unified", "cgroup.freeze", "1")
+            frozen = await h.wait_for(lambda: h.events("frozen", cg.rel))
+            assert frozen[0].fields == {"source": "kernel"}
+            # The control component freezes/thaws: its own event stands alone.
+            assert h.comp.watcher is not None
+            who = h.comp.watcher.cgroups[cg.rel].identity
+            cg.write("unified", "cgroup.freeze", "0")
+            h.ctx.emit("thawed", who, "", {"outcome": "ok", "duration_s": 0.01})
+            await asyncio.sleep(1.0)  # past the grace the kernel's thaw waits
+            thawed = h.events("thawed", cg.rel)
+            assert [e.fields.get("outcome") for e in thawed] == ["ok"]
+            cg.stop_processes()
+    asyncio.run(body())

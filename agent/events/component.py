@@ -62,6 +62,7 @@ PER_UNIT = frozenset({EventType.OOM, EventType.OOM_KILL, EventType.OOM_GROUP_KIL
 MAX_PER_UNIT = 100
 #: A control component's frozen/thawed and the kernel's for the same cgroup are one event.
 _DEDUPE_S = 5.0
+_FREEZE_GRACE_S = 0.5
 
 
 def _positive(v: Any) -> str | None:
@@ -191,11 +192,10 @@ class EventsComponent(Component):
     ) -> None:
         if self.log is None:
             return
-        if etype in (EventType.FROZEN, EventType.THAWED) and who is not None:
-            key, now = (who.cgroup, str(etype)), time.monotonic()
-            if now - self._recent.get(key, -_DEDUPE_S) < _DEDUPE_S:
-                return  # the kernel's notification and the control verb: one event
-            self._recent[key] = now
+        if etype in (EventType.FROZEN, EventType.THAWED) and who is not None and (
+            fields.get("source") != "kernel"
+        ):
+            self._note_control(who.cgroup, str(etype))
         container = EventContainer.of(who) if who is not None else None
         with self._emit_lock:
             try:
@@ -254,9 +254,25 @@ class EventsComponent(Component):
             except Exception:
                 log.exception("final-sample listener failed for %s", who.cgroup)
 
+    def _note_control(self, cgroup: str, etype: str) -> None:
+        now = time.monotonic()
+        if len(self._recent) > 1000:
+            self._recent = {k: t for k, t in self._recent.items() if now - t < _DEDUPE_S}
+        self._recent[(cgroup, etype)] = now
+
     def on_frozen(self, cg: WatchedCgroup, frozen: bool) -> None:
+        # A freeze by `agentctl freeze` is also emitted by the control component, with more
+        # to say (outcome, duration): wait a moment and stay silent if it spoke.
         etype = EventType.FROZEN if frozen else EventType.THAWED
-        self.emit(etype, cg.identity, "", {"source": "kernel"})
+        seen = time.monotonic()
+        if self.loop is not None:
+            self.loop.call_later(_FREEZE_GRACE_S, self._kernel_freeze, cg.identity, etype, seen)
+
+    def _kernel_freeze(self, who: WorkloadIdentity, etype: EventType, seen: float) -> None:
+        said = self._recent.get((who.cgroup, str(etype)))
+        if said is not None and abs(said - seen) < _DEDUPE_S:
+            return
+        self.emit(etype, who, "", {"source": "kernel"})
 
     def on_counter(self, cg: WatchedCgroup, source: str, key: str, delta: int, total: int) -> None:
         etype = COUNTER_EVENTS.get((source, key))
