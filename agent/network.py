@@ -94,6 +94,8 @@ class Member:
     runtime: str
     cgroup: str
     role: str
+    #: WorkloadKind value: container, service or cgroup.
+    kind: str = WorkloadKind.CONTAINER.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +238,7 @@ def _members(
 
 
 def _member(ident: WorkloadIdentity, role: str) -> Member:
-    return Member(ident.id, ident.name, ident.runtime, ident.cgroup, role)
+    return Member(ident.id, ident.name, ident.runtime, ident.cgroup, role, ident.kind.value)
 
 
 def _settings() -> Mapping[str, Setting]:

@@ -10,7 +10,8 @@ Per namespace and interface (every namespace, the host's included):
 Per namespace: container_agent_network_namespace_member{netns, id, name, runtime, role} 1.
 Agent: container_agent_network_namespaces, container_agent_network_netlink_sockets.
 Per workload (workload labels): container_agent_network_workload_{receive,transmit}_bytes_total
-  (owners only: a shared namespace is counted once), container_agent_network_host_network 1.
+  (owners only: a shared namespace is counted once); container_agent_network_host_network 1 for
+  containers on the host's namespace (services are too, and are not listed).
 cAdvisor mode: container_network_{receive,transmit}_{bytes,packets,packets_dropped,errors}_total
   {cAdvisor labels, interface} for each owner's non-loopback interfaces and for "/" (the host).
 """
@@ -23,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent.metrics import LABELS, label_value, workload_labels
-from agent.model import Snapshot
+from agent.model import Snapshot, WorkloadKind
 from agent.network import IFF_UP, InterfaceView, NamespaceView, NetworkSnapshot, PeerRef
 
 P = "container_agent_network_"
@@ -90,6 +91,8 @@ def metric_families(net: NetworkSnapshot, snapshot: Snapshot, cadvisor: bool) ->
         netns = str(ino)
         scope = scope_labels(ns)
         for m in ns.members:
+            if m.role == "host_network" and m.kind != "container":
+                continue  # every service is on the host network: only containers are news
             member.add_metric([netns, label_value(m.id), label_value(m.name), m.runtime, m.role],
                               1)
         for i in ns.interfaces:
@@ -136,7 +139,7 @@ def _workload_families(net: NetworkSnapshot, snapshot: Snapshot) -> Iterator[Met
             tx.add_metric(lv, t)
     for wid in sorted(net.host_network):
         w = snapshot.workloads.get(wid)
-        if w is not None:
+        if w is not None and w.identity.kind is WorkloadKind.CONTAINER:
             host.add_metric(workload_labels(w), 1)
     yield from (rx, tx, host)
 
@@ -207,7 +210,7 @@ def namespace_json(ns: NamespaceView, names: Mapping[int, tuple[str, ...]]) -> d
         "host": ns.is_host,
         "owner": ns.owner,
         "members": [{"id": m.id, "name": m.name, "runtime": m.runtime, "cgroup": m.cgroup,
-                     "role": m.role} for m in ns.members],
+                     "kind": m.kind, "role": m.role} for m in ns.members],
         "processes": ns.processes,
         "error": ns.error,
         "interfaces": [interface_json(i, names) for i in ns.interfaces],

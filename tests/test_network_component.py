@@ -4,6 +4,7 @@ totals, shared and host-network namespaces, metrics, the JSON API, and no leaks.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -232,16 +233,23 @@ def test_host_network_container_is_marked_and_gets_no_host_traffic(
 ) -> None:
     c = start(runc, cgroups, own_netns=False)
     ident = identity(c.id, c.cgroup, c.init_pid)
-    net, snap = cycle(comp, ctx, ident)
-    assert net.host_network == {c.id}
+    # A service on the host network too: marked, but not listed in the metrics.
+    svc = identity("svc.service", "/system.slice/svc.service", os.getpid(),
+                   kind=WorkloadKind.SERVICE)
+    net, snap = cycle(comp, ctx, ident, svc)
+    assert net.host_network == {c.id, svc.id}
+    assert workload_network(net, svc.id)["role"] == "host_network"
     assert c.id not in net.totals_by_workload
     host = net.namespaces[net.host_netns]  # type: ignore[index]
     assert host.is_host and host.owner is None
-    assert [(m.id, m.role) for m in host.members] == [(c.id, "host_network")]
+    assert [(m.id, m.role) for m in host.members] == [
+        (c.id, "host_network"), (svc.id, "host_network")]
     js = workload_network(net, c.id)
     assert js["role"] == "host_network" and js["interfaces"] == []
     fam = families(comp, snap)
     assert [s.labels["id"] for s in fam["container_agent_network_host_network"]] == [c.id]
+    assert [s.labels["id"] for s in fam["container_agent_network_namespace_member"]
+            if s.labels["netns"] == str(net.host_netns)] == [c.id]
     for name in ("container_agent_network_receive_bytes", "container_network_receive_bytes",
                  "container_agent_network_workload_receive_bytes"):
         assert not [s for s in fam[name] if s.labels["id"] in (c.id, c.cgroup)]
