@@ -54,8 +54,8 @@ def build() -> Dashboard:
                 (GIB_HOURS, "Memory GiB-hours", "none"),
                 (_bytes("io_read_bytes_total"), "IO read", "bytes"),
                 (_bytes("io_write_bytes_total"), "IO written", "bytes"),
-                (_bytes("network_receive_bytes_total"), "Net received", "bytes"),
-                (_bytes("network_transmit_bytes_total"), "Net sent", "bytes"),
+                (_bytes("network_workload_receive_bytes_total"), "Net received", "bytes"),
+                (_bytes("network_workload_transmit_bytes_total"), "Net sent", "bytes"),
             ],
             "Totals per group over the selected range (Prometheus counters; for invoices use "
             "the agent's ledger: `agentctl billing`)",
@@ -74,7 +74,8 @@ def build() -> Dashboard:
         ),
         bars(
             "Network bytes (receive + transmit)",
-            f"{_bytes('network_receive_bytes_total')} + {_bytes('network_transmit_bytes_total')}",
+            f"{_bytes('network_workload_receive_bytes_total')} + "
+            f"{_bytes('network_workload_transmit_bytes_total')}",
             f"{{{{{G}}}}}",
             "bytes",
         ),

@@ -22,6 +22,8 @@ from dashboards.events import event_annotations
 UID = "container-agent-container"
 C = sel(kind=True, container=True)
 LIMITS = sel('limit=~"max|high"', kind=True, container=True)
+# Interface series carry the namespace owner's id/name (scope="container"), not the kind.
+NET = sel('scope="container"', container=True)
 STATS = sel('stat=~"anon|file|kernel|shmem|sock|slab|pagetables"', kind=True, container=True)
 
 
@@ -134,12 +136,15 @@ def build() -> Dashboard:
     network = [
         timeseries(
             "Network receive per interface",
-            [(f"sum by (interface) ({rate('network_receive_bytes_total', C)})", "{{interface}}")],
+            [(f"sum by (interface) ({rate('network_receive_bytes_total', NET)})", "{{interface}}")],
             "Bps",
         ),
         timeseries(
             "Network transmit per interface",
-            [(f"sum by (interface) ({rate('network_transmit_bytes_total', C)})", "{{interface}}")],
+            [(
+                f"sum by (interface) ({rate('network_transmit_bytes_total', NET)})",
+                "{{interface}}",
+            )],
             "Bps",
         ),
         timeseries(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from grafanalib.core import Dashboard
 
 from dashboards.common import (
-    PREFIX,
     PSI_LEVEL,
     RATE,
     dashboard,
@@ -21,8 +20,18 @@ from dashboards.events import event_annotations
 
 UID = "container-agent-host"
 W = sel(kind=True)  # workloads of the chosen kinds on the chosen hosts
-IO_BYTES = f'{{__name__=~"{PREFIX}io_(read|write)_bytes_total", {W}}}'
-NET_BYTES = f'{{__name__=~"{PREFIX}network_(receive|transmit)_bytes_total", {W}}}'
+
+
+def both(first: str, second: str, by: str = "") -> str:
+    """Sum of two counters' rates, per `by` labels (a rate over a __name__ regex would give two
+    series with one label set once the name is dropped, which PromQL refuses)."""
+    agg = f"sum by ({by}) " if by else "sum"
+    return f"{agg}({rate(first, W)}) + {agg}({rate(second, W)})"
+
+
+IO = ("io_read_bytes_total", "io_write_bytes_total")
+# Per-workload totals (non-loopback interfaces; a shared namespace counts for its owner only).
+NET = ("network_workload_receive_bytes_total", "network_workload_transmit_bytes_total")
 #: PSI series share the `kind` label name with the workload kind (see common.PSI_LEVEL).
 PSI_SOME = sel(f'{PSI_LEVEL}="some"', kind=PSI_LEVEL != "kind")
 
@@ -33,8 +42,8 @@ def build() -> Dashboard:
         stat("CPU used", f"sum({rate('cpu_usage_seconds_total', W)})", "none",
              "CPU cores used by the selected workloads"),
         stat("Memory working set", f"sum({m('memory_working_set_bytes', W)})", "bytes"),
-        stat("Block IO", f"sum(rate({IO_BYTES}[{RATE}]))", "Bps", "Read + write bytes/s"),
-        stat("Network", f"sum(rate({NET_BYTES}[{RATE}]))", "Bps", "Receive + transmit bytes/s"),
+        stat("Block IO", both(*IO), "Bps", "Read + write bytes/s"),
+        stat("Network", both(*NET), "Bps", "Receive + transmit bytes/s"),
         stat("Agent cycle CPU", f"max({m('cycle_cpu_seconds', sel())})", "s",
              "CPU time the agent's last collection cycle cost"),
     ]
@@ -54,12 +63,12 @@ def build() -> Dashboard:
     top_io = [
         timeseries(
             "Top 10 by block IO (read + write)",
-            [(f"topk(10, sum by (name, id) (rate({IO_BYTES}[{RATE}])))", "{{name}}")],
+            [(f"topk(10, {both(*IO, by='name, id')})", "{{name}}")],
             "Bps",
         ),
         timeseries(
             "Top 10 by network (receive + transmit)",
-            [(f"topk(10, sum by (name, id) (rate({NET_BYTES}[{RATE}])))", "{{name}}")],
+            [(f"topk(10, {both(*NET, by='name, id')})", "{{name}}")],
             "Bps",
         ),
     ]

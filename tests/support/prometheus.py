@@ -100,6 +100,8 @@ def _config(targets: Sequence[str], scrape_interval: str, metrics_path: str) -> 
     lines = [
         "global:",
         f"  scrape_interval: {scrape_interval}",
+        # As long as the interval: a loaded test machine may answer a scrape slowly.
+        f"  scrape_timeout: {scrape_interval}",
         f"  evaluation_interval: {scrape_interval}",
     ]
     if targets:
