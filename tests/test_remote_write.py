@@ -299,3 +299,32 @@ def test_queue_is_bounded_and_counts_dropped(ctx: AgentContext) -> None:
     fams = {f.name: f.samples[0].value for f in rw.metric_families(_snapshot(1, 1))}
     assert fams["container_agent_remote_write_dropped_samples"] == 5
     assert fams["container_agent_remote_write_queue_batches"] == 2
+
+
+def test_agentd_pushes_to_prometheus_receiver() -> None:
+    """The real daemon with [remote_write] on: its own series arrive in Prometheus."""
+    import socket
+
+    from tests.conftest import IS_ROOT
+    from tests.support.agentd import running_agent
+
+    if not IS_ROOT:
+        pytest.skip("needs root: agentd walks the cgroup tree")
+    host = socket.gethostname()
+    with running_prometheus(remote_write_receiver=True) as prom:
+        config = {"interval": 1, "remote_write": {"url": prom.remote_write_url, "interval": 1}}
+        with running_agent(config) as agent:
+            own = f'{{job="container-agent",instance="{host}"}}'
+            up = prom.wait_for(
+                lambda: prom.query(f"container_agent_up{own}"), 60, "pushed container_agent_up"
+            )
+            assert up[0]["value"][1] == "1"
+            # Workload series and the agent's own remote-write counters came along.
+            assert prom.query(f'container_agent_cpu_usage_seconds_total{{instance="{host}"}}')
+            sent = prom.wait_for(
+                lambda: prom.query("container_agent_remote_write_sent_samples_total > 0"),
+                60, "a pushed non-zero sent counter",
+            )
+            assert float(sent[0]["value"][1]) > 0
+            text = agent.get_text("/metrics")
+            assert "container_agent_remote_write_dropped_samples_total 0.0" in text
