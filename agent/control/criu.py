@@ -201,6 +201,9 @@ def checkpoint(
         raise ControlError(f"checkpoint unavailable: {criu.error}", ExitCode.FAILED)
     if export is not None and (not export.is_absolute() or export.exists()):
         raise ControlError(f"export path must be absolute and new: {export}", ExitCode.USAGE)
+    if not force:  # the root first: it has no freezer to choose
+        check_allowed(target, [], policy.protected, agent_pid=policy.agent_pid,
+                      verb="checkpoint")
     name, fdir = choose_freezer(target, layout, freezer or policy.freezer)
     if not force:
         check_allowed(target, target.dirs(), policy.protected, agent_pid=policy.agent_pid,

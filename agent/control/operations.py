@@ -107,6 +107,8 @@ def freeze(
     timeout: float | None = None,
     progress: Progress = no_progress,
 ) -> dict[str, object]:
+    if not force:  # the root first: it has no freezer to choose
+        check_allowed(target, [], policy.protected, agent_pid=policy.agent_pid, verb="freeze")
     name, d = choose_freezer(target, layout, freezer or policy.freezer)
     if not force:
         check_allowed(target, [d], policy.protected, agent_pid=policy.agent_pid, verb="freeze")
