@@ -26,7 +26,7 @@ from agent.discovery import Discovery
 from agent.exit_codes import ExitCode
 from agent.exposition import MetricsRenderer
 from agent.hostinfo import read_host_info
-from agent.model import HostInfo, Snapshot
+from agent.model import HostInfo, Snapshot, WorkloadIdentity
 from agent.registry import builtin_components
 from agent.store import Store
 from agent.tree_watch import CgroupTreeWatch
@@ -59,6 +59,10 @@ class Agent:
         self._watch: CgroupTreeWatch | None = None
         self._runners: list[web.AppRunner] = []
         self._last_rescan = 0.0
+        #: Workloads inotify added while a cycle ran; the cycle's result must include them.
+        self._added_during_cycle: list[WorkloadIdentity] = []
+        #: Tree changes amend the snapshot one at a time (no lost updates).
+        self._apply_lock = asyncio.Lock()
         self.ctx = AgentContext(
             config=config.values,
             state_dir=config.state_dir,
@@ -128,16 +132,25 @@ class Agent:
         if dict(host.facts) != self.ctx.host_facts:
             host = self._host = read_host_info(self.layout, self.ctx.host_facts)
 
+        self._added_during_cycle = []
+
         def work() -> Snapshot:
             snap = self.collector.cycle(self.ctx, host, self.components, _net_totals)
             self.renderer.prepare(snap)
             return snap
+
+        def late(snap: Snapshot, added: list[WorkloadIdentity]) -> Snapshot:
+            return self.collector.amend(snap, added, [])
 
         try:
             snap = await loop.run_in_executor(None, work)
         except Exception:
             log.exception("collection cycle failed")
             return
+        # A cgroup created while the cycle ran was added to the previous snapshot: keep it.
+        missing = [w for w in self._added_during_cycle if w.id not in snap.workloads]
+        if missing:
+            snap = await loop.run_in_executor(None, late, snap, missing)
         self.snapshot = snap
         self.notifier.status(f"{len(snap.workloads)} workloads, cycle {snap.seq}")
         for comp in self.components:
@@ -162,14 +175,16 @@ class Agent:
         def work() -> Snapshot | None:
             gone = self.collector.remove_paths(deleted)
             added = self.collector.add_paths(created)
+            self._added_during_cycle.extend(added)
             snap = self.snapshot
             if snap is None:
                 return None
             return self.collector.amend(snap, added, gone)
 
-        snap = await asyncio.get_running_loop().run_in_executor(None, work)
-        if snap is not None:
-            self.snapshot = snap
+        async with self._apply_lock:
+            snap = await asyncio.get_running_loop().run_in_executor(None, work)
+            if snap is not None:
+                self.snapshot = snap
             log.debug("tree change: +%d -%d cgroups", len(created), len(deleted))
 
     def _reload(self) -> None:

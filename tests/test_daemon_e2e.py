@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +117,11 @@ def test_cadvisor_names_and_openmetrics(cgroups: CgroupFactory) -> None:
 
 
 def test_hostile_cgroup_names_scrape_and_parse(cgroups: CgroupFactory) -> None:
-    names = ['quo"te\\back', "new\nline", os.fsdecode(b"bad\xffutf8")]
+    # The kernel refuses a newline in a cgroup name (EINVAL); names with newlines reach labels
+    # through container names instead (tests/test_metrics_render.py covers that).
+    with pytest.raises(OSError):
+        cgroups.create("new\nline")
+    names = ['quo"te\\back', "sp ace{}=,", os.fsdecode(b"bad\xffutf8")]
     made: list[TestCgroup] = []
     for n in names:
         cg = cgroups.create(n)
@@ -185,9 +188,8 @@ def test_sighup_reloads_interval(tmp_path: Path) -> None:
         config = {"interval": 1, "listen": f"127.0.0.1:{agent.port}",
                   "socket": str(agent.socket), "state_dir": str(agent.state_dir)}
         write_toml(agent.config_path, config)
-        agent.proc.send_signal(1)
         start = _seq(agent)
-        t0 = time.monotonic()
-        agent.wait_for(lambda: _seq(agent) >= start + 3, timeout=8)
-        assert time.monotonic() - t0 < 8
-        assert "configuration reloaded (interval)" in agent.log()
+        agent.proc.send_signal(1)
+        agent.wait_for(lambda: "configuration reloaded (interval)" in agent.log(), timeout=10)
+        # At the old 10 s interval two more cycles would take 20 s.
+        agent.wait_for(lambda: _seq(agent) >= start + 3, timeout=15)

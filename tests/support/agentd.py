@@ -61,6 +61,7 @@ class RunningAgent:
         write_toml(self.config_path, full)
         self.log_path = workdir / "agentd.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._final_log: str | None = None
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [str(BIN / "agentd"), "--config", str(self.config_path), *args],
@@ -68,6 +69,9 @@ class RunningAgent:
         )
 
     def log(self) -> str:
+        """The daemon's output so far (kept after stop(), when the temp dir is gone)."""
+        if self._final_log is not None:
+            return self._final_log
         return self.log_path.read_text(errors="replace")
 
     def get_text(self, path: str, headers: dict[str, str] | None = None) -> str:
@@ -118,6 +122,7 @@ class RunningAgent:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        self._final_log = self.log_path.read_text(errors="replace")
         return int(self.proc.returncode)
 
 

@@ -1,0 +1,89 @@
+"""Rendering a snapshot: label safety, both formats, rates that refuse resets and recreations."""
+
+from __future__ import annotations
+
+import os
+from types import MappingProxyType
+
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as om_parse,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.exposition import MetricsRenderer
+from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
+from agent.rates import compute_rates
+from collectors.samples import UNLIMITED, CgroupSample, CpuSample, MemorySample
+
+HOST = HostInfo("h", "boot", "mid", "6.18", "hybrid", 2, 1 << 30, "0.1.0")
+
+
+def _sample(path: str, usage: int, inode: int = 7, t_ns: int = 0) -> CgroupSample:
+    return CgroupSample(
+        path=path, inode=inode, monotonic_ns=t_ns, wall_ns=1_700_000_000_000_000_000 + t_ns,
+        cpu=CpuSample(usage_usec=usage, user_usec=usage // 2, system_usec=usage // 2,
+                      max_quota_usec=UNLIMITED, max_period_usec=100000),
+        memory=MemorySample(current=4096, max=UNLIMITED,
+                            stat=MappingProxyType({"inactive_file": 1024, "anon": 3072})),
+        populated=True, frozen=False,
+    )
+
+
+def _snapshot(names: list[str]) -> Snapshot:
+    workloads = {}
+    for i, name in enumerate(names):
+        path = f"/c{i}"
+        ident = WorkloadIdentity(id=f"id{i}", kind=WorkloadKind.CONTAINER, runtime="runc",
+                                 name=name, cgroup=path, inode=100 + i, pod_name=name)
+        workloads[ident.id] = WorkloadState(ident, _sample(path, 1_234_567 + i))
+    return Snapshot(seq=1, wall_ns=1, monotonic_ns=1, cycle_cpu_ns=0, host=HOST,
+                    workloads=MappingProxyType(workloads))
+
+
+HOSTILE = ['quo"te', "back\\slash", "new\nline", os.fsdecode(b"bad\xffbyte"), "ünï"]
+
+
+def test_hostile_label_values_round_trip_in_both_formats() -> None:
+    snap = _snapshot(HOSTILE)
+    renderer = MetricsRenderer(cadvisor=True)
+    renderer.prepare(snap)
+    text = renderer.scrape(snap, False, lambda s: []).decode()
+    om = renderer.scrape(snap, True, lambda s: []).decode()
+    expected = set(HOSTILE[:3]) | {"bad\\xffbyte", "ünï"}
+    for parse, body in ((text_string_to_metric_families, text), (om_parse, om)):
+        names = set()
+        for fam in parse(body):
+            for s in fam.samples:
+                if s.name.startswith("container_agent_cpu_usage_seconds"):
+                    names.add(s.labels["name"])
+        assert names == expected
+    assert om.endswith("# EOF\n") and om.count("# EOF") == 1
+
+
+def test_counter_values_are_exact_seconds() -> None:
+    snap = _snapshot(["a"])
+    renderer = MetricsRenderer(cadvisor=True)
+    renderer.prepare(snap)
+    text = renderer.scrape(snap, False, lambda s: []).decode()
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in ("container_agent_cpu_usage_seconds_total",
+                          "container_cpu_usage_seconds_total"):
+                assert round(s.value * 1e6) == 1_234_567
+            if s.name == "container_agent_memory_working_set_bytes":
+                assert s.value == 3072
+            if s.name == "container_spec_memory_limit_bytes":
+                assert s.value == 0  # cAdvisor's value for "unlimited"
+
+
+def test_rates_refuse_recreation_and_reset() -> None:
+    a = _sample("/c", 1_000_000, inode=1, t_ns=0)
+    b = _sample("/c", 1_500_000, inode=1, t_ns=1_000_000_000)
+    r = compute_rates(a, b, (0, 0), (1000, 2000))
+    assert r is not None and r.cpu_cores == 0.5
+    assert r.net_rx_bytes_per_s == 1000 and r.net_tx_bytes_per_s == 2000
+    recreated = _sample("/c", 10, inode=2, t_ns=2_000_000_000)
+    assert compute_rates(b, recreated) is None
+    reset = _sample("/c", 10, inode=1, t_ns=2_000_000_000)
+    r2 = compute_rates(b, reset)
+    assert r2 is not None and r2.cpu_cores is None
