@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from prometheus_client.metrics_core import Metric
 
-from agent.metrics import _Families, label_value
+from agent.metrics import Families, label_value
 from agent.model import Snapshot, WorkloadKind, WorkloadState
 from collectors.samples import UNLIMITED
 
 LABELS = ["id", "name", "image", "container", "pod", "namespace"]
 
 
-def _labels(w: WorkloadState) -> list[str]:
+def cadvisor_labels(w: WorkloadState) -> list[str]:
     i = w.identity
     container = i.name if i.kind is WorkloadKind.CONTAINER else ""
     return [
@@ -25,8 +25,8 @@ def _labels(w: WorkloadState) -> list[str]:
     ]
 
 
-def _one(f: _Families, w: WorkloadState, wall_s: float) -> None:
-    lv = _labels(w)
+def _one(f: Families, w: WorkloadState, wall_s: float) -> None:
+    lv = cadvisor_labels(w)
     s = w.sample
     f.gauge("container_last_seen", "Last time the container was seen", LABELS).add_metric(
         lv, wall_s)
@@ -126,7 +126,7 @@ def _one(f: _Families, w: WorkloadState, wall_s: float) -> None:
 
 
 def cadvisor_families(snapshot: Snapshot) -> list[Metric]:
-    f = _Families()
+    f = Families()
     wall_s = snapshot.wall_ns / 1e9
     for w in snapshot.workloads.values():
         _one(f, w, wall_s)

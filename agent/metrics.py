@@ -46,7 +46,7 @@ def workload_labels(w: WorkloadState) -> list[str]:
     ]
 
 
-class _Families:
+class Families:
     """Lazily created families, kept in first-use order."""
 
     def __init__(self) -> None:
@@ -70,7 +70,7 @@ class _Families:
         return iter(self._by_name.values())
 
 
-def _pressure(fams: _Families, lv: list[str], resource: str, p: Pressure | None) -> None:
+def _pressure(fams: Families, lv: list[str], resource: str, p: Pressure | None) -> None:
     if p is None:
         return
     for kind, line in (("some", p.some), ("full", p.full)):
@@ -91,7 +91,7 @@ def _pressure(fams: _Families, lv: list[str], resource: str, p: Pressure | None)
         g.add_metric([*lv, resource, kind, "300s"], line.avg300 / 100)
 
 
-def _workload(fams: _Families, w: WorkloadState) -> None:
+def _workload(fams: Families, w: WorkloadState) -> None:
     lv = workload_labels(w)
     s = w.sample
     i = w.identity
@@ -191,7 +191,7 @@ def _workload(fams: _Families, w: WorkloadState) -> None:
 
 def snapshot_families(snapshot: Snapshot) -> list[Metric]:
     """All workload and agent families for one snapshot."""
-    fams = _Families()
+    fams = Families()
     for w in snapshot.workloads.values():
         _workload(fams, w)
     out = list(fams)

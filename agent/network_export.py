@@ -146,7 +146,7 @@ def _workload_families(net: NetworkSnapshot, snapshot: Snapshot) -> Iterator[Met
 
 def _cadvisor_families(net: NetworkSnapshot, snapshot: Snapshot) -> Iterator[Metric]:
     from agent.cadvisor_compat import LABELS as CA_LABELS
-    from agent.cadvisor_compat import _labels as cadvisor_labels
+    from agent.cadvisor_compat import cadvisor_labels
 
     fams = {field: CounterMetricFamily(name, doc, labels=[*CA_LABELS, "interface"])
             for name, field, doc in CADVISOR}
