@@ -16,7 +16,6 @@ from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
-from collectors.cgroupfs import CgroupReader
 
 from agent.api import ReadApi
 from agent.collection import Collector
@@ -30,6 +29,7 @@ from agent.model import HostInfo, Snapshot, WorkloadIdentity
 from agent.registry import builtin_components
 from agent.store import Store
 from agent.tree_watch import CgroupTreeWatch
+from collectors.cgroupfs import CgroupReader
 from collectors.layout import CgroupLayout, LayoutError, detect_layout
 
 log = logging.getLogger("agent")
