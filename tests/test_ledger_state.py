@@ -192,3 +192,14 @@ def test_a_stretch_into_a_period_that_closes_in_the_same_cycle_is_kept(tmp_path:
     closed = rows(led, include_open=False)
     assert [(r.period_start, r.quantity) for r in closed if r.meter == "cpu_usec"] == [(T0, 200)]
     assert total(led, "/a", "cpu_usec") == 400
+
+
+def test_an_undecodable_cgroup_name_does_not_stop_accounting(tmp_path: Path) -> None:
+    led = open_ledger(tmp_path / "a.db")
+    bad_path = "/x" + b"\xff".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+    bad, good = ident(bad_path, 5, labels={"k": bad_path}), ident("/ok", 6)
+    for t, v in ((1, 10), (2, 50)):
+        led.observe_snapshot(snapshot([(bad, synth(bad_path, 5, T0 + t, cpu=v)),
+                                       (good, synth("/ok", 6, T0 + t, cpu=v * 2))]))
+    assert total(led, "/ok", "cpu_usec") == 80
+    assert total(led, "/x\\xff", "cpu_usec") == 40

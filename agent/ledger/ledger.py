@@ -91,12 +91,28 @@ class Series:
         )
 
 
+def text(value: str) -> str:
+    """A string that always encodes as UTF-8: a cgroup name may hold undecodable bytes
+    (surrogate-escaped by Python), which SQLite and the exports cannot take; they become
+    \\xNN text. One hostile name must not stop the accounting of every other cgroup."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _opt(value: str | None) -> str | None:
+    return None if value is None else text(value)
+
+
 def identity_record(ident: WorkloadIdentity) -> dict[str, Any]:
     """The identity columns an export carries, as stored with each incarnation."""
     return {
-        "id": ident.id, "kind": str(ident.kind), "runtime": ident.runtime, "name": ident.name,
-        "cgroup": ident.cgroup, "pod_name": ident.pod_name, "pod_uid": ident.pod_uid,
-        "namespace": ident.namespace, "labels": dict(sorted(ident.labels.items())),
+        "id": text(ident.id), "kind": str(ident.kind), "runtime": text(ident.runtime),
+        "name": text(ident.name), "cgroup": text(ident.cgroup), "pod_name": _opt(ident.pod_name),
+        "pod_uid": _opt(ident.pod_uid), "namespace": _opt(ident.namespace),
+        "labels": {text(k): text(v) for k, v in sorted(ident.labels.items())},
         "netns": ident.namespaces.get("net"),
     }
 
@@ -254,7 +270,7 @@ class Ledger:
         s.last_wall, s.last_mono = t1, sample.monotonic_ns
         s.n_samples += 1
         ident_json = dump_json(identity_record(ident))
-        batch.incarnations[key] = (self.host_id, ident.cgroup, ident_json, s.to_json())
+        batch.incarnations[key] = (self.host_id, text(ident.cgroup), ident_json, s.to_json())
         return key
 
     def _observe_memory(
