@@ -193,3 +193,32 @@ def test_sighup_reloads_interval(tmp_path: Path) -> None:
         agent.wait_for(lambda: "configuration reloaded (interval)" in agent.log(), timeout=10)
         # At the old 10 s interval two more cycles would take 20 s.
         agent.wait_for(lambda: _seq(agent) >= start + 3, timeout=15)
+
+
+def test_runc_container_in_api_and_agentctl_ls(cgroups: CgroupFactory) -> None:
+    from tests.support.runc import RuncUnavailable, runc_container, runc_unavailable_reason
+
+    reason = runc_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with running_agent({"interval": 1}) as agent:
+        try:
+            ctx = runc_container(cgroups, args=["sh", "-c", "while :; do :; done"])
+            c = ctx.__enter__()
+        except RuncUnavailable as e:
+            pytest.skip(str(e))
+        try:
+            def listed() -> dict[str, Any] | None:
+                data = agent.get("/api/v1/containers?kind=container")
+                return next((w for w in data["containers"] if w["id"] == c.id), None)
+
+            w = agent.wait_for(lambda: (x := listed()) and x["runtime"] == "runc" and x, 20)
+            assert w["init_pid"] == c.init_pid
+            assert w["namespaces"]["net"] != os.stat("/proc/self/ns/net").st_ino
+            out = agent.agentctl("ls")
+            assert out.returncode == 0, out.stderr
+            line = next(x for x in out.stdout.splitlines() if x.startswith(c.id[:12]))
+            assert "runc" in line.split()
+            agent.wait_for(lambda: (x := listed()) and x["cpu_cores"], 20)
+        finally:
+            ctx.__exit__(None, None, None)
