@@ -61,7 +61,7 @@ def test_workload_seen_only_by_cycles(tmp_path: Path) -> None:
             await h.comp.on_snapshot(snap(2, WorkloadState(who, sample)))
             await h.comp.on_snapshot(snap(3))
             events = h.events(container="/nowhere/x")
-            assert [(e.type, e.fields.get("source")) for e in events][0] == (
+            assert (events[0].type, events[0].fields["source"]) == (
                 "container_started", "discovery")
             assert events[1].type == "container_stopped" and events[1].fields["final"] is False
             assert len(events) == 2

@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.cli.events import format_line, parse_sse
+from agent.events.kernfs import parse_flat
 from agent.events.lifecycle import final_fields, pressure_fields, throttled_share
 from agent.events.model import Event, EventContainer, severity_for
 from agent.events.sinks import DeliveryPolicy, annotation
-from agent.events.watcher import parse_flat
 from collectors.samples import CgroupSample, CpuSample
 
 

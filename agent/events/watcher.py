@@ -19,13 +19,20 @@ import contextlib
 import errno
 import logging
 import os
-import resource
 import select
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from agent.events.kernfs import (
+    GONE,
+    member_v1_dir,
+    oom_eventfd,
+    parse_flat,
+    raise_nofile_limit,
+    read_text,
+)
 from agent.events.psi import PsiWaiter
 from agent.inotify import (
     IN_CREATE,
@@ -43,7 +50,6 @@ from collectors.layout import CgroupLayout
 
 log = logging.getLogger("agent.events.watcher")
 
-_GONE = (errno.ENOENT, errno.ENODEV, errno.ENOTDIR, errno.ESRCH)
 _DIR_MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR
 #: v1 controllers whose files the watcher reads.
 _V1_USED = ("memory", "pids")
@@ -91,37 +97,6 @@ class WatchedCgroup:
     oom_fds: tuple[int, int] | None = None
     v1_tries: int = 0
     v1_pending: bool = False
-
-
-def parse_flat(text: str) -> dict[str, int]:
-    """Flat keyed `KEY VALUE` lines (a bare number is key ``value``); junk lines skipped."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 1 and parts[0].isdigit():
-            out["value"] = int(parts[0])
-        elif len(parts) == 2 and parts[1].lstrip("-").isdigit():
-            out[parts[0]] = int(parts[1])
-    return out
-
-
-def _read(path: Path) -> str | None:
-    """File text, or None when the cgroup (or the file) is gone."""
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode(errors="replace")
-    except OSError as e:
-        if e.errno in _GONE:
-            return None
-        raise
-
-
-def raise_nofile_limit() -> None:
-    """Each watched cgroup holds a few fds (PSI triggers, eventfds): use the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class CgroupWatcher:
@@ -183,7 +158,7 @@ class CgroupWatcher:
                 try:
                     wd = self.ino.add_watch(str(self._abs(rel)), _DIR_MASK)
                 except OSError as e:
-                    if e.errno in _GONE:
+                    if e.errno in GONE:
                         continue
                     raise
                 self._dir_wds[wd] = rel
@@ -196,7 +171,7 @@ class CgroupWatcher:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(f"{rel.rstrip('/')}/{entry.name}")
             except OSError as e:
-                if e.errno not in _GONE:
+                if e.errno not in GONE:
                     raise
 
     def _new_cgroup(self, rel: str) -> None:
@@ -271,7 +246,7 @@ class CgroupWatcher:
         try:
             wd = self.ino.add_watch(str(path), IN_MODIFY)
         except OSError as e:
-            if e.errno in _GONE:
+            if e.errno in GONE:
                 return  # absent on this kernel or controller
             raise
         cg.files[source] = path
@@ -285,7 +260,7 @@ class CgroupWatcher:
         try:
             fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
-            if e.errno not in _GONE:
+            if e.errno not in GONE:
                 log.warning("PSI trigger on %s: %s", path, e)
             return
         try:
@@ -300,9 +275,9 @@ class CgroupWatcher:
                     f"PSI trigger 'some {self.psi.stall_us} {self.psi.window_us}' refused "
                     "(without CAP_SYS_RESOURCE the window must be a multiple of 2 s)"
                 )
-            elif e.errno not in _GONE:
+            elif e.errno not in GONE:
                 self.psi_error = f"PSI trigger: {e.strerror}"
-            if self.psi_error and e.errno not in _GONE:
+            if self.psi_error and e.errno not in GONE:
                 log.warning("%s; pressure events are off", self.psi_error)
                 self.psi = None
             return
@@ -344,17 +319,7 @@ class CgroupWatcher:
         same = root / cg.path.lstrip("/")
         if same.is_dir():
             return same
-        # The hierarchies differ (here memory sits under /process_api/<id>): ask a member
-        # process, and trust it only once it names a directory ending like ours.
-        procs = _read(self._abs(cg.path) / "cgroup.procs")
-        base = cg.path.rsplit("/", 1)[-1]
-        for pid in (procs or "").split()[:3]:
-            text = _read(Path(f"/proc/{pid}/cgroup")) or ""
-            for line in text.splitlines():
-                _hid, ctrls, path = line.split(":", 2)
-                if ctrl in ctrls.split(",") and path.rsplit("/", 1)[-1] == base:
-                    return root / path.lstrip("/")
-        return None
+        return member_v1_dir(root, self._abs(cg.path), ctrl)
 
     def _add_v1_source(self, cg: WatchedCgroup, source: str, path: Path) -> None:
         if path.exists():
@@ -363,25 +328,15 @@ class CgroupWatcher:
             self._reread(cg, source)
 
     def _add_oom_eventfd(self, cg: WatchedCgroup, control: Path) -> None:
-        try:
-            cfd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        fds = oom_eventfd(control)
+        if fds is None:
             return
-        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        try:
-            with open(control.parent / "cgroup.event_control", "w") as f:
-                f.write(f"{efd} {cfd}")
-        except OSError as e:
-            os.close(efd)
-            os.close(cfd)
-            log.debug("oom eventfd on %s: %s", control, e)
-            return
-        cg.oom_fds = (efd, cfd)
+        cg.oom_fds = fds
         cg.files["memory.oom_control"] = control
         cg.polled.add("memory.oom_control")  # safety net: see _on_oom_eventfd
         self._reread(cg, "memory.oom_control")
         if self.loop is not None:
-            self.loop.add_reader(efd, self._on_oom_eventfd, cg)
+            self.loop.add_reader(fds[0], self._on_oom_eventfd, cg)
 
     def _close_oom(self, cg: WatchedCgroup) -> None:
         if cg.oom_fds is None:
@@ -398,7 +353,7 @@ class CgroupWatcher:
         path = cg.files.get(source)
         if path is None:
             return
-        text = _read(path)
+        text = read_text(path)
         if text is None:
             if source in ("cgroup.events", "cgroup.procs") and self.cgroups.get(cg.path) is cg:
                 self.unwatch(cg.path)
