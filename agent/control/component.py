@@ -164,11 +164,17 @@ class ControlComponent(Component):
                 self.criu, self._store(), cid, layout, cgroup=cgroup, progress=p))
         ref = _str(body, "target", required=True)
         assert ref is not None
-        target = self._resolve(ref)
         force = _bool(body, "force")
         freezer = _str(body, "freezer")
         if freezer is not None and freezer not in FREEZERS:
             raise ControlError(f"freezer must be one of {', '.join(FREEZERS)}", ExitCode.USAGE)
+        leave, tcp = _bool(body, "leave_running"), _bool(body, "tcp_established")
+        export_s = _str(body, "export")
+        export = Path(export_s) if export_s else None
+        if export is not None and not export.is_absolute():
+            raise ControlError("export must be an absolute path", ExitCode.USAGE)
+        # Arguments are checked before the target is resolved: a bad call is a usage error.
+        target = self._resolve(ref)
         fields = {"target": ref, "cgroup": target.cgroup, "force": force}
         work: Work
         if op == "freeze":
@@ -182,11 +188,6 @@ class ControlComponent(Component):
             def work(p: Progress) -> dict[str, object]:
                 return operations.kill(target, policy, force=force, timeout=timeout, progress=p)
         else:
-            leave, tcp = _bool(body, "leave_running"), _bool(body, "tcp_established")
-            export_s = _str(body, "export")
-            export = Path(export_s) if export_s else None
-            if export is not None and not export.is_absolute():
-                raise ControlError("export must be an absolute path", ExitCode.USAGE)
             fields.update(leave_running=leave, tcp_established=tcp)
 
             def work(p: Progress) -> dict[str, object]:
