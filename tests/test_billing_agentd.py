@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import tempfile
-import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,10 @@ def test_agentd_kill9_restart_exact_and_exports_identical(cgroups: CgroupFactory
             assert len(periods) >= 2 and kernel > 200_000
 
             # agentctl: the same export twice is the same bytes, in every format. The range
-            # ends at a period boundary already closed: later periods keep closing meanwhile.
-            upto = (int(time.time()) - 5) // 2 * 2
+            # ends where the ledger says periods are closed: later ones keep closing meanwhile.
+            with urllib.request.urlopen(second.base_url + "/api/v1/billing?from=0") as resp:
+                upto = int(resp.headers["X-Ledger-Closed-Before"])
+            assert upto > 0
             args = ["billing", "export", "--from", "0", "--to", str(upto)]
             for fmt in ("csv", "jsonl", "parquet"):
                 outs = []

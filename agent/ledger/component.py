@@ -132,4 +132,6 @@ class LedgerComponent(Component):
             return json_error(str(e), ExitCode.FAILED, status=501)
         except ExportError as e:
             return json_error(str(e), ExitCode.USAGE)
-        return web.Response(body=body, headers={"Content-Type": media})
+        # Rows of periods ending at or before this instant are final (corrections aside).
+        return web.Response(body=body, headers={
+            "Content-Type": media, "X-Ledger-Closed-Before": str(ledger.closed_before)})

@@ -200,6 +200,11 @@ class Ledger:
             self._close_due(batch, now_ns)
             self._commit(batch)
 
+    @property
+    def closed_before(self) -> int:
+        """Every period ending at or before this instant (epoch s) is closed: final rows."""
+        return self._closed_before
+
     def open_rows(self) -> dict[RowKey, RowAcc]:
         with self._lock:
             return {k: RowAcc(v.period_end, v.quantity, v.n_samples, v.n_resets)
