@@ -8,6 +8,9 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
+from agent.events.kernfs import parse_flat
 from tests.support.cgroups import CgroupFactory, TestCgroup
 from tests.test_events_harness import Harness, started
 
@@ -18,6 +21,23 @@ SHORT_LIFE = "import time\nt=time.monotonic()\nwhile time.monotonic()-t<0.05: pa
 def _watched(h: Harness, cg: TestCgroup) -> bool:
     assert h.comp.watcher is not None
     return cg.rel in h.comp.watcher.cgroups
+
+
+def _limit(cg: TestCgroup, ctrl: str, v1_file: str, v2_file: str, value: str) -> None:
+    """Set a limit in the v1 hierarchy where the controller lives there, else in cgroup2."""
+    if ctrl in cg.dirs:
+        cg.write(ctrl, v1_file, value)
+    elif (cg.ref_dir / v2_file).exists():
+        cg.write("unified", v2_file, value)
+    else:
+        pytest.skip(f"test cgroups have no {ctrl} controller here")
+
+
+def _counter(cg: TestCgroup, ctrl: str, v1_file: str, v2_file: str, key: str) -> int:
+    """The kernel's own count, read the way an operator would."""
+    key_dir = ctrl if ctrl in cg.dirs else "unified"
+    text = cg.read(key_dir, v1_file if ctrl in cg.dirs else v2_file)
+    return parse_flat(text)[key]
 
 
 async def _wait_exit(proc: object) -> None:
@@ -54,13 +74,13 @@ def test_oom_kills_one_event_per_kill(cgroups: CgroupFactory, tmp_path: Path) ->
     async def body() -> None:
         async with started(tmp_path) as h:
             cg = cgroups.create()
-            cg.write("memory", "memory.limit_in_bytes", str(32 << 20))
+            _limit(cg, "memory", "memory.limit_in_bytes", "memory.max", str(32 << 20))
             await h.wait_for(lambda: _watched(h, cg))
             proc = cg.spawn(["sh", "-c", "for i in 1 2 3; do "
                              f"{PY} -S -c 'x = bytearray(200 << 20)'; done"])
             await _wait_exit(proc)
-            kernel = int(dict(line.split() for line in cg.read(
-                "memory", "memory.oom_control").splitlines())["oom_kill"])
+            kernel = _counter(cg, "memory", "memory.oom_control", "memory.events.local",
+                              "oom_kill")
             assert kernel >= 3
             kills = await h.wait_for(
                 lambda: (e := h.events("oom_kill", cg.rel)) and len(e) >= kernel and e)
@@ -74,11 +94,11 @@ def test_pids_limit_hit(cgroups: CgroupFactory, tmp_path: Path) -> None:
     async def body() -> None:
         async with started(tmp_path) as h:
             cg = cgroups.create()
-            cg.write("pids", "pids.max", "3")
+            _limit(cg, "pids", "pids.max", "pids.max", "3")
             await h.wait_for(lambda: _watched(h, cg))
             proc = cg.spawn(["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 1 & done; wait"])
             await _wait_exit(proc)
-            kernel = int(cg.read("pids", "pids.events").split()[1])
+            kernel = _counter(cg, "pids", "pids.events", "pids.events", "max")
             assert kernel > 0
             hits = await h.wait_for(lambda: (e := h.events("pids_max", cg.rel)) and sum(
                 int(x.fields["count"]) for x in e) >= kernel and e)

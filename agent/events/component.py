@@ -63,6 +63,22 @@ MAX_PER_UNIT = 100
 #: A control component's frozen/thawed and the kernel's for the same cgroup are one event.
 _DEDUPE_S = 5.0
 _FREEZE_GRACE_S = 0.5
+#: Retention also runs every this many events.
+_PRUNE_EVERY = 5000
+
+
+def _inode(watcher: CgroupWatcher | None, path: str) -> int | None:
+    if watcher is None:
+        return None
+    try:
+        return os.stat(watcher.abs_path(path)).st_ino
+    except OSError:
+        return None
+
+
+def _resources(v: Any) -> str | None:
+    bad = [r for r in v if r not in ("cpu", "memory", "io", "irq")]
+    return f"unknown PSI resource {bad[0]!r} (cpu, memory, io, irq)" if bad else None
 
 
 def _positive(v: Any) -> str | None:
@@ -84,7 +100,8 @@ SETTINGS: Mapping[str, Setting] = MappingProxyType(
         "some_stall_us": Setting(int, 150_000, "PSI trigger: stall µs per window", _positive),
         "window_us": Setting(int, 2_000_000, "PSI trigger window, µs (2 s multiples "
                              "without CAP_SYS_RESOURCE)", _window),
-        "pressure_resources": Setting(list, ["cpu", "memory", "io"], "PSI files to watch"),
+        "pressure_resources": Setting(list, ["cpu", "memory", "io"], "PSI files to watch",
+                                      _resources),
         "cpu_throttled_share": Setting((int, float), 0.25, "throttled share of a cycle", _share),
         "grafana_url": Setting(str, "", "Grafana base URL for annotations (empty: off)"),
         "grafana_token": Setting(str, "", "Grafana service account token"),
@@ -211,6 +228,8 @@ class EventsComponent(Component):
                 return
             with contextlib.suppress(RuntimeError):  # loop closed at shutdown
                 loop.call_soon_threadsafe(self._fanout, event)
+                if event.id % _PRUNE_EVERY == 0:  # a storm between two periodic prunes
+                    loop.call_soon_threadsafe(self._prune)
 
     def _fanout(self, event: Event) -> None:
         self.hub.publish(event)
@@ -344,9 +363,9 @@ class EventsComponent(Component):
             self._running.pop(key, None)
             self._throttled.discard(key)
             w = self.watcher.cgroups.get(key[0]) if self.watcher is not None else None
-            if w is not None and w.inode == key[1] and not w.files:
+            if w is not None and w.inode == key[1] and _inode(self.watcher, key[0]) != key[1]:
                 assert self.watcher is not None
-                self.watcher.unwatch(key[0])
+                self.watcher.unwatch(key[0])  # gone (without a tree watch to say so)
         self._prev = snapshot
 
     def _check_throttled(self, state: WorkloadState, prev: WorkloadState | None) -> None:

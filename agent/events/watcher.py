@@ -145,6 +145,9 @@ class CgroupWatcher:
         self.ino.close()
         self.psi_waiter.close()
 
+    def abs_path(self, path: str) -> Path:
+        return self._abs(path)
+
     def _abs(self, path: str) -> Path:
         return self.root if path == "/" else self.root / path.lstrip("/")
 
