@@ -249,6 +249,9 @@ class ControlComponent(Component):
                 return work(progress), None
             except ControlError as e:
                 return None, e
+            except OSError as e:  # e.g. the cgroup was removed under us (ENOENT, ENODEV)
+                where = f"{e.filename}: " if e.filename else ""
+                return None, ControlError(f"{where}{e.strerror or e}")
             except Exception as e:  # report, never leave the client hanging
                 log.exception("control %s failed", op)
                 return None, ControlError(f"internal error: {type(e).__name__}: {e}")
