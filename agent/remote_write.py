@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from agent.component import AgentContext, Component, Setting
 from agent.model import Snapshot
-from agent.remote_write_codec import encode_timeseries, encode_write_request, snappy_compress
+from agent.remote_write_codec import SeriesEncoder, encode_write_request, snappy_compress
 
 log = logging.getLogger("agent.remote_write")
 
@@ -81,7 +81,8 @@ def families_to_batches(
     """
     batches: list[Batch] = []
     pending: list[bytes] = []
-    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    seen: set[int] = set()  # hashes of label sets: exact bytes would double peak memory
+    encoder = SeriesEncoder()
     for family in families:
         for s in family.samples:
             if s.name.endswith("_created") and family.type in ("counter", "histogram", "summary"):
@@ -91,12 +92,13 @@ def families_to_batches(
             labels = dict(extra_labels)
             labels.update(s.labels)
             labels["__name__"] = s.name
-            key = (s.name, tuple(sorted(labels.items())))
+            encoded = encoder.labels(labels)
+            key = hash(encoded)
             if key in seen:  # a duplicate series would make the receiver reject the batch
                 continue
             seen.add(key)
             ts = int(float(s.timestamp) * 1000) if s.timestamp is not None else timestamp_ms
-            pending.append(encode_timeseries(labels, ((float(s.value), ts),)))
+            pending.append(encoder.series(encoded, float(s.value), ts))
             if len(pending) >= max_samples:
                 batches.append(_seal(pending))
                 pending = []
