@@ -81,7 +81,7 @@ def main() -> None:
     print(f"workloads {N}, samples {samples}, requests {len(batches)}")
     print(f"protobuf {raw / 1e6:.2f} MB, snappy {sent / 1e6:.2f} MB (ratio {raw / sent:.1f})")
     print(f"families {t1 - t0:.3f} s CPU, encode+compress {t2 - t1:.3f} s CPU "
-          f"({samples / (t2 - t1):.0f} samples/s, tracemalloc on)")
+          f"({samples / (t2 - t1):.0f} samples/s)")
     print(f"peak memory allocated while encoding {peak / 1e6:.1f} MB")
 
 
