@@ -328,3 +328,29 @@ def test_agentd_pushes_to_prometheus_receiver() -> None:
             assert float(sent[0]["value"][1]) > 0
             text = agent.get_text("/metrics")
             assert "container_agent_remote_write_dropped_samples_total 0.0" in text
+
+
+def test_large_multi_block_push_decodes_in_prometheus(ctx: AgentContext) -> None:
+    """Go's snappy decoder (inside Prometheus) accepts our encoder's output on a request far
+    larger than one 64 KiB block, with long repeated runs (copies split at 64 bytes)."""
+    g = GaugeMetricFamily("container_agent_test_bulk", "test", labels=["id", "cgroup", "n"])
+    for i in range(3000):
+        cid = f"{i % 50:064x}"
+        g.add_metric([cid, f"/system.slice/docker-{cid}.scope/" + "x" * 150, str(i)], i)
+    (batch,) = families_to_batches([g], int(time.time() * 1000), {}, max_samples=5000)
+    assert len(snappy_decompress(batch.body)) > 4 * 65536
+    with running_prometheus(remote_write_receiver=True) as prom:
+        ctx.config = {"remote_write": {"url": prom.remote_write_url}}
+        rw = RemoteWriteComponent()
+
+        async def go() -> bool:
+            await rw.start(ctx)
+            try:
+                return await rw.send(batch)
+            finally:
+                await rw.stop()
+
+        assert _run(go()), prom.log_tail()
+        total = prom.query("count(container_agent_test_bulk)")
+        assert total[0]["value"][1] == "3000"
+        assert prom.query("sum(container_agent_test_bulk)")[0]["value"][1] == str(sum(range(3000)))
