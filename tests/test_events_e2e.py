@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from agent.events.store import EventLog
+from agent.store import Store
 from tests.support.agentd import BIN, RunningAgent, running_agent
 from tests.support.cgroups import CgroupFactory
 
@@ -105,3 +107,15 @@ def test_cpu_throttled_from_cycles(cgroups: CgroupFactory) -> None:
         time.sleep(3)  # still throttled: one event per episode, not one per cycle
         again = agent.get(f"/api/v1/events?type=cpu_throttled&container={cg.rel}")["events"]
         assert len(again) == 1
+
+
+def test_agent_start_and_stop_are_events() -> None:
+    with running_agent() as agent:
+        started_events = agent.get("/api/v1/events?type=agent_started")["events"]
+        assert len(started_events) == 1
+        assert started_events[0]["fields"]["pid"] == agent.proc.pid
+        assert agent.stop() == 0
+        log = EventLog(Store(agent.state_dir / "agent.db"))
+        stopped = log.query(types=("agent_stopped",))
+        assert [e.fields["pid"] for e in stopped] == [agent.proc.pid]
+        assert stopped[0].id > started_events[0]["id"]

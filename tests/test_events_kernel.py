@@ -5,6 +5,7 @@ collection cycle."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -147,4 +148,31 @@ def test_freeze_from_the_kernel_and_from_control(cgroups: CgroupFactory, tmp_pat
             thawed = h.events("thawed", cg.rel)
             assert [e.fields.get("outcome") for e in thawed] == ["ok"]
             cg.stop_processes()
+    asyncio.run(body())
+
+
+def test_fds_are_released_when_cgroups_go(cgroups: CgroupFactory, tmp_path: Path) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def body() -> None:
+        async with started(tmp_path) as h:
+            assert h.comp.watcher is not None
+            watcher = h.comp.watcher
+            await asyncio.sleep(0.2)
+            before = open_fds()
+            made = [cgroups.create() for _ in range(5)]
+            for cg in made:
+                cg.spawn([PY, "-S", "-c", "import time; time.sleep(30)"])
+            await h.wait_for(lambda: all(
+                (w := watcher.cgroups.get(cg.rel)) is not None and w.psi
+                and (w.oom_fds or "memory" not in cg.dirs) for cg in made))
+            assert open_fds() > before
+            for cg in made:
+                cg.remove()
+            await h.wait_for(lambda: not any(cg.rel in watcher.cgroups for cg in made))
+            await h.wait_for(lambda: open_fds() <= before)
+            stopped = {e.container.cgroup for e in h.events("container_stopped")
+                       if e.container is not None}
+            assert {cg.rel for cg in made} <= stopped
     asyncio.run(body())
