@@ -87,3 +87,37 @@ def test_uids_unique_and_provisioning_points_at_json() -> None:
     assert "type: file" in (prov / "dashboards" / "container-agent.yaml").read_text()
     ds = (prov / "datasources" / "container-agent.yaml").read_text()
     assert "type: prometheus" in ds and "name: Prometheus" in ds
+
+
+def _load_yaml(path: Path) -> object:
+    """Parse YAML with PyYAML: in this venv if present, else the system python3's."""
+    try:
+        import yaml  # type: ignore[import-untyped]
+
+        return yaml.safe_load(path.read_text())
+    except ImportError:
+        pass
+    code = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    if proc.returncode != 0:
+        pytest.skip("no PyYAML to parse provisioning files (apt: python3-yaml)")
+    return json.loads(proc.stdout)
+
+
+def test_provisioning_yaml_is_what_grafana_reads() -> None:
+    prov = ROOT / "dashboards" / "provisioning"
+    ds = _load_yaml(prov / "datasources" / "container-agent.yaml")
+    assert isinstance(ds, dict) and ds["apiVersion"] == 1
+    (source,) = ds["datasources"]
+    assert source["type"] == "prometheus" and source["url"].startswith("http")
+    # The dashboards' $datasource variable defaults to this datasource's name.
+    for name in DASHBOARDS:
+        d = json.loads((JSON_DIR / name).read_text())
+        var = next(v for v in d["templating"]["list"] if v["name"] == "datasource")
+        assert var["current"]["value"] == source["name"]
+    dp = _load_yaml(prov / "dashboards" / "container-agent.yaml")
+    assert isinstance(dp, dict) and dp["apiVersion"] == 1
+    (provider,) = dp["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
