@@ -321,6 +321,14 @@ def _descendants(root: int, pids: set[int]) -> list[int]:
     return out
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].startswith("Z")
+
+
 def _wait_pids_free(pids: list[int], progress: Progress, timeout: float = 5.0) -> None:
     """CRIU restores the original PIDs: wait briefly for exited ones to be reaped."""
     deadline = time.monotonic() + timeout
@@ -332,9 +340,12 @@ def _wait_pids_free(pids: list[int], progress: Progress, timeout: float = 5.0) -
         if time.monotonic() >= deadline:
             info = _proc_info(busy[0])
             who = f" ({info['comm']})" if info else ""
+            zombie = _is_zombie(busy[0])
+            why = ("is a zombie its parent has not reaped" if zombie else
+                   "is in use (checkpoint taken with --leave-running? the original must be "
+                   "gone)")
             raise ControlError(
-                f"pid {busy[0]}{who} is in use: CRIU restores the checkpointed PIDs, so the "
-                "original processes must be gone (checkpoint taken with --leave-running?)",
+                f"pid {busy[0]}{who} {why}: CRIU restores the checkpointed PIDs",
                 ExitCode.FAILED,
                 {"busy_pids": busy},
             )
