@@ -12,8 +12,8 @@ from pathlib import Path
 
 from agent.control.errors import ControlError
 from agent.control.freeze_v2 import DEFAULT_TIMEOUT_S, FreezeResult, Progress, no_progress
-from agent.control.targets import subtree_pids
-from agent.control.tasks import tasks_of, unfrozen
+from agent.control.targets import subtree_pids, write_knob
+from agent.control.tasks import freeze_timeout, tasks_of, unfrozen
 from agent.exit_codes import ExitCode
 
 _POLL_S = 0.01
@@ -46,12 +46,7 @@ def state(d: Path) -> dict[str, object]:
 
 
 def _write(d: Path, value: str) -> None:
-    try:
-        (d / "freezer.state").write_text(value)
-    except FileNotFoundError:
-        raise ControlError(f"{d} has no freezer.state (root or no v1 freezer)") from None
-    except OSError as e:
-        raise ControlError(f"cannot write {d}/freezer.state: {e.strerror}") from None
+    write_knob(d, "freezer.state", value, "root or no v1 freezer")
 
 
 def _wait_for(d: Path, want: str, deadline: float, rewrite: bool) -> bool:
@@ -84,12 +79,9 @@ def freeze(
     _write(d, "THAWED")
     progress("timed out: wrote THAWED back to freezer.state")
     _wait_for(d, "THAWED", time.monotonic() + max(timeout, 1.0), rewrite=False)
-    raise ControlError(
-        f"{d.name}: still FREEZING after {timeout:g} s; rolled back (THAWED); "
-        f"{len(stuck)} task(s) did not freeze: "
-        + ", ".join(f"{t.tid} {t.comm} {t.state} {t.wchan}" for t in stuck[:8]),
-        ExitCode.TIMED_OUT,
-        {"stuck": [t.as_dict() for t in stuck], "duration_s": time.monotonic() - start},
+    raise freeze_timeout(
+        f"{d.name}: still FREEZING after {timeout:g} s; rolled back (THAWED)",
+        stuck, time.monotonic() - start,
     )
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.control.errors import ControlError
-from agent.control.targets import subtree_pids
-from agent.control.tasks import TaskInfo, tasks_of, unfrozen
+from agent.control.targets import subtree_pids, write_knob
+from agent.control.tasks import TaskInfo, freeze_timeout, tasks_of, unfrozen
 from agent.exit_codes import ExitCode
 
 Progress = Callable[[str], None]
@@ -91,12 +91,7 @@ def state(d: Path, root: Path) -> dict[str, object]:
 
 
 def _write(d: Path, value: str) -> None:
-    try:
-        (d / "cgroup.freeze").write_text(value)
-    except FileNotFoundError:
-        raise ControlError(f"{d} has no cgroup.freeze (root or no cgroup2 freezer)") from None
-    except OSError as e:
-        raise ControlError(f"cannot write {d}/cgroup.freeze: {e.strerror}") from None
+    write_knob(d, "cgroup.freeze", value, "root or no cgroup2 freezer")
 
 
 def wait_event(fd: int, want: int, deadline: float, key: str = "frozen") -> bool:
@@ -144,12 +139,9 @@ def freeze(
         wait_event(fd, 0, time.monotonic() + max(timeout, 1.0))
     finally:
         os.close(fd)
-    raise ControlError(
-        f"{d.name}: not frozen after {timeout:g} s; rolled back (cgroup.freeze=0); "
-        f"{len(stuck)} task(s) did not freeze: "
-        + ", ".join(f"{t.tid} {t.comm} {t.state} {t.wchan}" for t in stuck[:8]),
-        ExitCode.TIMED_OUT,
-        {"stuck": [t.as_dict() for t in stuck], "duration_s": time.monotonic() - start},
+    raise freeze_timeout(
+        f"{d.name}: not frozen after {timeout:g} s; rolled back (cgroup.freeze=0)",
+        stuck, time.monotonic() - start,
     )
 
 

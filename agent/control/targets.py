@@ -225,3 +225,13 @@ def v1_rel(layout: CgroupLayout, ctrl: str, d: Path) -> str:
     root = layout.v1_root(ctrl)
     assert root is not None
     return "/" + str(d.relative_to(root)).lstrip(".")
+
+
+def write_knob(d: Path, name: str, value: str, missing: str) -> None:
+    """Write a cgroup control file; a one-line ControlError when absent or refused."""
+    try:
+        (d / name).write_text(value)
+    except FileNotFoundError:
+        raise ControlError(f"{d} has no {name} ({missing})") from None
+    except OSError as e:
+        raise ControlError(f"cannot write {d}/{name}: {e.strerror}") from None

@@ -11,6 +11,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.control.errors import ControlError
+from agent.exit_codes import ExitCode
+
 #: Where a task parked by each freezer shows as sleeping. cgroup2: the freezer trap in the
 #: signal path (S, wchan do_freezer_trap or get_signal where inlined). v1: tasks that ran into
 #: the refrigerator show __refrigerator, but sleepers frozen in place keep their old wchan and
@@ -66,3 +69,13 @@ def unfrozen(tasks: Iterable[TaskInfo], freezer: str) -> list[TaskInfo]:
     """Tasks not parked by `freezer` ("v1"/"v2"); stopped and traced tasks count as frozen."""
     parked = FROZEN_WCHAN[freezer]
     return [t for t in tasks if t.wchan not in parked and t.state not in ("T", "t", "Z", "X")]
+
+
+def freeze_timeout(what: str, stuck: list[TaskInfo], duration_s: float) -> ControlError:
+    """The error of a freeze that timed out and was rolled back, naming the stuck tasks."""
+    listed = ", ".join(f"{t.tid} {t.comm} {t.state} {t.wchan}" for t in stuck[:8])
+    return ControlError(
+        f"{what}; {len(stuck)} task(s) did not freeze: {listed}",
+        ExitCode.TIMED_OUT,
+        {"stuck": [t.as_dict() for t in stuck], "duration_s": duration_s},
+    )
