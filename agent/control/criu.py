@@ -119,7 +119,8 @@ def log_excerpt(log: Path, before: int = 3, limit: int = 30) -> list[str]:
 
 def _error_summary(excerpt: list[str]) -> str:
     """The last few Error lines without their timestamps and source locations."""
-    msgs = [re.sub(r"^\([\d.]+\)\s*Error \([^)]*\):\s*", "", ln) for ln in excerpt if "Error" in ln]
+    prefix = re.compile(r"^(\([\d.]+\)\s*)?Error \([^)]*\):\s*")
+    msgs = [prefix.sub("", ln) for ln in excerpt if "Error" in ln]
     return "; ".join(msgs[-3:]) if msgs else "no error lines in CRIU's log"
 
 
