@@ -29,9 +29,11 @@ async def _scenario(state_dir: Path) -> dict[str, Any]:
     ctx.publish_final_sample(a, synth("/a", 5, T0 + 6, cpu=1000))
     assert comp.ledger is not None
     comp.ledger.close_due((T0 + 20) * NS)
+    out: dict[str, Any] = {}
+    fams = comp.metric_families(snapshot([]))
+    out["metrics"] = {s.name: s.value for f in fams for s in f.samples}
     app = web.Application()
     app.add_routes(comp.routes())
-    out: dict[str, Any] = {}
     async with TestClient(TestServer(app)) as client:
         r = await client.get("/api/v1/billing", params={"from": str(T0), "to": str(T0 + 10)})
         out["rows"] = await r.json()
@@ -52,6 +54,10 @@ def test_component_feeds_the_ledger_and_serves_exports(tmp_path: Path) -> None:
         (900, "h-9", 3)]
     assert out["csv"].splitlines()[0].startswith("RecordId,x_SchemaVersion,x_GroupBy")
     assert ",runtime,runc,2027-01-15T08:00:00Z,2027-01-15T08:00:10Z,cpu_usec,900," in out["csv"]
+    m = out["metrics"]
+    assert m["container_agent_ledger_cycles_total"] == 2
+    assert m["container_agent_ledger_final_samples_total"] == 1
+    assert m["container_agent_ledger_closed_before_seconds"] == T0 + 20
     status, body = out["bad"]
     assert status == 400 and body["exit_code"] == 2 and "'tomorrow' is not a time" in body["error"]
     assert out["badfmt"][0] == 400 and "xml" in json.dumps(out["badfmt"][1])

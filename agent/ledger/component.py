@@ -10,12 +10,14 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from agent.component import AgentContext, Component, Setting
 from agent.exit_codes import ExitCode
@@ -103,6 +105,28 @@ class LedgerComponent(Component):
                 await asyncio.to_thread(self.ledger.close_due, time.time_ns())
             except Exception:
                 log.exception("ledger: closing periods at stop failed")
+
+    def metric_families(self, snapshot: Snapshot) -> Iterable[Metric]:
+        led = self.ledger
+        if led is None:
+            return []
+        p = "container_agent_ledger_"
+        out: list[Metric] = []
+        for key, doc in (
+            ("cycles", "Collection cycles recorded in the ledger"),
+            ("final_samples", "Final samples (read at populated 0) recorded"),
+            ("commit_failures", "Cycles whose ledger transaction failed (retried next cycle)"),
+            ("resets", "Counters seen going backwards within one incarnation"),
+        ):
+            fam = CounterMetricFamily(f"{p}{key}", doc)
+            fam.add_metric([], led.stats[key])
+            out.append(fam)
+        out.append(GaugeMetricFamily(f"{p}open_rows", "Usage rows of periods not closed yet",
+                                     value=led.open_row_count))
+        out.append(GaugeMetricFamily(
+            f"{p}closed_before_seconds",
+            "Periods ending at or before this Unix time are closed", value=led.closed_before))
+        return out
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/api/v1/billing", self._billing)]

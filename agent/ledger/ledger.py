@@ -142,6 +142,8 @@ class Ledger:
         self.period = period_seconds
         self.grace = grace_seconds
         self._lock = threading.Lock()
+        #: Running counts for the agent's own metrics (since this process started).
+        self.stats = {"cycles": 0, "final_samples": 0, "commit_failures": 0, "resets": 0}
         self._load()
 
     def _load(self) -> None:
@@ -180,6 +182,7 @@ class Ledger:
                 batch.meta[META_STARTED] = str(snapshot.wall_ns)
             self._close_due(batch, snapshot.wall_ns)
             self._commit(batch)
+            self.stats["cycles"] += 1
 
     def observe_final(
         self, ident: WorkloadIdentity, sample: CgroupSample, boot_id: str,
@@ -192,6 +195,7 @@ class Ledger:
                 self._started = True
                 batch.meta[META_STARTED] = str(sample.wall_ns)
             self._commit(batch)
+            self.stats["final_samples"] += 1
 
     def close_due(self, now_ns: int) -> None:
         """Close every period whose end + grace has passed at now_ns (an injectable clock)."""
@@ -204,6 +208,10 @@ class Ledger:
     def closed_before(self) -> int:
         """Every period ending at or before this instant (epoch s) is closed: final rows."""
         return self._closed_before
+
+    @property
+    def open_row_count(self) -> int:
+        return len(self._open)
 
     def open_rows(self) -> dict[RowKey, RowAcc]:
         with self._lock:
@@ -218,6 +226,7 @@ class Ledger:
             # The database still holds the previous, consistent state: reload it so the next
             # sample's delta starts from the stored counters (nothing lost, nothing doubled).
             log.exception("ledger: could not persist a cycle; reloading the stored state")
+            self.stats["commit_failures"] += 1
             self._load()
             raise
 
@@ -265,6 +274,7 @@ class Ledger:
             elif value < prev:
                 delta, t0m, resets = value, t0, 1
                 s.n_resets += 1
+                self.stats["resets"] += 1
                 log.warning("ledger: %s reset in %s (%d < %d)", meter, ident.cgroup, value, prev)
             else:
                 delta, t0m = value - prev, t0
