@@ -247,8 +247,9 @@ class Ledger:
         self, batch: Batch, boot: str, ident: WorkloadIdentity, sample: CgroupSample,
         *, baseline: bool,
     ) -> tuple[str, int] | None:
-        if sample.vanished:
-            return None
+        if sample.vanished or (sample.cpu is None and sample.memory is None
+                               and sample.io is None and sample.pids is None):
+            return None  # gone, or nothing readable (EACCES): no stretch starts here
         inode = sample.inode if sample.inode is not None else ident.inode
         key = (boot, inode)
         s, new = self._series_for(boot, inode)
