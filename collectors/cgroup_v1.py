@@ -21,55 +21,40 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from collectors.blockdev import BlockDevices
-from collectors.cgroup_v2 import CgroupDir, cpu_sample, frozen_map
+from collectors.cgroup_v2 import CgroupDir, cpu_sample, flat, frozen_map, single
 from collectors.parsers import (
     ParseError,
     parse_freezer_state,
     parse_v1_blkio,
     parse_v1_limit,
+    parse_v1_memory_stat,
     shares_to_weight,
 )
-from collectors.samples import EMPTY, UNLIMITED, CpuSample, IoDeviceSample, MemorySample
+from collectors.samples import UNLIMITED, CpuSample, IoDeviceSample, MemorySample
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-#: v1 memory.stat key -> v2 name. Keys not listed keep their name.
-MEMORY_STAT_V2_NAMES: Mapping[str, str] = MappingProxyType(
-    {
-        "rss": "anon",
-        "cache": "file",
-        "mapped_file": "file_mapped",
-        "dirty": "file_dirty",
-        "writeback": "file_writeback",
-        "rss_huge": "anon_thp",
-    }
-)
 
-
-def translate_memory_stat(v1: Mapping[str, int]) -> dict[str, int]:
-    """v1 memory.stat -> v2 key names; a `total_<key>` (hierarchical, like every v2 value)
-    wins over the cgroup-local `<key>`."""
-    names = MEMORY_STAT_V2_NAMES
-    out: dict[str, int] = {}
-    totals: list[tuple[str, int]] = []
-    for key, value in v1.items():
-        if key.startswith("total_"):
-            totals.append((key[6:], value))
-        else:
-            out[names.get(key, key)] = value
-    for key, value in totals:
-        out[names.get(key, key)] = value
-    return out
-
-
-def _v1_limit(d: CgroupDir, name: str) -> int | None:
-    data = d.read(name)
+def _v1_limit(data: bytes | None) -> int | None:
     if data is None:
         return None
     try:
         return parse_v1_limit(data)
     except ParseError:
         return None
+
+
+def _memory_stat(data: bytes | None) -> dict[str, int] | None:
+    if data is None:
+        return None
+    try:
+        return parse_v1_memory_stat(data)
+    except ParseError:
+        return None
+
+
+_CPU_FILES = ("cpu.stat", "cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares")
+_CPUACCT_FILES = ("cpuacct.usage", "cpuacct.stat")
 
 
 def read_cpu_v1(
@@ -81,10 +66,11 @@ def read_cpu_v1(
     throttling, quota and weight from the v1 cpu hierarchy."""
     stat: dict[str, int] = dict(v2_stat) if v2_stat else {}
     if "usage_usec" not in stat and cpuacct is not None:
-        usage = cpuacct.single("cpuacct.usage")
+        usage_b, ticks_b = cpuacct.read_many(_CPUACCT_FILES)
+        usage = single(usage_b)
         if usage is not None:
             stat["usage_usec"] = usage // 1000
-        ticks = cpuacct.flat("cpuacct.stat")
+        ticks = flat(ticks_b)
         if ticks is not None:
             if "user" in ticks:
                 stat["user_usec"] = ticks["user"] * 1_000_000 // CLK_TCK
@@ -92,42 +78,50 @@ def read_cpu_v1(
                 stat["system_usec"] = ticks["system"] * 1_000_000 // CLK_TCK
     quota = period = weight = None
     if cpu is not None:
-        v1 = cpu.flat("cpu.stat")
+        stat_b, quota_b, period_b, shares_b = cpu.read_many(_CPU_FILES)
+        v1 = flat(stat_b)
         if v1 is not None:
-            for key, ns_key, v2_key in (
-                ("nr_periods", None, "nr_periods"),
-                ("nr_throttled", None, "nr_throttled"),
-                (None, "throttled_time", "throttled_usec"),
-                ("nr_bursts", None, "nr_bursts"),
-                (None, "burst_time", "burst_usec"),
-            ):
-                if v2_key in stat:
-                    continue
-                if key is not None and key in v1:
-                    stat[v2_key] = v1[key]
-                elif ns_key is not None and ns_key in v1:
-                    stat[v2_key] = v1[ns_key] // 1000
-        quota = cpu.single("cpu.cfs_quota_us")
+            # v2 values (when the cgroup2 file had them) win; v1 times are ns.
+            for key in ("nr_periods", "nr_throttled", "nr_bursts"):
+                if key in v1:
+                    stat.setdefault(key, v1[key])
+            for ns_key, key in (("throttled_time", "throttled_usec"), ("burst_time", "burst_usec")):
+                if ns_key in v1 and key not in stat:
+                    stat[key] = v1[ns_key] // 1000
+        quota = single(quota_b)
         if quota is not None and quota < 0:
             quota = UNLIMITED
-        period = cpu.single("cpu.cfs_period_us")
-        shares = cpu.single("cpu.shares")
+        period = single(period_b)
+        shares = single(shares_b)
         weight = None if shares is None else shares_to_weight(shares)
     return cpu_sample(stat or None, quota, period, weight)
 
 
+_MEMORY_FILES = (
+    "memory.usage_in_bytes",
+    "memory.max_usage_in_bytes",
+    "memory.limit_in_bytes",
+    "memory.soft_limit_in_bytes",
+    "memory.stat",
+    "memory.oom_control",
+    "memory.failcnt",
+)
+_MEMSW_FILES = ("memory.memsw.usage_in_bytes", "memory.memsw.limit_in_bytes")
+
+
 def read_memory_v1(d: CgroupDir, with_memsw: bool = True) -> MemorySample | None:
-    current = d.single("memory.usage_in_bytes")
-    peak = d.single("memory.max_usage_in_bytes")
-    limit = _v1_limit(d, "memory.limit_in_bytes")
-    soft = _v1_limit(d, "memory.soft_limit_in_bytes")
-    raw_stat = d.flat("memory.stat")
-    oom = d.flat("memory.oom_control")
-    failcnt = d.single("memory.failcnt")
+    """`with_memsw`: the host has swap accounting (memsw files), judged once by the caller."""
+    names = _MEMORY_FILES + _MEMSW_FILES if with_memsw else _MEMORY_FILES
+    datas = d.read_many(names)
+    current = single(datas[0])
+    limit = _v1_limit(datas[2])
+    raw_stat = _memory_stat(datas[4])
+    oom = flat(datas[5])
+    failcnt = single(datas[6])
     swap_current = swap_max = None
     if with_memsw:
-        memsw = d.single("memory.memsw.usage_in_bytes")
-        memsw_limit = _v1_limit(d, "memory.memsw.limit_in_bytes")
+        memsw = single(datas[7])
+        memsw_limit = _v1_limit(datas[8])
         if memsw is not None and current is not None:
             swap_current = max(memsw - current, 0)
         if memsw_limit == UNLIMITED:
@@ -145,19 +139,18 @@ def read_memory_v1(d: CgroupDir, with_memsw: bool = True) -> MemorySample | None
         events["max"] = failcnt
     return MemorySample(
         current=current,
-        peak=peak,
-        low=soft,
+        peak=single(datas[1]),
+        low=_v1_limit(datas[3]),
         max=limit,
         swap_current=swap_current,
         swap_max=swap_max,
-        stat=EMPTY if raw_stat is None else MappingProxyType(translate_memory_stat(raw_stat)),
+        stat=frozen_map(raw_stat),
         events=frozen_map(events),
         failcnt=failcnt,
     )
 
 
-def _blkio(d: CgroupDir, name: str) -> dict[tuple[int, int], dict[str, int]] | None:
-    data = d.read(name)
+def _blkio(data: bytes | None) -> dict[tuple[int, int], dict[str, int]] | None:
     if data is None:
         return None
     try:
@@ -166,9 +159,13 @@ def _blkio(d: CgroupDir, name: str) -> dict[tuple[int, int], dict[str, int]] | N
         return None
 
 
+_BLKIO_FILES = ("blkio.throttle.io_service_bytes_recursive", "blkio.throttle.io_serviced_recursive")
+
+
 def read_io_v1(d: CgroupDir, devices: BlockDevices) -> tuple[IoDeviceSample, ...] | None:
-    nbytes = _blkio(d, "blkio.throttle.io_service_bytes_recursive")
-    nios = _blkio(d, "blkio.throttle.io_serviced_recursive")
+    bytes_b, ios_b = d.read_many(_BLKIO_FILES)
+    nbytes = _blkio(bytes_b)
+    nios = _blkio(ios_b)
     if nbytes is None and nios is None:
         return None
     b = nbytes or {}

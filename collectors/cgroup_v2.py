@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Collection, Mapping
+import resource
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from collectors.blockdev import BlockDevices
@@ -30,10 +31,10 @@ from collectors.parsers import (
     parse_flat,
     parse_io_stat,
     parse_pressure,
-    parse_single,
 )
 from collectors.samples import (
     EMPTY,
+    UNLIMITED,
     CpuSample,
     IoDeviceSample,
     MemorySample,
@@ -61,22 +62,29 @@ class Vanished(Exception):
     """The cgroup was removed while it was being read."""
 
 
-class _Unsupported:
-    """Marker returned by read_psi for EOPNOTSUPP."""
-
-
-UNSUPPORTED = _Unsupported()
-
-
 class CgroupDir:
-    """An open cgroup directory; files are read relative to it. Close it (or use `with`)."""
+    """A cgroup directory fd; files are read relative to it (openat).
 
-    __slots__ = ("fd", "missing", "path")
+    Either opened here (`owned`, closed by close()) or borrowed from OpenDirs, which keeps it
+    open between collection cycles. `missing` records an ENOENT (absent file, or a directory
+    removed meanwhile: the caller decides), `unsupported` an EOPNOTSUPP (PSI disabled).
+    """
 
-    def __init__(self, path: str) -> None:
-        """Raises Vanished when the directory is gone, OSError for other failures."""
+    __slots__ = ("fd", "ino", "missing", "owned", "path", "unsupported", "used_ns")
+
+    def __init__(self, path: str, fd: int | None = None, ino: int = 0) -> None:
+        """Opens `path` unless `fd` is given. Raises Vanished when the directory is gone,
+        OSError for other failures."""
         self.path = path
+        self.ino = ino
         self.missing = False
+        self.unsupported = False
+        self.used_ns = 0
+        if fd is not None:
+            self.fd = fd
+            self.owned = False
+            return
+        self.owned = True
         try:
             self.fd = os.open(path, _O_DIR)
         except OSError as e:
@@ -85,7 +93,7 @@ class CgroupDir:
             raise
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if self.owned and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
@@ -95,68 +103,120 @@ class CgroupDir:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def read(self, name: str) -> bytes | None:
-        """The file's bytes; None when absent or unreadable. Raises Vanished on ENODEV."""
-        try:
-            fd = os.open(name, _O_FILE, dir_fd=self.fd)
-        except OSError as e:
-            if e.errno == _ENOENT:
-                self.missing = True
-            elif e.errno == _ENODEV:
-                raise Vanished(self.path) from None
-            return None
-        try:
-            data = os.read(fd, _BUF)
-            if len(data) >= _MAYBE_MORE:
-                data = _read_rest(fd, data)
-            return data
-        except OSError as e:
-            if e.errno == _ENODEV:
-                raise Vanished(self.path) from None
-            return None
-        finally:
-            os.close(fd)
+    def read_many(self, names: Sequence[str]) -> list[bytes | None]:
+        """Each file's bytes, None when absent or unreadable. Raises Vanished on ENODEV.
 
-    def read_psi(self, name: str) -> bytes | _Unsupported | None:
-        """Like read, but EOPNOTSUPP (PSI disabled) returns UNSUPPORTED."""
-        try:
-            fd = os.open(name, _O_FILE, dir_fd=self.fd)
-        except OSError as e:
-            if e.errno == _ENOENT:
-                self.missing = True
-            elif e.errno == _ENODEV:
-                raise Vanished(self.path) from None
-            elif e.errno == _EOPNOTSUPP:
-                return UNSUPPORTED
-            return None
-        try:
-            return os.read(fd, _BUF)
-        except OSError as e:
-            if e.errno == _ENODEV:
-                raise Vanished(self.path) from None
-            if e.errno == _EOPNOTSUPP:
-                return UNSUPPORTED
-            return None
-        finally:
-            os.close(fd)
+        One call for a controller's files: this loop is the hot path of every collection.
+        """
+        out: list[bytes | None] = []
+        dfd = self.fd
+        _open, _read, _close = os.open, os.read, os.close
+        for name in names:
+            try:
+                fd = _open(name, _O_FILE, dir_fd=dfd)
+            except OSError as e:
+                self._failed(e.errno)
+                out.append(None)
+                continue
+            try:
+                data: bytes | None = _read(fd, _BUF)
+                if len(data) >= _MAYBE_MORE:  # type: ignore[arg-type]
+                    data = _read_rest(fd, data)  # type: ignore[arg-type]
+            except OSError as e:
+                self._failed(e.errno)
+                data = None
+            finally:
+                _close(fd)
+            out.append(data)
+        return out
+
+    def _failed(self, err: int | None) -> None:
+        if err == _ENOENT:
+            self.missing = True
+        elif err == _ENODEV:
+            raise Vanished(self.path)
+        elif err == _EOPNOTSUPP:
+            self.unsupported = True
+
+    def read(self, name: str) -> bytes | None:
+        return self.read_many((name,))[0]
 
     def flat(self, name: str) -> dict[str, int] | None:
-        data = self.read(name)
-        if data is None:
-            return None
-        try:
-            return parse_flat(data)
-        except ParseError:
-            return None
+        return flat(self.read_many((name,))[0])
 
     def single(self, name: str) -> int | None:
-        data = self.read(name)
-        if data is None:
-            return None
-        try:
-            return parse_single(data)
-        except ParseError:
-            return None
+        return single(self.read_many((name,))[0])
+
+
+class OpenDirs:
+    """Directory fds kept open between collection cycles, keyed by absolute path.
+
+    Each cycle reads the same cgroups again; keeping their directories open saves an open
+    (a full path walk) and a close per hierarchy and cgroup. Bounded: at most `max_open` and
+    half of RLIMIT_NOFILE (re-read when full, since a daemon may raise it later); when full,
+    new directories are opened per read instead (evicting would thrash on cyclic scans).
+    Entries unused for IDLE_S are closed, so removed cgroups are not kept pinned. A cached fd
+    of a directory that was removed and created again is detected by its inode (callers
+    compare) and replaced. Not thread-safe: CgroupReader serialises access.
+    """
+
+    IDLE_S = 120.0
+    SWEEP_EVERY_S = 30.0
+
+    def __init__(self, max_open: int) -> None:
+        self._max = max_open
+        self._dirs: dict[str, CgroupDir] = {}
+        self._cap = self._compute_cap()
+        self._next_sweep = 0
+
+    def _compute_cap(self) -> int:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return self._max
+        return max(0, min(self._max, soft // 2))
+
+    def __len__(self) -> int:
+        return len(self._dirs)
+
+    def get(self, path: str, now_ns: int, ino: int | None = None) -> CgroupDir:
+        """The directory, from the cache when its inode is still `ino` (None: not checked).
+        Raises Vanished / OSError like CgroupDir()."""
+        if now_ns >= self._next_sweep:
+            self.sweep(now_ns)
+        d = self._dirs.get(path)
+        if d is not None:
+            if ino is None or d.ino == ino:
+                d.used_ns = now_ns
+                d.missing = d.unsupported = False
+                return d
+            self.drop(path)
+        d = CgroupDir(path)
+        d.ino = os.fstat(d.fd).st_ino
+        if len(self._dirs) < self._cap or self._recap():
+            d.owned = False  # closed by drop()
+            d.used_ns = now_ns
+            self._dirs[path] = d
+        return d
+
+    def _recap(self) -> bool:
+        self._cap = self._compute_cap()
+        return len(self._dirs) < self._cap
+
+    def drop(self, path: str) -> None:
+        d = self._dirs.pop(path, None)
+        if d is not None:
+            d.owned = True
+            d.close()
+
+    def sweep(self, now_ns: int) -> None:
+        self._next_sweep = now_ns + int(self.SWEEP_EVERY_S * 1e9)
+        oldest = now_ns - int(self.IDLE_S * 1e9)
+        for path in [p for p, d in self._dirs.items() if d.used_ns < oldest]:
+            self.drop(path)
+
+    def close(self) -> None:
+        for path in list(self._dirs):
+            self.drop(path)
 
 
 def _read_rest(fd: int, first: bytes) -> bytes:
@@ -168,6 +228,29 @@ def _read_rest(fd: int, first: bytes) -> bytes:
         chunks.append(more)
 
 
+def flat(data: bytes | None) -> dict[str, int] | None:
+    """parse_flat, None for no data or data that does not parse."""
+    if data is None:
+        return None
+    try:
+        return parse_flat(data)
+    except ParseError:
+        return None
+
+
+def single(data: bytes | None) -> int | None:
+    """parse_single, None for no data or data that does not parse (inlined: hot path)."""
+    if data is None:
+        return None
+    tok = data.strip()
+    if tok == b"max":
+        return UNLIMITED
+    try:
+        return int(tok)
+    except ValueError:
+        return None
+
+
 def frozen_map(d: dict[str, int] | None) -> Mapping[str, int]:
     return EMPTY if not d else MappingProxyType(d)
 
@@ -175,9 +258,8 @@ def frozen_map(d: dict[str, int] | None) -> Mapping[str, int]:
 # -- parts ---------------------------------------------------------------------------------
 
 
-def read_controllers(d: CgroupDir) -> frozenset[str] | None:
+def parse_controllers(data: bytes | None) -> frozenset[str] | None:
     """cgroup.controllers: which controllers' interface files this cgroup has."""
-    data = d.read("cgroup.controllers")
     if data is None:
         return None
     try:
@@ -186,8 +268,8 @@ def read_controllers(d: CgroupDir) -> frozenset[str] | None:
         return None
 
 
-def read_events(d: CgroupDir) -> tuple[bool | None, bool | None]:
-    data = d.read("cgroup.events")
+def events(data: bytes | None) -> tuple[bool | None, bool | None]:
+    """cgroup.events (populated, frozen), (None, None) when unreadable."""
     if data is None:
         return None, None
     try:
@@ -220,41 +302,47 @@ def cpu_sample(
     )
 
 
-def read_cpu(d: CgroupDir, with_controller: bool) -> CpuSample | None:
-    """cpu.stat (always there), cpu.max and cpu.weight (only with the cpu controller)."""
-    stat = d.flat("cpu.stat")
-    quota = period = weight = None
-    if with_controller:
-        data = d.read("cpu.max")
-        if data is not None:
-            with contextlib.suppress(ParseError):
-                quota, period = parse_cpu_max(data)
-        weight = d.single("cpu.weight")
-    return cpu_sample(stat, quota, period, weight)
+def cpu_limits(d: CgroupDir) -> tuple[int | None, int | None, int | None]:
+    """(quota, period, weight) from cpu.max and cpu.weight (files of the cpu controller)."""
+    max_b, weight_b = d.read_many(("cpu.max", "cpu.weight"))
+    quota = period = None
+    if max_b is not None:
+        with contextlib.suppress(ParseError):
+            quota, period = parse_cpu_max(max_b)
+    return quota, period, single(weight_b)
+
+
+_MEMORY_FILES = (
+    "memory.current",
+    "memory.peak",
+    "memory.min",
+    "memory.low",
+    "memory.high",
+    "memory.max",
+    "memory.swap.current",
+    "memory.swap.max",
+    "memory.stat",
+    "memory.events",
+)
 
 
 def read_memory(d: CgroupDir) -> MemorySample | None:
-    current = d.single("memory.current")
-    stat = d.flat("memory.stat")
-    events = d.flat("memory.events")
-    peak = d.single("memory.peak")
-    mn = d.single("memory.min")
-    low = d.single("memory.low")
-    high = d.single("memory.high")
-    mx = d.single("memory.max")
-    swap_current = d.single("memory.swap.current")
-    swap_max = d.single("memory.swap.max")
-    if current is None and stat is None and events is None and mx is None:
+    cur, peak, mn, low, high, mx, swc, swm, stat_b, events_b = d.read_many(_MEMORY_FILES)
+    stat = flat(stat_b)
+    events = flat(events_b)
+    current = single(cur)
+    limit = single(mx)
+    if current is None and stat is None and events is None and limit is None:
         return None
     return MemorySample(
         current=current,
-        peak=peak,
-        min=mn,
-        low=low,
-        high=high,
-        max=mx,
-        swap_current=swap_current,
-        swap_max=swap_max,
+        peak=single(peak),
+        min=single(mn),
+        low=single(low),
+        high=single(high),
+        max=limit,
+        swap_current=single(swc),
+        swap_max=single(swm),
         stat=frozen_map(stat),
         events=frozen_map(events),
     )
@@ -287,44 +375,52 @@ def read_io(d: CgroupDir, devices: BlockDevices) -> tuple[IoDeviceSample, ...] |
     )
 
 
-def read_pids(d: CgroupDir, with_peak: bool = True) -> PidsSample | None:
-    """pids.current/max/peak/events: the same files in cgroup2 and in the v1 pids hierarchy."""
-    current = d.single("pids.current")
-    mx = d.single("pids.max")
-    events = d.flat("pids.events")
-    peak = d.single("pids.peak") if with_peak else None
-    if current is None and mx is None and events is None:
+_PIDS_FILES = ("pids.current", "pids.max", "pids.events", "pids.peak")
+
+
+def read_pids(d: CgroupDir) -> PidsSample | None:
+    """pids.current/max/events/peak: the same files in cgroup2 and in the v1 pids hierarchy."""
+    cur, mx, events_b, peak = d.read_many(_PIDS_FILES)
+    current = single(cur)
+    limit = single(mx)
+    events = flat(events_b)
+    if current is None and limit is None and events is None:
         return None
     return PidsSample(
         current=current,
-        max=mx,
-        peak=peak,
+        max=limit,
+        peak=single(peak),
         events_max=None if events is None else events.get("max"),
     )
 
 
-def read_pressure(d: CgroupDir, kinds: Collection[str]) -> PressureSample | None:
-    """The `<kind>.pressure` files of `kinds`; None when none could be read."""
-    found: dict[str, Pressure | None] = {}
-    for kind in kinds:
-        data = d.read_psi(f"{kind}.pressure")
-        if data is UNSUPPORTED:
-            return PressureSample(supported=False)
-        if isinstance(data, bytes):
-            try:
-                found[kind] = parse_pressure(data)
-            except ParseError:
-                found[kind] = None
-    if not found:
+def _pressure(data: bytes | None) -> Pressure | None:
+    if data is None:
+        return None
+    try:
+        return parse_pressure(data)
+    except ParseError:
+        return None
+
+
+def pressure_sample(
+    files: Sequence[str], datas: Sequence[bytes | None], unsupported: bool
+) -> PressureSample | None:
+    """From the contents of `files` (`<kind>.pressure` names); None when none was read."""
+    if unsupported:
+        return PressureSample(supported=False)
+    found = dict(zip(files, map(_pressure, datas), strict=True))
+    if not any(found.values()):
         return None
     return PressureSample(
-        cpu=found.get("cpu"),
-        memory=found.get("memory"),
-        io=found.get("io"),
-        irq=found.get("irq"),
+        cpu=found.get("cpu.pressure"),
+        memory=found.get("memory.pressure"),
+        io=found.get("io.pressure"),
+        irq=found.get("irq.pressure"),
     )
 
 
-def psi_kinds_at(root: str) -> tuple[str, ...]:
+def psi_files_at(root: str) -> tuple[str, ...]:
     """The PSI files a hierarchy has, judged at its root (irq needs IRQ time accounting)."""
-    return tuple(k for k in PSI_KINDS if os.path.exists(f"{root}/{k}.pressure"))
+    names = (f"{k}.pressure" for k in PSI_KINDS)
+    return tuple(n for n in names if os.path.exists(f"{root}/{n}"))

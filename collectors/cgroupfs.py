@@ -24,6 +24,7 @@ given, and after RESOLVE_TTL_S.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,18 +34,21 @@ from types import MappingProxyType
 from collectors.blockdev import BlockDevices
 from collectors.cgroup_v1 import read_cpu_v1, read_freezer_v1, read_io_v1, read_memory_v1
 from collectors.cgroup_v2 import (
+    DIR_VANISHED,
     CgroupDir,
+    OpenDirs,
     Vanished,
+    cpu_limits,
     cpu_sample,
+    events,
+    flat,
     frozen_map,
-    psi_kinds_at,
-    read_controllers,
-    read_cpu,
-    read_events,
+    parse_controllers,
+    pressure_sample,
+    psi_files_at,
     read_io,
     read_memory,
     read_pids,
-    read_pressure,
 )
 from collectors.layout import CgroupLayout, LayoutKind
 from collectors.parsers import ParseError, parse_proc_cgroup, parse_procs_first
@@ -73,7 +77,9 @@ class CgroupReader:
         *,
         sys_dev_block: Path = Path("/sys/dev/block"),
         proc_root: Path = Path("/proc"),
+        max_open_dirs: int = 16384,
     ) -> None:
+        """`max_open_dirs`: directory fds kept open between reads (0: none), see OpenDirs."""
         self.layout = layout
         self._kind = layout.kind
         self._ref_root = str(layout.reference_root)
@@ -81,7 +87,16 @@ class CgroupReader:
         self._devices = BlockDevices(sys_dev_block)
         self._proc = str(proc_root)
         self._v1_roots = {ctrl: str(p) for ctrl, p in layout.v1.items()}
-        self._psi = psi_kinds_at(self._ref_root)
+        self._psi = psi_files_at(self._ref_root)
+        # The reference directory's files, read in one batch.
+        self._unified_files = (
+            "cgroup.controllers",
+            "cgroup.events",
+            "cgroup.stat",
+            "cpu.stat",
+            *self._psi,
+        )
+        self._hybrid_files = ("cgroup.events", "cgroup.stat", "cpu.stat", *self._psi)
         mem_root = self._v1_roots.get("memory")
         # memsw files exist only with swap accounting: judged once at the hierarchy root.
         self._memsw = mem_root is not None and os.path.exists(
@@ -89,62 +104,118 @@ class CgroupReader:
         )
         self._anchor = self._own_cgroups()
         self._cache: dict[str, _Resolved] = {}
+        self._dirs = OpenDirs(max_open_dirs)
+        # The daemon reads from a worker thread while control code may ask for v1_paths.
+        self._lock = threading.Lock()
 
     # -- public --------------------------------------------------------------------------
     def read(self, path: str, *, member_pid: int | None = None) -> CgroupSample:
         """Everything about the cgroup at `path` (relative to layout.reference_root)."""
         mono = time.monotonic_ns()
         wall = time.time_ns()
-        try:
-            ref = CgroupDir(self._ref_root if path == "/" else self._ref_root + path)
-        except Vanished:
-            self._cache.pop(path, None)
-            return CgroupSample(path, None, mono, wall, vanished=True)
-        except OSError:  # EACCES and such: nothing readable, but not gone
-            return CgroupSample(path, None, mono, wall)
-        opened = [ref]
-        inode: int | None = None
-        try:
-            inode = os.fstat(ref.fd).st_ino
-            if self._kind is LayoutKind.UNIFIED:
-                sample = self._read_unified(path, inode, mono, wall, ref)
-            else:
-                sample = self._read_v1(path, inode, mono, wall, ref, member_pid, opened)
-            if path != "/" and any(d.missing for d in opened) and self._gone(ref.path, inode):
-                # openat in a removed kernfs directory answers ENOENT, like an absent file.
-                raise Vanished(path)
-            return sample
-        except Vanished:
-            self._cache.pop(path, None)
-            return CgroupSample(path, inode, mono, wall, vanished=True)
-        finally:
-            for d in opened:
-                d.close()
+        with self._lock:
+            return self._read(path, member_pid, mono, wall)
 
     def v1_paths(self, path: str, *, member_pid: int | None = None) -> dict[str, str]:
         """v1 controller -> the cgroup's path in that hierarchy ({} on unified hosts or when
         the cgroup is gone)."""
         if not self._v1_roots:
             return {}
+        now = time.monotonic_ns()
+        with self._lock:
+            try:
+                ref = self._ref_dir(path, now)
+            except (Vanished, OSError):
+                return {}
+            try:
+                return dict(self._resolved(path, ref, member_pid, now))
+            except Vanished:
+                return {}
+            finally:
+                ref.close()
+
+    def close(self) -> None:
+        """Close the directory fds kept between reads (reading again reopens them)."""
+        with self._lock:
+            self._dirs.close()
+
+    def __enter__(self) -> CgroupReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one read ------------------------------------------------------------------------
+    def _ref_dir(self, path: str, now: int) -> CgroupDir:
+        """The reference directory, its inode checked by one stat (a recreated cgroup at the
+        same path gets a new inode and a new fd). Raises Vanished / OSError."""
+        ref_path = self._ref_root if path == "/" else self._ref_root + path
         try:
-            with CgroupDir(self._ref_root if path == "/" else self._ref_root + path) as ref:
-                inode = os.fstat(ref.fd).st_ino
-                return dict(self._resolved(path, inode, member_pid, ref, time.monotonic_ns()))
-        except (Vanished, OSError):
-            return {}
+            ino = os.stat(ref_path).st_ino
+        except OSError as e:
+            if e.errno in DIR_VANISHED:
+                self._forget(path, ref_path)
+                raise Vanished(path) from None
+            raise
+        return self._dirs.get(ref_path, now, ino)
+
+    def _read(self, path: str, member_pid: int | None, mono: int, wall: int) -> CgroupSample:
+        try:
+            ref = self._ref_dir(path, mono)
+        except Vanished:
+            return CgroupSample(path, None, mono, wall, vanished=True)
+        except OSError:  # EACCES and such: nothing readable, but not gone
+            return CgroupSample(path, None, mono, wall)
+        used = [ref]
+        inode = ref.ino
+        try:
+            if self._kind is LayoutKind.UNIFIED:
+                sample = self._read_unified(path, inode, mono, wall, ref)
+            else:
+                sample = self._read_v1(path, mono, wall, ref, member_pid, used)
+            for d in used:
+                if d.missing and self._gone(d.path, d.ino):
+                    # openat in a removed kernfs directory answers ENOENT, like an absent
+                    # file: the cgroup (or its v1 directory) was removed during the read.
+                    self._dirs.drop(d.path)
+                    if d is ref:
+                        raise Vanished(path)
+                    self._cache.pop(path, None)  # resolve the v1 paths again next time
+            return sample
+        except Vanished:
+            self._forget(path, ref.path)
+            return CgroupSample(path, inode, mono, wall, vanished=True)
+        finally:
+            for d in used:
+                d.close()
+
+    def _forget(self, path: str, ref_path: str) -> None:
+        """Drop what is kept about a cgroup that is gone."""
+        self._dirs.drop(ref_path)
+        e = self._cache.pop(path, None)
+        if e is not None:
+            for ctrl, rel in e.paths.items():
+                self._dirs.drop(self._v1_abs(ctrl, rel))
+
+    def _v1_abs(self, ctrl: str, rel: str) -> str:
+        return self._v1_roots[ctrl] + ("" if rel == "/" else rel)
 
     # -- unified -------------------------------------------------------------------------
     def _read_unified(
         self, path: str, inode: int, mono: int, wall: int, d: CgroupDir
     ) -> CgroupSample:
-        ctrls = read_controllers(d)
-        populated, frozen = read_events(d)
-        stat = d.flat("cgroup.stat")
-        cpu = read_cpu(d, ctrls is None or "cpu" in ctrls)
+        datas = d.read_many(self._unified_files)
+        ctrls = parse_controllers(datas[0])
+        populated, frozen = events(datas[1])
+        pressure = pressure_sample(self._psi, datas[4:], d.unsupported) if self._psi else None
+        quota = period = weight = None
+        if ctrls is None or "cpu" in ctrls:
+            quota, period, weight = cpu_limits(d)
+        cpu = cpu_sample(flat(datas[3]), quota, period, weight)
         memory = read_memory(d) if ctrls is None or "memory" in ctrls else None
         io = read_io(d, self._devices) if ctrls is None or "io" in ctrls else None
         pids = read_pids(d) if ctrls is None or "pids" in ctrls else None
-        pressure = read_pressure(d, self._psi) if self._psi else None
+        stat = flat(datas[2])
         return CgroupSample(
             path=path,
             inode=inode,
@@ -164,44 +235,46 @@ class CgroupReader:
     def _read_v1(
         self,
         path: str,
-        inode: int,
         mono: int,
         wall: int,
         ref: CgroupDir,
         member_pid: int | None,
-        opened: list[CgroupDir],
+        used: list[CgroupDir],
     ) -> CgroupSample:
-        paths = self._resolved(path, inode, member_pid, ref, mono)
+        paths = self._resolved(path, ref, member_pid, mono)
         dirs: dict[str, CgroupDir | None] = {}
 
         def open_ctrl(ctrl: str) -> CgroupDir | None:
             rel = paths.get(ctrl)
             if rel is None:
                 return None
-            absolute = self._v1_roots[ctrl] + ("" if rel == "/" else rel)
+            absolute = self._v1_abs(ctrl, rel)
             if absolute == ref.path:
                 return ref
             if absolute in dirs:  # co-mounted controllers (cpu,cpuacct) share a directory
                 return dirs[absolute]
             try:
-                d: CgroupDir | None = CgroupDir(absolute)
+                d: CgroupDir | None = self._dirs.get(absolute, mono)
             except (Vanished, OSError):
                 # Moved or removed in that hierarchy: resolve again next time.
                 self._cache.pop(path, None)
                 d = None
             if d is not None:
-                opened.append(d)
+                used.append(d)
             dirs[absolute] = d
             return d
 
         populated = frozen = None
-        stat = None
-        v2_cpu: dict[str, int] | None = None
+        stat = v2_cpu = None
         if self._kind is LayoutKind.HYBRID:
-            populated, frozen = read_events(ref)
-            stat = ref.flat("cgroup.stat")
-            v2_cpu = ref.flat("cpu.stat")
-        pressure = read_pressure(ref, self._psi) if self._psi else None
+            datas = ref.read_many(self._hybrid_files)
+            populated, frozen = events(datas[0])
+            stat = flat(datas[1])
+            v2_cpu = flat(datas[2])
+            psi = datas[3:]
+        else:
+            psi = ref.read_many(self._psi)
+        pressure = pressure_sample(self._psi, psi, ref.unsupported) if self._psi else None
 
         cpu_d = open_ctrl("cpu")
         need_acct = v2_cpu is None or "usage_usec" not in v2_cpu
@@ -224,7 +297,7 @@ class CgroupReader:
             frozen = v1_frozen or bool(frozen)
         return CgroupSample(
             path=path,
-            inode=inode,
+            inode=ref.ino,
             monotonic_ns=mono,
             wall_ns=wall,
             cpu=cpu,
@@ -240,20 +313,23 @@ class CgroupReader:
 
     # -- v1 path resolution --------------------------------------------------------------
     def _resolved(
-        self, path: str, inode: int, member_pid: int | None, ref: CgroupDir, now_ns: int
+        self, path: str, ref: CgroupDir, member_pid: int | None, now_ns: int
     ) -> Mapping[str, str]:
         e = self._cache.get(path)
         if (
             e is not None
-            and e.inode == inode
+            and e.inode == ref.ino
             and (member_pid is None or member_pid == e.pid)
             and now_ns - e.at_ns < _RESOLVE_TTL_NS
         ):
             return e.paths
+        if e is not None:  # a new incarnation or a new member: its v1 directories may differ
+            for ctrl, rel in e.paths.items():
+                self._dirs.drop(self._v1_abs(ctrl, rel))
         paths, pid = self._resolve(path, member_pid, ref)
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
-        self._cache[path] = _Resolved(inode, pid, now_ns, paths)
+        self._cache[path] = _Resolved(ref.ino, pid, now_ns, paths)
         return paths
 
     def _resolve(

@@ -11,6 +11,7 @@ decode of whole files, no regular expressions.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -25,6 +26,20 @@ class ParseError(ValueError):
 #: v1 "no limit": PAGE_COUNTER_MAX pages, i.e. LONG_MAX rounded down to the page size
 #: (9223372036854771712 with 4 KiB pages). Anything at or above 2**62 is no real limit.
 V1_UNLIMITED_THRESHOLD = 1 << 62
+
+
+class _KeyNames(dict[bytes, str]):
+    """bytes key -> str, shared: the kernel repeats the same few hundred keys in every file,
+    so each is decoded (and its hash computed) once instead of once per file per cgroup."""
+
+    def __missing__(self, key: bytes) -> str:
+        if len(self) >= 20_000:  # only garbage input gets here; stay bounded
+            self.clear()
+        name = self[key] = key.decode()
+        return name
+
+
+_key_name = _KeyNames().__getitem__
 
 
 def parse_flat(data: bytes) -> dict[str, int]:
@@ -42,7 +57,7 @@ def parse_flat(data: bytes) -> dict[str, int]:
             if line.strip() and len(line.split()) != 2:
                 raise ParseError("flat keyed: lines must be KEY VALUE")
     try:
-        return dict(zip(map(bytes.decode, toks[0::2]), map(int, toks[1::2]), strict=True))
+        return dict(zip(map(_key_name, toks[0::2]), map(int, toks[1::2]), strict=True))
     except ValueError as e:  # int() of a non-number, or a key that is not UTF-8
         raise ParseError(f"flat keyed: {e}") from None
 
@@ -111,8 +126,20 @@ def _pressure_line(toks: list[bytes]) -> PressureLine:
         raise ParseError("PSI: bad number") from None
 
 
+_PSI_NUM = rb"([0-9]+\.[0-9]+) avg60=([0-9]+\.[0-9]+) avg300=([0-9]+\.[0-9]+) total=([0-9]+)\n"
+#: The kernel's exact shape: both lines, in order (the common case: one regex, no splits).
+_PSI_BOTH = re.compile(rb"some avg10=" + _PSI_NUM + rb"full avg10=" + _PSI_NUM)
+
+
 def parse_pressure(data: bytes) -> Pressure:
     """`some avg10=.. avg60=.. avg300=.. total=..` and optionally the same for `full`."""
+    m = _PSI_BOTH.fullmatch(data)
+    if m is not None:
+        a, b, c, d, e, f, g, h = m.groups()
+        return Pressure(
+            some=PressureLine(float(a), float(b), float(c), int(d)),
+            full=PressureLine(float(e), float(f), float(g), int(h)),
+        )
     some: PressureLine | None = None
     full: PressureLine | None = None
     for line in data.split(b"\n"):
@@ -222,6 +249,56 @@ def parse_v1_blkio(data: bytes) -> dict[tuple[int, int], dict[str, int]]:
         except ValueError:
             raise ParseError("blkio: bad value") from None
     return out
+
+
+#: v1 memory.stat key -> v2 name. Keys not listed keep their name.
+V1_MEMORY_STAT_NAMES: Mapping[str, str] = MappingProxyType(
+    {
+        "rss": "anon",
+        "cache": "file",
+        "mapped_file": "file_mapped",
+        "dirty": "file_dirty",
+        "writeback": "file_writeback",
+        "rss_huge": "anon_thp",
+    }
+)
+_V1_NAMES_B = {k.encode(): v.encode() for k, v in V1_MEMORY_STAT_NAMES.items()}
+
+
+def translate_v1_memory_stat(v1: Mapping[str, int]) -> dict[str, int]:
+    """v1 memory.stat keys -> v2 names; `total_<key>` (hierarchical, like every v2 value)
+    wins over the cgroup-local `<key>`, whatever the order."""
+    names = V1_MEMORY_STAT_NAMES
+    out = {names.get(k, k): v for k, v in v1.items() if not k.startswith("total_")}
+    out.update((names.get(k[6:], k[6:]), v) for k, v in v1.items() if k.startswith("total_"))
+    return out
+
+
+def parse_v1_memory_stat(data: bytes) -> dict[str, int]:
+    """v1 memory.stat, translated to v2 key names (see translate_v1_memory_stat)."""
+    # Fast path for the kernel's shape: local keys first, then only total_* keys. The local
+    # value of a key that has a total_ is never converted (about half the file).
+    idx = data.find(b"\ntotal_")
+    if idx >= 0 and data[-1:] == b"\n":
+        tail_b = data[idx + 1 :]
+        lines = tail_b.count(b"\n")
+        # Every tail line starts with total_, and total_ appears nowhere else in the tail.
+        if tail_b.count(b"\ntotal_") + 1 == lines == tail_b.count(b"total_"):
+            head = data[: idx + 1].split()
+            tail = tail_b.replace(b"total_", b"").split()
+            nh, nt = len(head), len(tail)
+            if not (nh | nt) & 1 and data.count(b"\n") == (nh + nt) >> 1:
+                merged = dict(zip(head[0::2], head[1::2], strict=True))
+                merged.update(zip(tail[0::2], tail[1::2], strict=True))
+                for old, new in _V1_NAMES_B.items():
+                    value = merged.pop(old, None)
+                    if value is not None:
+                        merged[new] = value
+                try:
+                    return dict(zip(map(_key_name, merged), map(int, merged.values()), strict=True))
+                except ValueError:
+                    raise ParseError("v1 memory.stat: bad key or value") from None
+    return translate_v1_memory_stat(parse_flat(data))
 
 
 def parse_freezer_state(data: bytes) -> bool:
