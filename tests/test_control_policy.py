@@ -152,3 +152,25 @@ def test_kill_empties_every_hierarchy(
         assert p.wait(timeout=5) == -9
     # Our own process was never touched.
     assert os.getpid() not in before
+
+
+def test_shared_v1_cgroup_is_not_the_workloads(cgroups: CgroupFactory, tmp_path: Path) -> None:
+    """A workload whose v1 freezer cgroup also holds someone else's process: v1 left out."""
+    cg = cgroups.create()
+    if "freezer" not in cg.dirs or "unified" not in cg.dirs:
+        pytest.skip("needs a hybrid host")
+    other = cgroups.create()
+    counter.start_in(cg, tmp_path / "a")
+    stranger = other.spawn(["sleep", "60"])
+    # The stranger joins cg's freezer cgroup only (it stays in `other` in cgroup2).
+    cg.write("freezer", "cgroup.procs", str(stranger.pid))
+    t = resolve_target(cg.rel, LAYOUT, None)
+    assert "freezer" not in t.v1
+    assert operations.choose_freezer(t, LAYOUT)[0] == "v2"
+    operations.kill(t, Policy(), method="signal")
+    assert stranger.poll() is None  # never signalled
+
+
+def test_thaw_of_root_is_a_no_op() -> None:
+    res = operations.thaw(resolve_target("/", LAYOUT, None), LAYOUT, Policy())
+    assert res["unchanged"] is True and res["frozen"] is False

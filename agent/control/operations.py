@@ -138,7 +138,10 @@ def thaw(
     if v1 is not None and freeze_v1.read_state(v1) != "THAWED":
         results.append((freeze_v1.thaw(v1, t, progress), v1))
     if not results:
-        name, d = choose_freezer(target, layout, policy.freezer)
+        try:
+            name, d = choose_freezer(target, layout, policy.freezer)
+        except ControlError:  # nothing that could freeze it: nothing to thaw either
+            name, d = "none", target.ref_dir
         return _result(target, FreezeResult(name, False, 0.0, unchanged=True), d, layout)
     d = results[-1][1]
     held = next((r.held_by for r, _ in results if r.held_by), None)

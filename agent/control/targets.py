@@ -129,8 +129,8 @@ def v1_dirs(layout: CgroupLayout, ref_dir: Path, rel: str) -> dict[str, Path]:
 
     Taken from a member process's /proc/<pid>/cgroup (a process in a sub-cgroup has its
     sub-path stripped); an empty cgroup falls back to the same path in each hierarchy.
-    Hierarchies where the workload sits at its hierarchy's root are left out: that is not a
-    cgroup of its own.
+    Left out: hierarchies where the workload sits at the root, and v1 cgroups holding
+    processes that are not the workload's (not a cgroup of its own).
     """
     members = subtree_pids(ref_dir)
     ordered = sorted(members.items(), key=lambda kv: (len(kv[1]), kv[0]))
@@ -148,7 +148,11 @@ def v1_dirs(layout: CgroupLayout, ref_dir: Path, rel: str) -> dict[str, Path]:
         if path is None or path == "/":
             continue
         with contextlib.suppress(ControlError):
-            out[ctrl] = safe_dir(root, path)
+            d = safe_dir(root, path)
+            # Only a cgroup of the workload's own: one shared with other processes (a service
+            # cgroup the container was never moved out of) must never be frozen or killed.
+            if set(subtree_pids(d)) <= set(members):
+                out[ctrl] = d
     return out
 
 
