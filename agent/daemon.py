@@ -34,6 +34,9 @@ from collectors.layout import CgroupLayout, LayoutError, detect_layout
 
 log = logging.getLogger("agent")
 
+#: Seconds each component gets to stop at shutdown.
+STOP_TIMEOUT_S = 5
+
 
 def _net_totals(snapshot: Snapshot) -> dict[str, tuple[int, int]] | None:
     net = snapshot.extras.get("network")
@@ -244,7 +247,11 @@ class Agent:
     async def _shutdown(self) -> None:
         for comp in reversed(self.components):
             try:
-                await comp.stop()
+                # A sink that will not drain must not keep the agent from exiting.
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await comp.stop()
+            except TimeoutError:
+                log.warning("component %s did not stop within %d s", comp.name, STOP_TIMEOUT_S)
             except Exception:
                 log.exception("component %s failed to stop", comp.name)
         for runner in self._runners:

@@ -73,22 +73,23 @@ class Families:
 def _pressure(fams: Families, lv: list[str], resource: str, p: Pressure | None) -> None:
     if p is None:
         return
-    for kind, line in (("some", p.some), ("full", p.full)):
+    # `level` (some/full), not `kind`: `kind` is already the workload kind label.
+    for level, line in (("some", p.some), ("full", p.full)):
         if line is None:
             continue
         fams.counter(
             P + "pressure_stalled_seconds_total",
             "PSI: cumulative time some or all tasks stalled on the resource",
-            [*LABELS, "resource", "kind"],
-        ).add_metric([*lv, resource, kind], line.total / 1e6)
+            [*LABELS, "resource", "level"],
+        ).add_metric([*lv, resource, level], line.total / 1e6)
         g = fams.gauge(
             P + "pressure_ratio",
             "PSI: share of time stalled, averaged over the window (0-1)",
-            [*LABELS, "resource", "kind", "window"],
+            [*LABELS, "resource", "level", "window"],
         )
-        g.add_metric([*lv, resource, kind, "10s"], line.avg10 / 100)
-        g.add_metric([*lv, resource, kind, "60s"], line.avg60 / 100)
-        g.add_metric([*lv, resource, kind, "300s"], line.avg300 / 100)
+        g.add_metric([*lv, resource, level, "10s"], line.avg10 / 100)
+        g.add_metric([*lv, resource, level, "60s"], line.avg60 / 100)
+        g.add_metric([*lv, resource, level, "300s"], line.avg300 / 100)
 
 
 def _workload(fams: Families, w: WorkloadState) -> None:

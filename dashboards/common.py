@@ -27,7 +27,7 @@ RATE = "$__rate_interval"
 RANGE = "$__range"
 #: Label holding "some"/"full" on the PSI counter. It is the same name as the workload `kind`
 #: label, so PSI selectors cannot also filter on the workload kind.
-PSI_LEVEL = "kind"
+PSI_LEVEL = "level"
 
 
 def sel(*matchers: str, instance: bool = True, kind: bool = False, container: bool = False) -> str:
