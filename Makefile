@@ -25,6 +25,10 @@ system-deps:
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check agent collectors dashboards tests
 	$(VENV)/bin/mypy
+	$(VPY) -m dashboards --check
+
+dashboards: $(VENV)/.installed
+	$(VPY) -m dashboards
 
 test: system-deps $(VENV)/.installed-test lint
 	$(VPY) -m pytest -p no:cacheprovider tests
