@@ -152,26 +152,38 @@ def test_freeze_from_the_kernel_and_from_control(cgroups: CgroupFactory, tmp_pat
 
 
 def test_fds_are_released_when_cgroups_go(cgroups: CgroupFactory, tmp_path: Path) -> None:
-    def open_fds() -> int:
-        return len(os.listdir("/proc/self/fd"))
+    def fds_into(names: set[str]) -> list[str]:
+        """Our open fds whose target lies in one of these cgroups (PSI triggers, oom_control);
+        other tests' cgroups come and go meanwhile, so count by target, not in total."""
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if any(f"/{name}/" in target for name in names):
+                out.append(target)
+        return out
 
     async def body() -> None:
         async with started(tmp_path) as h:
             assert h.comp.watcher is not None
             watcher = h.comp.watcher
-            await asyncio.sleep(0.2)
-            before = open_fds()
             made = [cgroups.create() for _ in range(5)]
+            names = {cg.name for cg in made}
             for cg in made:
                 cg.spawn([PY, "-S", "-c", "import time; time.sleep(30)"])
             await h.wait_for(lambda: all(
                 (w := watcher.cgroups.get(cg.rel)) is not None and w.psi
                 and (w.oom_fds or "memory" not in cg.dirs) for cg in made))
-            assert open_fds() > before
+            assert len(fds_into(names)) >= 5
             for cg in made:
                 cg.remove()
             await h.wait_for(lambda: not any(cg.rel in watcher.cgroups for cg in made))
-            await h.wait_for(lambda: open_fds() <= before)
+            await h.wait_for(lambda: not fds_into(names))
+            assert not any(p.rsplit("/", 1)[-1] in names for p in watcher._dir_by_path)
+            assert all(cg.path.rsplit("/", 1)[-1] not in names
+                       for cg in watcher._file_wds.values())
             stopped = {e.container.cgroup for e in h.events("container_stopped")
                        if e.container is not None}
             assert {cg.rel for cg in made} <= stopped

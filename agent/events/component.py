@@ -36,7 +36,7 @@ from agent.events.model import Event, EventContainer, EventType, severity_for
 from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
 from agent.events.watcher import CgroupWatcher, PsiTrigger, WatchedCgroup
-from agent.model import Snapshot, WorkloadIdentity, WorkloadState
+from agent.model import Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from collectors.samples import CgroupSample
 
 if TYPE_CHECKING:
@@ -65,6 +65,14 @@ _DEDUPE_S = 5.0
 _FREEZE_GRACE_S = 0.5
 #: Retention also runs every this many events.
 _PRUNE_EVERY = 5000
+
+
+def _mirror(cg: WatchedCgroup) -> bool:
+    """A plain cgroup with child cgroups (a slice, a test prefix): its lifecycle is theirs.
+
+    Containers and services keep their events even with children (init.scope inside one).
+    """
+    return cg.has_children and cg.identity.kind == WorkloadKind.CGROUP
 
 
 def _inode(watcher: CgroupWatcher | None, path: str) -> int | None:
@@ -239,6 +247,8 @@ class EventsComponent(Component):
     # -- watcher callbacks (event loop) --------------------------------------------------
     def on_populated(self, cg: WatchedCgroup, populated: bool) -> None:
         key = (cg.path, cg.inode)
+        if _mirror(cg):
+            return
         if populated:
             if not self._running.get(key):
                 self._running[key] = True
@@ -339,11 +349,11 @@ class EventsComponent(Component):
             who = state.identity
             key = who.incarnation
             current[key] = state
+            watched = self.watcher.cgroups.get(who.cgroup) if self.watcher else None
             if self.watcher is not None:
-                watched = self.watcher.cgroups.get(who.cgroup)
                 if watched is None or watched.inode != who.inode:
-                    self.watcher.watch(who, new=prev is not None and key not in prev_states,
-                                       v1_paths=state.sample.v1_paths)
+                    watched = self.watcher.watch(who, new=prev is not None and key not in
+                                                 prev_states, v1_paths=state.sample.v1_paths)
                 else:
                     watched.identity = who
             if prev is None:
@@ -351,7 +361,7 @@ class EventsComponent(Component):
                     self._running.setdefault(key, True)  # running before we started
             elif not self._running.get(key) and key not in prev_states and (
                 state.sample.populated is not False and key not in self._running
-            ):
+            ) and not (watched is not None and _mirror(watched)):
                 self._running[key] = True
                 self.emit(EventType.CONTAINER_STARTED, who, "", {"source": "discovery"})
             self._check_throttled(state, prev_states.get(key))

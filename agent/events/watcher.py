@@ -97,6 +97,16 @@ class WatchedCgroup:
     oom_fds: tuple[int, int] | None = None
     v1_tries: int = 0
     v1_pending: bool = False
+    #: Has (or had) child cgroups: its `populated` then mirrors theirs.
+    has_children: bool = False
+
+
+def _has_subdir(d: Path) -> bool:
+    try:
+        with os.scandir(d) as it:
+            return any(e.is_dir(follow_symlinks=False) for e in it)
+    except OSError:
+        return False
 
 
 class CgroupWatcher:
@@ -166,6 +176,8 @@ class CgroupWatcher:
                     raise
                 self._dir_wds[wd] = rel
                 self._dir_by_path[rel] = wd
+            if rel != "/" and (parent := self.cgroups.get(rel.rsplit("/", 1)[0] or "/")):
+                parent.has_children = True
             if report_new and rel not in self.cgroups:
                 self._new_cgroup(rel)
             try:
@@ -210,6 +222,7 @@ class CgroupWatcher:
             self.listener.on_gone(old)
         d = self._abs(identity.cgroup)
         cg = WatchedCgroup(identity.cgroup, identity.inode, identity, new)
+        cg.has_children = _has_subdir(d)
         self.cgroups[cg.path] = cg
         if self.layout.unified is not None:
             self._add_file(cg, "cgroup.events", d / "cgroup.events")
@@ -400,13 +413,13 @@ class CgroupWatcher:
         if populated != cg.populated:
             cg.populated = populated
             cg.seen_populated |= populated
-            # An old cgroup's first read is its state, not a change; a new one going
-            # populated is a start.
-            if not first or (cg.new and populated):
+            # An old cgroup's first read is its state, not a change; a new one's is a start,
+            # or, new and already empty, maybe a whole life that ended before the watch.
+            if not first or cg.new:
                 self.listener.on_populated(cg, populated)
         elif notified and not populated:
-            # Told something changed, yet still empty: a short life (populated 1 then 0)
-            # coalesced into one read. The listener checks the counters to tell.
+            # Told something changed, yet still empty: a short life (populated 1 then 0) fell
+            # between two reads. The listener checks the CPU counter to tell.
             self.listener.on_populated(cg, False)
 
     def _on_inotify(self) -> None:
