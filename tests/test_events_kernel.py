@@ -188,3 +188,22 @@ def test_fds_are_released_when_cgroups_go(cgroups: CgroupFactory, tmp_path: Path
                        if e.container is not None}
             assert {cg.rel for cg in made} <= stopped
     asyncio.run(body())
+
+
+def test_lives_shorter_than_our_reaction(cgroups: CgroupFactory, tmp_path: Path) -> None:
+    """The loop is kept busy while the process runs, so its whole life lies between two reads
+    of cgroup.events (or before the cgroup was even watched): started and stopped still come,
+    with the exact CPU."""
+    async def body() -> None:
+        async with started(tmp_path) as h:
+            before_watch = cgroups.create()  # no await until the process is gone
+            before_watch.spawn([PY, "-S", "-c", SHORT_LIFE]).wait()
+            watched = cgroups.create()
+            await h.wait_for(lambda: _watched(h, watched))
+            watched.spawn([PY, "-S", "-c", SHORT_LIFE]).wait()  # both notifications, one read
+            for cg in (before_watch, watched):
+                stopped = await h.wait_for(lambda cg=cg: h.events("container_stopped", cg.rel))
+                kinds = [(e.type, e.fields.get("coalesced")) for e in h.events(container=cg.rel)]
+                assert kinds == [("container_started", True), ("container_stopped", None)]
+                assert stopped[0].fields["cpu_usage_usec"] == cg.cpu_usage_usec() > 0
+    asyncio.run(body())
