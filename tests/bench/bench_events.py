@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.model import WorkloadIdentity, WorkloadKind  # noqa: E402
-from tests.support.cgroups import CgroupFactory  # noqa: E402
-from tests.test_events_harness import Harness, started  # noqa: E402
+from agent.model import WorkloadIdentity, WorkloadKind
+from tests.support.cgroups import CgroupFactory
+from tests.test_events_harness import Harness, started
 
 PY = sys.executable
 
