@@ -20,7 +20,10 @@ UNI = FIXTURES / "unified"
 HYB = FIXTURES / "hybrid"
 LEG = FIXTURES / "legacy"
 DELEGATED = "/delegated.slice"
-DOCKER = f"{DELEGATED}/system.slice/docker-4f1c2b9e8d7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e.scope"
+DOCKER = (
+    f"{DELEGATED}/system.slice/"
+    "docker-4f1c2b9e8d7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e.scope"
+)
 POD = (
     f"{DELEGATED}/kubepods.slice/kubepods-burstable.slice/"
     "kubepods-burstable-pod1d5e7a3c_4b2f_4a8e_9c1d_2e3f4a5b6c7d.slice/"
