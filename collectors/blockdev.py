@@ -7,9 +7,10 @@ hot-plugged.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
+
+from collectors.cgroup_v2 import read_file
 
 #: Seconds before an unknown device number is looked up again.
 UNKNOWN_RETRY_S = 60.0
@@ -53,14 +54,5 @@ class BlockDevices:
         return found
 
     def _lookup(self, major: int, minor: int) -> str | None:
-        try:
-            fd = os.open(f"{self._root}/{major}:{minor}/uevent", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        return parse_uevent_devname(data)
+        data = read_file(f"{self._root}/{major}:{minor}/uevent")
+        return None if data is None else parse_uevent_devname(data)

@@ -21,9 +21,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from collectors.blockdev import BlockDevices
-from collectors.cgroup_v2 import CgroupDir, cpu_sample, flat, frozen_map, single
+from collectors.cgroup_v2 import CgroupDir, cpu_sample, flat, frozen_map, parsed, single
 from collectors.parsers import (
-    ParseError,
     parse_freezer_state,
     parse_v1_blkio,
     parse_v1_limit,
@@ -33,24 +32,6 @@ from collectors.parsers import (
 from collectors.samples import UNLIMITED, CpuSample, IoDeviceSample, MemorySample
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _v1_limit(data: bytes | None) -> int | None:
-    if data is None:
-        return None
-    try:
-        return parse_v1_limit(data)
-    except ParseError:
-        return None
-
-
-def _memory_stat(data: bytes | None) -> dict[str, int] | None:
-    if data is None:
-        return None
-    try:
-        return parse_v1_memory_stat(data)
-    except ParseError:
-        return None
 
 
 _CPU_FILES = ("cpu.stat", "cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares")
@@ -114,14 +95,14 @@ def read_memory_v1(d: CgroupDir, with_memsw: bool = True) -> MemorySample | None
     names = _MEMORY_FILES + _MEMSW_FILES if with_memsw else _MEMORY_FILES
     datas = d.read_many(names)
     current = single(datas[0])
-    limit = _v1_limit(datas[2])
-    raw_stat = _memory_stat(datas[4])
+    limit = parsed(parse_v1_limit, datas[2])
+    raw_stat = parsed(parse_v1_memory_stat, datas[4])
     oom = flat(datas[5])
     failcnt = single(datas[6])
     swap_current = swap_max = None
     if with_memsw:
         memsw = single(datas[7])
-        memsw_limit = _v1_limit(datas[8])
+        memsw_limit = parsed(parse_v1_limit, datas[8])
         if memsw is not None and current is not None:
             swap_current = max(memsw - current, 0)
         if memsw_limit == UNLIMITED:
@@ -140,7 +121,7 @@ def read_memory_v1(d: CgroupDir, with_memsw: bool = True) -> MemorySample | None
     return MemorySample(
         current=current,
         peak=single(datas[1]),
-        low=_v1_limit(datas[3]),
+        low=parsed(parse_v1_limit, datas[3]),
         max=limit,
         swap_current=swap_current,
         swap_max=swap_max,
@@ -150,22 +131,13 @@ def read_memory_v1(d: CgroupDir, with_memsw: bool = True) -> MemorySample | None
     )
 
 
-def _blkio(data: bytes | None) -> dict[tuple[int, int], dict[str, int]] | None:
-    if data is None:
-        return None
-    try:
-        return parse_v1_blkio(data)
-    except ParseError:
-        return None
-
-
 _BLKIO_FILES = ("blkio.throttle.io_service_bytes_recursive", "blkio.throttle.io_serviced_recursive")
 
 
 def read_io_v1(d: CgroupDir, devices: BlockDevices) -> tuple[IoDeviceSample, ...] | None:
     bytes_b, ios_b = d.read_many(_BLKIO_FILES)
-    nbytes = _blkio(bytes_b)
-    nios = _blkio(ios_b)
+    nbytes = parsed(parse_v1_blkio, bytes_b)
+    nios = parsed(parse_v1_blkio, ios_b)
     if nbytes is None and nios is None:
         return None
     b = nbytes or {}
@@ -198,10 +170,4 @@ def read_io_v1(d: CgroupDir, devices: BlockDevices) -> tuple[IoDeviceSample, ...
 
 
 def read_freezer_v1(d: CgroupDir) -> bool | None:
-    data = d.read("freezer.state")
-    if data is None:
-        return None
-    try:
-        return parse_freezer_state(data)
-    except ParseError:
-        return None
+    return parsed(parse_freezer_state, d.read("freezer.state"))

@@ -20,10 +20,10 @@ import contextlib
 import errno
 import os
 import resource
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
+from typing import TYPE_CHECKING, TypeVar
 
-from collectors.blockdev import BlockDevices
 from collectors.parsers import (
     ParseError,
     parse_cpu_max,
@@ -39,7 +39,6 @@ from collectors.samples import (
     IoDeviceSample,
     MemorySample,
     PidsSample,
-    Pressure,
     PressureSample,
 )
 
@@ -56,6 +55,11 @@ _EOPNOTSUPP = errno.EOPNOTSUPP
 DIR_VANISHED = frozenset({errno.ENOENT, errno.ENODEV, errno.ENOTDIR})
 
 PSI_KINDS = ("cpu", "memory", "io", "irq")
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:  # blockdev reads its files with read_file() from here
+    from collectors.blockdev import BlockDevices
 
 
 class Vanished(Exception):
@@ -219,6 +223,20 @@ class OpenDirs:
             self.drop(path)
 
 
+def read_file(path: str) -> bytes | None:
+    """A small file (procfs, sysfs) by absolute path; None when it cannot be read."""
+    try:
+        fd = os.open(path, _O_FILE)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, _BUF)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_rest(fd: int, first: bytes) -> bytes:
     chunks = [first]
     while True:
@@ -228,14 +246,18 @@ def _read_rest(fd: int, first: bytes) -> bytes:
         chunks.append(more)
 
 
-def flat(data: bytes | None) -> dict[str, int] | None:
-    """parse_flat, None for no data or data that does not parse."""
+def parsed(parse: Callable[[bytes], T], data: bytes | None) -> T | None:
+    """parse(data); None for no data or data that does not parse (a field we cannot trust)."""
     if data is None:
         return None
     try:
-        return parse_flat(data)
+        return parse(data)
     except ParseError:
         return None
+
+
+def flat(data: bytes | None) -> dict[str, int] | None:
+    return parsed(parse_flat, data)
 
 
 def single(data: bytes | None) -> int | None:
@@ -394,22 +416,13 @@ def read_pids(d: CgroupDir) -> PidsSample | None:
     )
 
 
-def _pressure(data: bytes | None) -> Pressure | None:
-    if data is None:
-        return None
-    try:
-        return parse_pressure(data)
-    except ParseError:
-        return None
-
-
 def pressure_sample(
     files: Sequence[str], datas: Sequence[bytes | None], unsupported: bool
 ) -> PressureSample | None:
     """From the contents of `files` (`<kind>.pressure` names); None when none was read."""
     if unsupported:
         return PressureSample(supported=False)
-    found = dict(zip(files, map(_pressure, datas), strict=True))
+    found = {f: parsed(parse_pressure, d) for f, d in zip(files, datas, strict=True)}
     if not any(found.values()):
         return None
     return PressureSample(

@@ -44,14 +44,16 @@ from collectors.cgroup_v2 import (
     flat,
     frozen_map,
     parse_controllers,
+    parsed,
     pressure_sample,
     psi_files_at,
+    read_file,
     read_io,
     read_memory,
     read_pids,
 )
 from collectors.layout import CgroupLayout, LayoutKind
-from collectors.parsers import ParseError, parse_proc_cgroup, parse_procs_first
+from collectors.parsers import parse_proc_cgroup, parse_procs_first
 from collectors.samples import CgroupSample, CpuSample
 
 #: Seconds a v1 path resolution is trusted before it is redone.
@@ -340,11 +342,7 @@ class CgroupReader:
             out[self._ref_key] = path
         pid = member_pid
         if pid is None:
-            procs = ref.read("cgroup.procs")
-            try:
-                pid = parse_procs_first(procs) if procs else None
-            except ParseError:
-                pid = None
+            pid = parsed(parse_procs_first, ref.read("cgroup.procs"))
         used_pid = None
         if pid is not None:
             member = self._proc_cgroups(pid)
@@ -394,20 +392,7 @@ class CgroupReader:
         return cands
 
     def _proc_cgroups(self, pid: int | str) -> dict[str, str] | None:
-        try:
-            fd = os.open(f"{self._proc}/{pid}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        try:
-            return parse_proc_cgroup(data)
-        except ParseError:
-            return None
+        return parsed(parse_proc_cgroup, read_file(f"{self._proc}/{pid}/cgroup"))
 
     def _own_cgroups(self) -> dict[str, str]:
         return self._proc_cgroups("self") or {}
