@@ -74,7 +74,7 @@ class CgroupDir:
     removed meanwhile: the caller decides), `unsupported` an EOPNOTSUPP (PSI disabled).
     """
 
-    __slots__ = ("fd", "ino", "missing", "owned", "path", "unsupported", "used_ns")
+    __slots__ = ("fd", "fresh", "ino", "missing", "owned", "path", "unsupported", "used_ns")
 
     def __init__(self, path: str, fd: int | None = None, ino: int = 0) -> None:
         """Opens `path` unless `fd` is given. Raises Vanished when the directory is gone,
@@ -84,6 +84,8 @@ class CgroupDir:
         self.missing = False
         self.unsupported = False
         self.used_ns = 0
+        #: Opened for this read (not a kept fd that may be stale).
+        self.fresh = fd is None
         if fd is not None:
             self.fd = fd
             self.owned = False
@@ -191,7 +193,7 @@ class OpenDirs:
         if d is not None:
             if ino is None or d.ino == ino:
                 d.used_ns = now_ns
-                d.missing = d.unsupported = False
+                d.missing = d.unsupported = d.fresh = False
                 return d
             self.drop(path)
         d = CgroupDir(path)

@@ -162,34 +162,41 @@ class CgroupReader:
         return self._dirs.get(ref_path, now, ino)
 
     def _read(self, path: str, member_pid: int | None, mono: int, wall: int) -> CgroupSample:
-        try:
-            ref = self._ref_dir(path, mono)
-        except Vanished:
-            return CgroupSample(path, None, mono, wall, vanished=True)
-        except OSError:  # EACCES and such: nothing readable, but not gone
-            return CgroupSample(path, None, mono, wall)
-        used = [ref]
-        inode = ref.ino
-        try:
-            if self._kind is LayoutKind.UNIFIED:
-                sample = self._read_unified(path, inode, mono, wall, ref)
-            else:
-                sample = self._read_v1(path, mono, wall, ref, member_pid, used)
-            for d in used:
-                if d.missing and self._gone(d.path, d.ino):
-                    # openat in a removed kernfs directory answers ENOENT, like an absent
-                    # file: the cgroup (or its v1 directory) was removed during the read.
-                    self._dirs.drop(d.path)
-                    if d is ref:
-                        raise Vanished(path)
-                    self._cache.pop(path, None)  # resolve the v1 paths again next time
-            return sample
-        except Vanished:
-            self._forget(path, ref.path)
-            return CgroupSample(path, inode, mono, wall, vanished=True)
-        finally:
-            for d in used:
-                d.close()
+        ref_path = self._ref_root if path == "/" else self._ref_root + path
+        # No stat per read: a kept directory fd of a cgroup removed since (and maybe created
+        # again at the same path) answers ENOENT/ENODEV for every file, which is checked
+        # below; then the read is done once more on a freshly opened directory.
+        for _attempt in range(2):
+            try:
+                ref = self._dirs.get(ref_path, mono)
+            except Vanished:
+                self._forget(path, ref_path)
+                return CgroupSample(path, None, mono, wall, vanished=True)
+            except OSError:  # EACCES and such: nothing readable, but not gone
+                return CgroupSample(path, None, mono, wall)
+            used = [ref]
+            try:
+                if self._kind is LayoutKind.UNIFIED:
+                    sample = self._read_unified(path, ref.ino, mono, wall, ref)
+                else:
+                    sample = self._read_v1(path, mono, wall, ref, member_pid, used)
+                for d in used:
+                    if d.missing and self._gone(d.path, d.ino):
+                        # openat in a removed kernfs directory answers ENOENT, like an
+                        # absent file: the directory was removed (before or during the read).
+                        self._dirs.drop(d.path)
+                        if d is ref:
+                            raise Vanished(path)
+                        self._cache.pop(path, None)  # resolve the v1 paths again next time
+                return sample
+            except Vanished:
+                self._forget(path, ref_path)
+                if ref.fresh:
+                    return CgroupSample(path, ref.ino, mono, wall, vanished=True)
+            finally:
+                for d in used:
+                    d.close()
+        return CgroupSample(path, None, mono, wall, vanished=True)
 
     def _forget(self, path: str, ref_path: str) -> None:
         """Drop what is kept about a cgroup that is gone."""

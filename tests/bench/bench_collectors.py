@@ -75,6 +75,7 @@ def main() -> int:
         print("bench_collectors: needs root (creates real cgroups)", file=sys.stderr)
         return 2
     factory = CgroupFactory(tag="bench")
+    reader: CgroupReader | None = None
     try:
         t0 = time.monotonic()
         cgs = [factory.create(f"b{i:04d}") for i in range(args.count)]
@@ -107,6 +108,8 @@ def main() -> int:
             f"bare {mb * 1e6 / len(paths):.1f} µs/cgroup, ratio {mr / mb:.2f} (target <= 1.5)"
         )
     finally:
+        if reader is not None:
+            reader.close()  # its kept directory fds
         t0 = time.monotonic()
         factory.close()
         print(f"removed the test cgroups in {time.monotonic() - t0:.1f} s")
