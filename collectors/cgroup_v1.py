@@ -88,11 +88,12 @@ _MEMORY_FILES = (
     "memory.failcnt",
 )
 _MEMSW_FILES = ("memory.memsw.usage_in_bytes", "memory.memsw.limit_in_bytes")
+_MEMORY_MEMSW_FILES = _MEMORY_FILES + _MEMSW_FILES
 
 
 def read_memory_v1(d: CgroupDir, with_memsw: bool = True) -> MemorySample | None:
     """`with_memsw`: the host has swap accounting (memsw files), judged once by the caller."""
-    names = _MEMORY_FILES + _MEMSW_FILES if with_memsw else _MEMORY_FILES
+    names = _MEMORY_MEMSW_FILES if with_memsw else _MEMORY_FILES
     datas = d.read_many(names)
     current = single(datas[0])
     limit = parsed(parse_v1_limit, datas[2])

@@ -262,7 +262,6 @@ V1_MEMORY_STAT_NAMES: Mapping[str, str] = MappingProxyType(
         "rss_huge": "anon_thp",
     }
 )
-_V1_NAMES_B = {k.encode(): v.encode() for k, v in V1_MEMORY_STAT_NAMES.items()}
 
 
 def translate_v1_memory_stat(v1: Mapping[str, int]) -> dict[str, int]:
@@ -277,27 +276,31 @@ def translate_v1_memory_stat(v1: Mapping[str, int]) -> dict[str, int]:
 def parse_v1_memory_stat(data: bytes) -> dict[str, int]:
     """v1 memory.stat, translated to v2 key names (see translate_v1_memory_stat)."""
     # Fast path for the kernel's shape: local keys first, then only total_* keys. The local
-    # value of a key that has a total_ is never converted (about half the file).
+    # value of a key that has a total_ is never converted (about half the file). Works on
+    # str: the keys then keep their computed hash from the merge to the result.
     idx = data.find(b"\ntotal_")
     if idx >= 0 and data[-1:] == b"\n":
         tail_b = data[idx + 1 :]
         lines = tail_b.count(b"\n")
         # Every tail line starts with total_, and total_ appears nowhere else in the tail.
         if tail_b.count(b"\ntotal_") + 1 == lines == tail_b.count(b"total_"):
-            head = data[: idx + 1].split()
-            tail = tail_b.replace(b"total_", b"").split()
+            try:
+                head = data[: idx + 1].decode().split()
+                tail = tail_b.replace(b"total_", b"").decode().split()
+            except ValueError:
+                raise ParseError("v1 memory.stat: not UTF-8") from None
             nh, nt = len(head), len(tail)
             if not (nh | nt) & 1 and data.count(b"\n") == (nh + nt) >> 1:
                 merged = dict(zip(head[0::2], head[1::2], strict=True))
                 merged.update(zip(tail[0::2], tail[1::2], strict=True))
-                for old, new in _V1_NAMES_B.items():
+                for old, new in V1_MEMORY_STAT_NAMES.items():
                     value = merged.pop(old, None)
                     if value is not None:
                         merged[new] = value
                 try:
-                    return dict(zip(map(_key_name, merged), map(int, merged.values()), strict=True))
+                    return dict(zip(merged, map(int, merged.values()), strict=True))
                 except ValueError:
-                    raise ParseError("v1 memory.stat: bad key or value") from None
+                    raise ParseError("v1 memory.stat: bad value") from None
     return translate_v1_memory_stat(parse_flat(data))
 
 
