@@ -51,6 +51,7 @@ _BUF = 65536
 _ENODEV = errno.ENODEV
 _ENOENT = errno.ENOENT
 _EOPNOTSUPP = errno.EOPNOTSUPP
+_EMFILE = errno.EMFILE
 #: Opening the directory itself fails with these when the cgroup is gone.
 DIR_VANISHED = frozenset({errno.ENOENT, errno.ENODEV, errno.ENOTDIR})
 
@@ -74,7 +75,17 @@ class CgroupDir:
     removed meanwhile: the caller decides), `unsupported` an EOPNOTSUPP (PSI disabled).
     """
 
-    __slots__ = ("fd", "fresh", "ino", "missing", "owned", "path", "unsupported", "used_ns")
+    __slots__ = (
+        "emfile",
+        "fd",
+        "fresh",
+        "ino",
+        "missing",
+        "owned",
+        "path",
+        "unsupported",
+        "used_ns",
+    )
 
     def __init__(self, path: str, fd: int | None = None, ino: int = 0) -> None:
         """Opens `path` unless `fd` is given. Raises Vanished when the directory is gone,
@@ -83,6 +94,8 @@ class CgroupDir:
         self.ino = ino
         self.missing = False
         self.unsupported = False
+        #: A file could not be opened for want of fds (the caller should give some back).
+        self.emfile = False
         self.used_ns = 0
         #: Opened for this read (not a kept fd that may be stale).
         self.fresh = fd is None
@@ -143,6 +156,8 @@ class CgroupDir:
             raise Vanished(self.path)
         elif err == _EOPNOTSUPP:
             self.unsupported = True
+        elif err == _EMFILE:
+            self.emfile = True
 
     def read(self, name: str) -> bytes | None:
         return self.read_many((name,))[0]
@@ -193,10 +208,15 @@ class OpenDirs:
         if d is not None:
             if ino is None or d.ino == ino:
                 d.used_ns = now_ns
-                d.missing = d.unsupported = d.fresh = False
+                d.missing = d.unsupported = d.fresh = d.emfile = False
                 return d
             self.drop(path)
-        d = CgroupDir(path)
+        try:
+            d = CgroupDir(path)
+        except OSError as e:
+            if e.errno != errno.EMFILE or not self.shrink(now_ns):
+                raise
+            d = CgroupDir(path)
         d.ino = os.fstat(d.fd).st_ino
         if len(self._dirs) < self._cap or self._recap():
             d.owned = False  # closed by drop()
@@ -207,6 +227,16 @@ class OpenDirs:
     def _recap(self) -> bool:
         self._cap = self._compute_cap()
         return len(self._dirs) < self._cap
+
+    def shrink(self, now_ns: int) -> bool:
+        """Out of fds (EMFILE on a directory here, or on a file: CgroupDir.emfile): give back
+        the older half of the kept ones (not those of the read in progress) and stop growing.
+        True when something was closed."""
+        idle = sorted((d.used_ns, p) for p, d in self._dirs.items() if d.used_ns != now_ns)
+        for _used, path in idle[: max(1, len(idle) // 2)]:
+            self.drop(path)
+        self._max = self._cap = len(self._dirs)
+        return bool(idle)
 
     def drop(self, path: str) -> None:
         d = self._dirs.pop(path, None)

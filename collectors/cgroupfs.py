@@ -181,6 +181,8 @@ class CgroupReader:
                 else:
                     sample = self._read_v1(path, mono, wall, ref, member_pid, used)
                 for d in used:
+                    if d.emfile:  # this read lacks fields for want of fds: keep fewer
+                        self._dirs.shrink(mono)
                     if d.missing and self._gone(d.path, d.ino):
                         # openat in a removed kernfs directory answers ENOENT, like an
                         # absent file: the directory was removed (before or during the read).

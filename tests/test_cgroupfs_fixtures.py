@@ -11,6 +11,7 @@ from types import MappingProxyType
 import pytest
 
 from collectors.cgroup_v1 import CLK_TCK
+from collectors.cgroup_v2 import OpenDirs
 from collectors.cgroupfs import CgroupReader
 from collectors.layout import CgroupLayout, LayoutKind
 from collectors.samples import UNLIMITED, CgroupSample
@@ -380,3 +381,68 @@ def test_legacy_frozen_and_empty(leg: CgroupReader) -> None:
     empty = leg.read("/fixture/empty")
     assert not empty.vanished and empty.memory is not None
     assert empty.v1_paths["memory"] == own_memory_path(LEG) + "/fixture/empty"
+
+
+# -- kept directory fds ---------------------------------------------------------------------
+
+
+def test_open_dirs_bounded_idle_and_stale(tmp_path: Path) -> None:
+    dirs = [tmp_path / f"d{i}" for i in range(3)]
+    for d in dirs:
+        d.mkdir()
+        (d / "f").write_text("1\n")
+    kept = OpenDirs(2)
+    for d in dirs:
+        cd = kept.get(str(d), 1)
+        assert cd.read("f") == b"1\n"
+        cd.close()
+    assert len(kept) == 2  # the third was opened for its read only
+    again = kept.get(str(dirs[0]), 2)
+    assert not again.fresh and again.read("f") == b"1\n"
+    # A different inode at the same path (recreated): reopened.
+    stale_ino = again.ino
+    dirs[0].joinpath("f").unlink()
+    dirs[0].rmdir()
+    dirs[0].mkdir()
+    renewed = kept.get(str(dirs[0]), 3, os.stat(dirs[0]).st_ino)
+    assert renewed.fresh and renewed.ino != stale_ino
+    kept.sweep(3 + int(OpenDirs.IDLE_S * 1e9) + 1)
+    assert len(kept) == 0
+    kept.close()
+
+
+SHRINK = """
+import os, resource, sys
+from collectors.cgroup_v2 import OpenDirs
+base = sys.argv[1]
+limit = len(os.listdir("/proc/self/fd")) + 8
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+kept = OpenDirs(10_000)
+kept._cap = 10_000  # as if other code took the fds after the cap was set
+got = []
+for i in range(20):
+    d = kept.get(f"{base}/d{i}", i + 1)  # never raises EMFILE: gives fds back instead
+    got.append(d.read("f"))
+    if d.emfile:
+        kept.shrink(i + 1)  # what CgroupReader does after such a read
+    d.close()
+print(len(kept), got[-5:] == [b"x"] * 5)
+"""
+
+
+def test_open_dirs_survive_emfile(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for i in range(20):
+        (tmp_path / f"d{i}").mkdir()
+        (tmp_path / f"d{i}" / "f").write_text("x")
+    out = subprocess.run(
+        [sys.executable, "-c", SHRINK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[1],
+    )
+    kept, last_ok = out.stdout.split()
+    assert 0 < int(kept) < 8 and last_ok == "True"
