@@ -212,3 +212,54 @@ def test_host_root_reads(cgroups: CgroupFactory) -> None:
         assert s.pressure is not None and s.pressure.cpu is not None
     reader.close()
     assert not reader.read("/").vanished  # reopens after close()
+
+
+def test_unified_path_over_the_real_cgroup2_mount(cgroups: CgroupFactory) -> None:
+    """The unified reading code on real kernfs: this host's cgroup2 has no controllers, so
+    cgroup.controllers is empty and only core files, events and PSI are read."""
+    if cgroups.layout.unified is None:
+        pytest.skip("no cgroup2 mount")
+    from collectors.layout import CgroupLayout
+
+    cg = cgroups.create()
+    cg.burn(seconds=0.2).wait(timeout=30)
+    wait_for(lambda: not cg.pids())
+    reader = CgroupReader(CgroupLayout(LayoutKind.UNIFIED, cgroups.layout.unified))
+    s = reader.read(cg.rel)
+    assert not s.vanished and s.inode == os.stat(cg.dir("unified")).st_ino
+    assert s.cpu is not None and s.cpu.usage_usec == usage_file(cg) >= 100_000
+    controllers = cg.read("unified", "cgroup.controllers").split()
+    if "memory" not in controllers:
+        assert s.memory is None
+    if "pids" not in controllers:
+        assert s.pids is None
+    assert s.populated is False and s.frozen is False
+    assert s.stat["nr_descendants"] == 0
+
+
+def test_reading_while_cgroups_are_removed(cgroups: CgroupFactory) -> None:
+    """rmdir racing with reads: every answer is a sample (vanished or not), never an error."""
+    import threading
+
+    cgs = [cgroups.create() for _ in range(40)]
+    reader = CgroupReader(cgroups.layout)
+    for cg in cgs:
+        assert not reader.read(cg.rel).vanished  # directories now kept open
+
+    def remove_all() -> None:
+        for cg in cgs:
+            cg.remove()
+
+    t = threading.Thread(target=remove_all)
+    t.start()
+    seen_vanished = 0
+    while t.is_alive():
+        for cg in cgs:
+            s = reader.read(cg.rel)
+            seen_vanished += s.vanished
+            if not s.vanished:
+                assert s.inode is not None
+    t.join()
+    for cg in cgs:
+        assert reader.read(cg.rel).vanished
+    assert seen_vanished > 0
