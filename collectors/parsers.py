@@ -158,6 +158,27 @@ def parse_pressure(data: bytes) -> Pressure:
     return Pressure(some=some, full=full)
 
 
+def parse_nested(data: bytes) -> dict[str, dict[str, str]]:
+    """Nested keyed (`KEY SUB=VAL SUB=VAL...` lines; io.max, memory.numa_stat, rdma.*):
+    values kept as text (`max` stays `max`); a line with a key and no pairs maps to {}."""
+    out: dict[str, dict[str, str]] = {}
+    try:
+        for line in data.decode().split("\n"):
+            toks = line.split()
+            if not toks:
+                continue
+            subs: dict[str, str] = {}
+            for tok in toks[1:]:
+                k, sep, v = tok.partition("=")
+                if not sep or not k:
+                    raise ParseError("nested keyed: expected SUB=VALUE")
+                subs[k] = v
+            out[toks[0]] = subs
+    except UnicodeDecodeError:
+        raise ParseError("nested keyed: not UTF-8") from None
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class IoStatLine:
     major: int

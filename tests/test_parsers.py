@@ -15,6 +15,7 @@ from collectors.parsers import (
     parse_flat,
     parse_freezer_state,
     parse_io_stat,
+    parse_nested,
     parse_pressure,
     parse_proc_cgroup,
     parse_procs_first,
@@ -216,3 +217,14 @@ def test_block_devices_cached_and_fallback(tmp_path: Path) -> None:
     assert cached.name(259, 1) == "nvme0n1p1"
     assert parse_uevent_devname(b"MAJOR=1\nDEVNAME=\n") is None
     assert parse_uevent_devname(b"\xff") is None
+
+
+def test_nested_keyed() -> None:
+    got = parse_nested(b"8:0 rbps=max wbps=1048576 riops=max wiops=max\n253:0 \n")
+    assert got == {
+        "8:0": {"rbps": "max", "wbps": "1048576", "riops": "max", "wiops": "max"},
+        "253:0": {},
+    }
+    for bad in (b"8:0 rbps\n", b"8:0 =1\n", b"\xff x=1\n"):
+        with pytest.raises(ParseError):
+            parse_nested(bad)

@@ -22,6 +22,7 @@ PARSERS: list[Callable[[bytes], Any]] = [
     parsers.parse_events,
     parsers.parse_pressure,
     parsers.parse_io_stat,
+    parsers.parse_nested,
     parsers.parse_v1_limit,
     parsers.parse_v1_blkio,
     parsers.parse_v1_memory_stat,
