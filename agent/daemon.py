@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -52,7 +53,8 @@ class Agent:
         self.layout = layout
         self.components = components
         self.store = Store(config.state_dir / "agent.db")
-        self.collector = Collector(Discovery(layout), CgroupReader(layout))
+        self.reader = CgroupReader(layout)
+        self.collector = Collector(Discovery(layout), self.reader)
         self.renderer = MetricsRenderer(cadvisor=bool(config["cadvisor"]))
         self.snapshot: Snapshot | None = None
         self.started = time.monotonic()
@@ -262,6 +264,7 @@ class Agent:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._watch.fd)
             self._watch.close()
+        self.reader.close()
         self.store.close()
 
 
@@ -287,6 +290,15 @@ def _notifier() -> Any:
     except ImportError:
         return _NullNotifier()
     return Notifier()
+
+
+def _raise_fd_limit() -> None:
+    """The reader keeps cgroup directory fds open, bounded by half the soft limit: use the
+    hard limit, so a host with thousands of cgroups keeps them all."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -324,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentd: configuration OK ({path or 'embedded defaults'})")
         return 0
     logging.getLogger().setLevel(config["log_level"].upper())
+    _raise_fd_limit()
     try:
         agent = Agent(config, layout, components)
     except OSError as e:
