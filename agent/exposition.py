@@ -16,7 +16,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
 
 from agent.cadvisor_compat import cadvisor_families
-from agent.metrics import snapshot_families
+from agent.metrics import agent_families, render_workloads
 from agent.model import Snapshot
 
 log = logging.getLogger("agent.metrics")
@@ -35,10 +35,12 @@ class _Families:
 
 
 def _render(families: Iterable[Metric], openmetrics: bool) -> bytes:
+    """prometheus_client's rendering, without OpenMetrics' `# EOF` (added once per scrape)."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_Families(families))
     if openmetrics:
-        return bytes(om_format.generate_latest(reg))  # type: ignore[no-untyped-call]
+        body = bytes(om_format.generate_latest(reg))  # type: ignore[no-untyped-call]
+        return body[: -len(_EOF)] if body.endswith(_EOF) else body
     return bytes(text_format.generate_latest(reg))
 
 
@@ -47,39 +49,40 @@ def wants_openmetrics(accept: str) -> bool:
 
 
 class MetricsRenderer:
-    """Caches the rendering of the current snapshot in both formats."""
+    """Renders each cycle's snapshot once, in both formats; scrapes serve those bytes.
+
+    A snapshot amended between cycles (a cgroup appeared) is not rendered again: /metrics
+    shows the last collection cycle, the JSON API shows amendments at once.
+    """
 
     def __init__(self, cadvisor: bool) -> None:
         self.cadvisor = cadvisor
         self._lock = threading.Lock()
-        self._snapshot: Snapshot | None = None
         self._cache: dict[bool, bytes] = {}
         self._process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self._process, namespace="container_agent")
 
     def prepare(self, snapshot: Snapshot) -> None:
         """Render `snapshot` (call from the collection thread, before publishing it)."""
-        families = snapshot_families(snapshot)
+        others = agent_families(snapshot)
         if self.cadvisor:
-            families.extend(cadvisor_families(snapshot))
-        cache = {False: _render(families, False), True: _render(families, True)}
+            others.extend(cadvisor_families(snapshot))
+        cache = {
+            om: render_workloads(snapshot, om) + _render(others, om) for om in (False, True)
+        }
         with self._lock:
-            self._snapshot = snapshot
             self._cache = cache
 
     def scrape(
         self, snapshot: Snapshot, openmetrics: bool, live: Callable[[Snapshot], list[Metric]]
     ) -> bytes:
         with self._lock:
-            cached = self._cache.get(openmetrics) if self._snapshot is snapshot else None
+            cached = self._cache.get(openmetrics)
         if cached is None:
-            # A snapshot amended between cycles (new workload): render it now.
             self.prepare(snapshot)
             with self._lock:
                 cached = self._cache[openmetrics]
         extra = live(snapshot)
         extra.extend(self._process.collect())
         tail = _render(extra, openmetrics)
-        if openmetrics:
-            return cached[: -len(_EOF)] + tail if cached.endswith(_EOF) else cached + tail
-        return cached + tail
+        return cached + tail + (_EOF if openmetrics else b"")

@@ -1,21 +1,27 @@
-"""Prometheus metric families from a Snapshot (never from the kernel).
+"""Prometheus metrics from a Snapshot (never from the kernel).
 
 Names follow Prometheus conventions: base units, `_total` for counters, `_seconds`, `_bytes`.
 Every workload series carries id, name, runtime, kind, cgroup, pod and namespace labels.
-The `cadvisor` option adds cAdvisor's names and labels for the metrics we share (see
-cadvisor_compat.py).
+
+Each metric is declared once in WORKLOAD_SPECS. Two consumers read that table:
+`snapshot_families()` builds prometheus_client Metric objects (remote write, tests), and
+`render_workloads()` writes the exposition text directly — with 1,000 cgroups that is ~50,000
+series, which Metric objects make slow and memory-hungry to render on every cycle.
+The `cadvisor` option adds cAdvisor's names (cadvisor_compat.py).
 """
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent.model import Snapshot, WorkloadState
-from collectors.samples import UNLIMITED, Pressure
+from collectors.samples import UNLIMITED, CgroupSample
 
 P = "container_agent_"
 LABELS = ["id", "name", "runtime", "kind", "cgroup", "pod", "namespace"]
@@ -25,6 +31,9 @@ MEMORY_STAT_BYTES = (
     "file_dirty", "file_writeback", "slab", "slab_reclaimable", "slab_unreclaimable",
     "active_file", "inactive_file", "active_anon", "inactive_anon",
 )
+
+#: (extra label values, value) pairs of one workload for one metric.
+Values = Iterable[tuple[tuple[str, ...], float]]
 
 
 def label_value(value: str | None) -> str:
@@ -46,8 +55,170 @@ def workload_labels(w: WorkloadState) -> list[str]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Spec:
+    name: str
+    type: str  # "counter" or "gauge"
+    help: str
+    values: Callable[[WorkloadState], Values]
+    extra: tuple[str, ...] = ()
+
+
+def _one(get: Callable[[CgroupSample], float | None], scale: float = 1.0) -> Callable[
+    [WorkloadState], Values
+]:
+    def values(w: WorkloadState) -> Values:
+        v = get(w.sample)
+        return () if v is None else (((), v / scale if scale != 1.0 else v),)
+    return values
+
+
+def _cpu(field: str, scale: float = 1.0) -> Callable[[WorkloadState], Values]:
+    return _one(lambda s: getattr(s.cpu, field) if s.cpu is not None else None, scale)
+
+
+def _mem(get: Callable[[CgroupSample], float | None]) -> Callable[[WorkloadState], Values]:
+    return _one(lambda s: get(s) if s.memory is not None else None)
+
+
+def _quota(w: WorkloadState) -> Values:
+    c = w.sample.cpu
+    if c is None or c.max_quota_usec in (None, UNLIMITED) or not c.max_period_usec:
+        return ()
+    return (((), (c.max_quota_usec or 0) / c.max_period_usec),)
+
+
+def _limits(w: WorkloadState) -> Values:
+    m = w.sample.memory
+    if m is None:
+        return ()
+    pairs = (("max", m.max), ("high", m.high), ("low", m.low), ("min", m.min),
+             ("swap_max", m.swap_max))
+    return [((k, ), v) for k, v in pairs if v is not None and v != UNLIMITED]
+
+
+def _stat(keys: tuple[tuple[str, str], ...]) -> Callable[[WorkloadState], Values]:
+    def values(w: WorkloadState) -> Values:
+        m = w.sample.memory
+        if m is None:
+            return ()
+        return [((label,), m.stat[key]) for key, label in keys if key in m.stat]
+    return values
+
+
+def _events(w: WorkloadState) -> Values:
+    m = w.sample.memory
+    return [] if m is None else [((k,), v) for k, v in sorted(m.events.items())]
+
+
+def _io(field: str) -> Callable[[WorkloadState], Values]:
+    def values(w: WorkloadState) -> Values:
+        if w.sample.io is None:
+            return ()
+        out = []
+        for d in w.sample.io:
+            v = getattr(d, field)
+            if v is not None:
+                out.append(((label_value(d.device),), v))
+        return out
+    return values
+
+
+def _pids(field: str, skip_unlimited: bool = False) -> Callable[[WorkloadState], Values]:
+    def get(s: CgroupSample) -> float | None:
+        if s.pids is None:
+            return None
+        v = getattr(s.pids, field)
+        return None if skip_unlimited and v == UNLIMITED else v
+    return _one(get)
+
+
+def _psi(w: WorkloadState) -> Values:
+    p = w.sample.pressure
+    if p is None:
+        return ()
+    out = []
+    for resource in ("cpu", "memory", "io", "irq"):
+        r = getattr(p, resource)
+        if r is None:
+            continue
+        # `level` (some/full), not `kind`: `kind` is already the workload kind label.
+        for level, line in (("some", r.some), ("full", r.full)):
+            if line is not None:
+                out.append(((resource, level), line.total / 1e6))
+    return out
+
+
+def _flag(field: str) -> Callable[[WorkloadState], Values]:
+    return _one(lambda s: None if getattr(s, field) is None else int(getattr(s, field)))
+
+
+def _info(w: WorkloadState) -> Values:
+    return (((str(w.identity.inode), str(w.identity.init_pid or "")), 1),)
+
+
+WORKLOAD_SPECS: tuple[Spec, ...] = (
+    Spec(P + "workload_info", "gauge", "Identity of a tracked workload (always 1)", _info,
+         ("inode", "init_pid")),
+    Spec(P + "cpu_usage_seconds_total", "counter", "CPU time consumed", _cpu("usage_usec", 1e6)),
+    Spec(P + "cpu_user_seconds_total", "counter", "CPU time in user mode",
+         _cpu("user_usec", 1e6)),
+    Spec(P + "cpu_system_seconds_total", "counter", "CPU time in kernel mode",
+         _cpu("system_usec", 1e6)),
+    Spec(P + "cpu_throttled_seconds_total", "counter", "Time throttled by its own CPU limit",
+         _cpu("throttled_usec", 1e6)),
+    Spec(P + "cpu_burst_seconds_total", "counter", "Time run in burst above quota",
+         _cpu("burst_usec", 1e6)),
+    Spec(P + "cpu_periods_total", "counter", "Enforcement periods elapsed", _cpu("nr_periods")),
+    Spec(P + "cpu_throttled_periods_total", "counter", "Periods in which it was throttled",
+         _cpu("nr_throttled")),
+    Spec(P + "cpu_bursts_total", "counter", "Periods in which it used burst", _cpu("nr_bursts")),
+    Spec(P + "cpu_quota_cores", "gauge", "CPU limit (cpu.max) in cores", _quota),
+    Spec(P + "cpu_weight", "gauge", "cpu.weight (1-10000)", _cpu("weight")),
+    Spec(P + "memory_usage_bytes", "gauge", "Memory charged (memory.current)",
+         _mem(lambda s: s.memory.current if s.memory else None)),
+    Spec(P + "memory_working_set_bytes", "gauge", "Usage minus inactive file cache",
+         _mem(lambda s: s.memory.working_set if s.memory else None)),
+    Spec(P + "memory_peak_bytes", "gauge", "Highest usage recorded",
+         _mem(lambda s: s.memory.peak if s.memory else None)),
+    Spec(P + "memory_swap_bytes", "gauge", "Swap used",
+         _mem(lambda s: s.memory.swap_current if s.memory else None)),
+    Spec(P + "memory_limit_bytes", "gauge", "Memory limits; absent when unlimited", _limits,
+         ("limit",)),
+    Spec(P + "memory_stat_bytes", "gauge", "memory.stat amounts",
+         _stat(tuple((k, k) for k in MEMORY_STAT_BYTES)), ("stat",)),
+    Spec(P + "memory_faults_total", "counter", "Page faults (memory.stat pgfault, pgmajfault)",
+         _stat((("pgfault", "minor"), ("pgmajfault", "major"))), ("type",)),
+    Spec(P + "memory_workingset_refaults_total", "counter", "Refaults of evicted pages",
+         _stat((("workingset_refault_anon", "anon"), ("workingset_refault_file", "file"))),
+         ("type",)),
+    Spec(P + "memory_events_total", "counter", "memory.events counters", _events, ("event",)),
+    Spec(P + "io_read_bytes_total", "counter", "Bytes read per device", _io("rbytes"),
+         ("device",)),
+    Spec(P + "io_write_bytes_total", "counter", "Bytes written per device", _io("wbytes"),
+         ("device",)),
+    Spec(P + "io_reads_total", "counter", "Read operations per device", _io("rios"), ("device",)),
+    Spec(P + "io_writes_total", "counter", "Write operations per device", _io("wios"),
+         ("device",)),
+    Spec(P + "io_discard_bytes_total", "counter", "Bytes discarded per device", _io("dbytes"),
+         ("device",)),
+    Spec(P + "io_discards_total", "counter", "Discard operations per device", _io("dios"),
+         ("device",)),
+    Spec(P + "pids_current", "gauge", "Tasks (threads) now", _pids("current")),
+    Spec(P + "pids_limit", "gauge", "pids.max; absent when unlimited", _pids("max", True)),
+    Spec(P + "pids_peak", "gauge", "Highest task count", _pids("peak")),
+    Spec(P + "pids_limit_hits_total", "counter", "Forks refused by pids.max",
+         _pids("events_max")),
+    Spec(P + "pressure_stalled_seconds_total", "counter",
+         "PSI: cumulative time some (or all) tasks stalled on the resource", _psi,
+         ("resource", "level")),
+    Spec(P + "frozen", "gauge", "1 when the cgroup is (effectively) frozen", _flag("frozen")),
+    Spec(P + "populated", "gauge", "1 when processes live in the subtree", _flag("populated")),
+)
+
+
 class Families:
-    """Lazily created families, kept in first-use order."""
+    """Lazily created Metric families, kept in first-use order."""
 
     def __init__(self) -> None:
         self._by_name: dict[str, Metric] = {}
@@ -70,134 +241,60 @@ class Families:
         return iter(self._by_name.values())
 
 
-def _pressure(fams: Families, lv: list[str], resource: str, p: Pressure | None) -> None:
-    if p is None:
-        return
-    # `level` (some/full), not `kind`: `kind` is already the workload kind label.
-    for level, line in (("some", p.some), ("full", p.full)):
-        if line is None:
-            continue
-        fams.counter(
-            P + "pressure_stalled_seconds_total",
-            "PSI: cumulative time some or all tasks stalled on the resource",
-            [*LABELS, "resource", "level"],
-        ).add_metric([*lv, resource, level], line.total / 1e6)
-        g = fams.gauge(
-            P + "pressure_ratio",
-            "PSI: share of time stalled, averaged over the window (0-1)",
-            [*LABELS, "resource", "level", "window"],
-        )
-        g.add_metric([*lv, resource, level, "10s"], line.avg10 / 100)
-        g.add_metric([*lv, resource, level, "60s"], line.avg60 / 100)
-        g.add_metric([*lv, resource, level, "300s"], line.avg300 / 100)
-
-
-def _workload(fams: Families, w: WorkloadState) -> None:
-    lv = workload_labels(w)
-    s = w.sample
-    i = w.identity
-    fams.gauge(P + "workload_info", "Identity of a tracked workload (always 1)",
-               [*LABELS, "inode", "init_pid"]).add_metric(
-        [*lv, str(i.inode), str(i.init_pid or "")], 1)
-    if s.cpu is not None:
-        c = s.cpu
-        for name, value, doc in (
-            ("cpu_usage_seconds_total", c.usage_usec, "CPU time consumed"),
-            ("cpu_user_seconds_total", c.user_usec, "CPU time in user mode"),
-            ("cpu_system_seconds_total", c.system_usec, "CPU time in kernel mode"),
-            ("cpu_throttled_seconds_total", c.throttled_usec, "Time throttled by its own cpu.max"),
-            ("cpu_burst_seconds_total", c.burst_usec, "Time run in burst above quota"),
-        ):
-            if value is not None:
-                fams.counter(P + name, doc, LABELS).add_metric(lv, value / 1e6)
-        for name, value, doc in (
-            ("cpu_periods_total", c.nr_periods, "Enforcement periods elapsed"),
-            ("cpu_throttled_periods_total", c.nr_throttled, "Periods in which it was throttled"),
-            ("cpu_bursts_total", c.nr_bursts, "Periods in which it used burst"),
-        ):
-            if value is not None:
-                fams.counter(P + name, doc, LABELS).add_metric(lv, value)
-        if c.max_quota_usec is not None and c.max_quota_usec != UNLIMITED and c.max_period_usec:
-            fams.gauge(P + "cpu_quota_cores", "CPU limit (cpu.max) in cores", LABELS).add_metric(
-                lv, c.max_quota_usec / c.max_period_usec)
-        if c.weight is not None:
-            fams.gauge(P + "cpu_weight", "cpu.weight (1-10000)", LABELS).add_metric(lv, c.weight)
-    if s.memory is not None:
-        m = s.memory
-        for name, value, doc in (
-            ("memory_usage_bytes", m.current, "Memory charged (memory.current)"),
-            ("memory_working_set_bytes", m.working_set, "usage minus inactive file cache"),
-            ("memory_peak_bytes", m.peak, "Highest usage recorded"),
-            ("memory_swap_bytes", m.swap_current, "Swap used"),
-        ):
-            if value is not None:
-                fams.gauge(P + name, doc, LABELS).add_metric(lv, value)
-        lim = fams.gauge(P + "memory_limit_bytes", "Memory limits; absent when unlimited",
-                         [*LABELS, "limit"])
-        for kind, value in (("max", m.max), ("high", m.high), ("low", m.low), ("min", m.min),
-                            ("swap_max", m.swap_max)):
-            if value is not None and value != UNLIMITED:
-                lim.add_metric([*lv, kind], value)
-        stat = fams.gauge(P + "memory_stat_bytes", "memory.stat amounts", [*LABELS, "stat"])
-        for key in MEMORY_STAT_BYTES:
-            v = m.stat.get(key)
-            if v is not None:
-                stat.add_metric([*lv, key], v)
-        for key, label, name in (
-            ("pgfault", "minor", "memory_faults_total"),
-            ("pgmajfault", "major", "memory_faults_total"),
-            ("workingset_refault_anon", "anon", "memory_workingset_refaults_total"),
-            ("workingset_refault_file", "file", "memory_workingset_refaults_total"),
-        ):
-            v = m.stat.get(key)
-            if v is not None:
-                fams.counter(P + name, f"memory.stat {name[7:-6]}", [*LABELS, "type"]).add_metric(
-                    [*lv, label], v)
-        ev = fams.counter(P + "memory_events_total", "memory.events counters",
-                          [*LABELS, "event"])
-        for key, v in sorted(m.events.items()):
-            ev.add_metric([*lv, key], v)
-    if s.io is not None:
-        for d in s.io:
-            dl = [*lv, label_value(d.device)]
-            for name, value in (
-                ("io_read_bytes_total", d.rbytes), ("io_write_bytes_total", d.wbytes),
-                ("io_reads_total", d.rios), ("io_writes_total", d.wios),
-                ("io_discard_bytes_total", d.dbytes), ("io_discards_total", d.dios),
-            ):
-                if value is not None:
-                    fams.counter(P + name, "Block IO per device", [*LABELS, "device"]).add_metric(
-                        dl, value)
-    if s.pids is not None:
-        pd = s.pids
-        if pd.current is not None:
-            fams.gauge(P + "pids_current", "Tasks (threads) now", LABELS).add_metric(lv, pd.current)
-        if pd.max is not None and pd.max != UNLIMITED:
-            fams.gauge(P + "pids_limit", "pids.max", LABELS).add_metric(lv, pd.max)
-        if pd.peak is not None:
-            fams.gauge(P + "pids_peak", "Highest task count", LABELS).add_metric(lv, pd.peak)
-        if pd.events_max is not None:
-            fams.counter(P + "pids_limit_hits_total", "Forks refused by pids.max",
-                         LABELS).add_metric(lv, pd.events_max)
-    if s.pressure is not None:
-        for resource in ("cpu", "memory", "io", "irq"):
-            _pressure(fams, lv, resource, getattr(s.pressure, resource))
-    if s.frozen is not None:
-        fams.gauge(P + "frozen", "1 when the cgroup is (effectively) frozen", LABELS).add_metric(
-            lv, int(s.frozen))
-    if s.populated is not None:
-        fams.gauge(P + "populated", "1 when processes live in the subtree", LABELS).add_metric(
-            lv, int(s.populated))
-
-
 def snapshot_families(snapshot: Snapshot) -> list[Metric]:
-    """All workload and agent families for one snapshot."""
+    """All workload and agent families for one snapshot, as Metric objects."""
     fams = Families()
-    for w in snapshot.workloads.values():
-        _workload(fams, w)
-    out = list(fams)
-    out.extend(agent_families(snapshot))
-    return out
+    workloads = list(snapshot.workloads.values())
+    labels = [workload_labels(w) for w in workloads]
+    for spec in WORKLOAD_SPECS:
+        make = fams.counter if spec.type == "counter" else fams.gauge
+        fam: Metric | None = None
+        for w, lv in zip(workloads, labels, strict=True):
+            for extra, value in spec.values(w):
+                if fam is None:
+                    fam = make(spec.name, spec.help, [*LABELS, *spec.extra])
+                fam.add_metric([*lv, *extra], value)  # type: ignore[attr-defined]
+    return [*fams, *agent_families(snapshot)]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if value != value:
+        return "NaN"
+    return repr(float(value))
+
+
+def render_workloads(snapshot: Snapshot, openmetrics: bool) -> bytes:
+    """The workload metrics as exposition text (no `# EOF`), straight from WORKLOAD_SPECS."""
+    workloads = list(snapshot.workloads.values())
+    prefixes = [
+        ",".join(f'{k}="{_escape(v)}"' for k, v in zip(LABELS, workload_labels(w), strict=True))
+        for w in workloads
+    ]
+    out = io.StringIO()
+    for spec in WORKLOAD_SPECS:
+        lines: list[str] = []
+        for w, prefix in zip(workloads, prefixes, strict=True):
+            for extra, value in spec.values(w):
+                if extra:
+                    extra_text = ",".join(
+                        f'{k}="{_escape(v)}"' for k, v in zip(spec.extra, extra, strict=True))
+                    lines.append(f"{spec.name}{{{prefix},{extra_text}}} {_number(value)}\n")
+                else:
+                    lines.append(f"{spec.name}{{{prefix}}} {_number(value)}\n")
+        if not lines:
+            continue
+        family = spec.name
+        if openmetrics and spec.type == "counter" and family.endswith("_total"):
+            family = family[: -len("_total")]
+        out.write(f"# HELP {family} {spec.help}\n# TYPE {family} {spec.type}\n")
+        out.writelines(lines)
+    return out.getvalue().encode()
 
 
 def agent_families(snapshot: Snapshot) -> list[Metric]:

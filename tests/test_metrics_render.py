@@ -87,3 +87,31 @@ def test_rates_refuse_recreation_and_reset() -> None:
     reset = _sample("/c", 10, inode=1, t_ns=2_000_000_000)
     r2 = compute_rates(b, reset)
     assert r2 is not None and r2.cpu_cores is None
+
+
+def test_direct_rendering_equals_prometheus_client_rendering() -> None:
+    """render_workloads (the scrape path) and snapshot_families (remote write) agree."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.metrics import render_workloads, snapshot_families
+
+    snap = _snapshot(HOSTILE)
+
+    class Fams:
+        def collect(self):  # type: ignore[no-untyped-def]
+            return snapshot_families(snap)
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(Fams())  # type: ignore[arg-type]
+
+    def samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return {(s.name, tuple(sorted(s.labels.items())), s.value)
+                for fam in text_string_to_metric_families(text) for s in fam.samples
+                if not s.name.startswith(("container_agent_up", "container_agent_build",
+                                          "container_agent_workloads", "container_agent_cycle",
+                                          "container_agent_snapshot"))}
+
+    direct = samples(render_workloads(snap, False).decode())
+    via_client = samples(generate_latest(reg).decode())
+    assert direct == via_client
+    assert len(direct) >= 10 * len(HOSTILE)
