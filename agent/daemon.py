@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import resource
@@ -37,6 +39,8 @@ log = logging.getLogger("agent")
 
 #: Seconds each component gets to stop at shutdown.
 STOP_TIMEOUT_S = 5
+#: mallopt() parameter number of M_ARENA_MAX (glibc malloc.h).
+M_ARENA_MAX = -8
 
 
 def _net_totals(snapshot: Snapshot) -> dict[str, tuple[int, int]] | None:
@@ -142,6 +146,7 @@ class Agent:
         def work() -> Snapshot:
             snap = self.collector.cycle(self.ctx, host, self.components, _net_totals)
             self.renderer.prepare(snap)
+            trim_malloc()
             return snap
 
         def late(snap: Snapshot, added: list[WorkloadIdentity]) -> Snapshot:
@@ -292,6 +297,20 @@ def _notifier() -> Any:
     return Notifier()
 
 
+def _limit_malloc_arenas() -> None:
+    """glibc gives each thread its own malloc arena and keeps freed memory in it; with a
+    collection thread that builds ~10 MB of text per cycle that doubles RSS. Two arenas and
+    a trim after each cycle keep the resident size close to what is live."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_ARENA_MAX, 2)
+
+
+def trim_malloc() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 def _raise_fd_limit() -> None:
     """The reader keeps cgroup directory fds open, bounded by half the soft limit: use the
     hard limit, so a host with thousands of cgroups keeps them all."""
@@ -337,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logging.getLogger().setLevel(config["log_level"].upper())
     _raise_fd_limit()
+    _limit_malloc_arenas()
     try:
         agent = Agent(config, layout, components)
     except OSError as e:

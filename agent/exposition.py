@@ -16,7 +16,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
 
 from agent.cadvisor_compat import cadvisor_families
-from agent.metrics import agent_families, render_workloads
+from agent.metrics import RenderedFamily, agent_families, render_workload_families
 from agent.model import Snapshot
 
 log = logging.getLogger("agent.metrics")
@@ -58,7 +58,8 @@ class MetricsRenderer:
     def __init__(self, cadvisor: bool) -> None:
         self.cadvisor = cadvisor
         self._lock = threading.Lock()
-        self._cache: dict[bool, bytes] = {}
+        self._families: list[RenderedFamily] = []
+        self._tails: dict[bool, bytes] = {}
         self._process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self._process, namespace="container_agent")
 
@@ -67,22 +68,25 @@ class MetricsRenderer:
         others = agent_families(snapshot)
         if self.cadvisor:
             others.extend(cadvisor_families(snapshot))
-        cache = {
-            om: render_workloads(snapshot, om) + _render(others, om) for om in (False, True)
-        }
+        families = render_workload_families(snapshot)
+        tails = {om: _render(others, om) for om in (False, True)}
         with self._lock:
-            self._cache = cache
+            self._families = families
+            self._tails = tails
 
     def scrape(
         self, snapshot: Snapshot, openmetrics: bool, live: Callable[[Snapshot], list[Metric]]
     ) -> bytes:
         with self._lock:
-            cached = self._cache.get(openmetrics)
-        if cached is None:
+            families, tails = self._families, self._tails
+        if not tails:
             self.prepare(snapshot)
             with self._lock:
-                cached = self._cache[openmetrics]
+                families, tails = self._families, self._tails
         extra = live(snapshot)
         extra.extend(self._process.collect())
-        tail = _render(extra, openmetrics)
-        return cached + tail + (_EOF if openmetrics else b"")
+        parts: list[bytes] = []
+        for f in families:
+            parts += (f.om_header if openmetrics else f.text_header, f.lines)
+        parts += [tails[openmetrics], _render(extra, openmetrics), _EOF if openmetrics else b""]
+        return b"".join(parts)

@@ -12,7 +12,6 @@ The `cadvisor` option adds cAdvisor's names (cadvisor_compat.py).
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -269,14 +268,23 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def render_workloads(snapshot: Snapshot, openmetrics: bool) -> bytes:
-    """The workload metrics as exposition text (no `# EOF`), straight from WORKLOAD_SPECS."""
+@dataclass(frozen=True, slots=True)
+class RenderedFamily:
+    """One family's sample lines, with its header for each format (rendered once for both)."""
+
+    text_header: bytes
+    om_header: bytes
+    lines: bytes
+
+
+def render_workload_families(snapshot: Snapshot) -> list[RenderedFamily]:
+    """The workload metrics as exposition lines, straight from WORKLOAD_SPECS."""
     workloads = list(snapshot.workloads.values())
     prefixes = [
         ",".join(f'{k}="{_escape(v)}"' for k, v in zip(LABELS, workload_labels(w), strict=True))
         for w in workloads
     ]
-    out = io.StringIO()
+    out: list[RenderedFamily] = []
     for spec in WORKLOAD_SPECS:
         lines: list[str] = []
         for w, prefix in zip(workloads, prefixes, strict=True):
@@ -289,12 +297,24 @@ def render_workloads(snapshot: Snapshot, openmetrics: bool) -> bytes:
                     lines.append(f"{spec.name}{{{prefix}}} {_number(value)}\n")
         if not lines:
             continue
-        family = spec.name
-        if openmetrics and spec.type == "counter" and family.endswith("_total"):
-            family = family[: -len("_total")]
-        out.write(f"# HELP {family} {spec.help}\n# TYPE {family} {spec.type}\n")
-        out.writelines(lines)
-    return out.getvalue().encode()
+        # OpenMetrics names a counter family without its samples' `_total` suffix.
+        om_family = spec.name
+        if spec.type == "counter" and om_family.endswith("_total"):
+            om_family = om_family[: -len("_total")]
+        out.append(RenderedFamily(
+            f"# HELP {spec.name} {spec.help}\n# TYPE {spec.name} {spec.type}\n".encode(),
+            f"# HELP {om_family} {spec.help}\n# TYPE {om_family} {spec.type}\n".encode(),
+            "".join(lines).encode(),
+        ))
+    return out
+
+
+def render_workloads(snapshot: Snapshot, openmetrics: bool) -> bytes:
+    """The workload metrics in one format (no `# EOF`)."""
+    return b"".join(
+        (f.om_header if openmetrics else f.text_header) + f.lines
+        for f in render_workload_families(snapshot)
+    )
 
 
 def agent_families(snapshot: Snapshot) -> list[Metric]:
