@@ -103,13 +103,7 @@ class ReadApi:
         snap = self._snapshot()
         om = wants_openmetrics(request.headers.get("Accept", ""))
 
-        def live(s: Snapshot) -> list[Any]:
-            out: list[Any] = []
-            for comp in self.components:
-                out.extend(comp.metric_families(s))
-            return out
-
-        body = self.renderer.scrape(snap, om, live)
+        body = self.renderer.scrape(snap, om)
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = OPENMETRICS if om else TEXT
         return resp

@@ -97,6 +97,9 @@ class Component:
 
     name: str = "component"
     settings: Mapping[str, Setting] = MappingProxyType({})
+    #: True when metric_families() depends only on the snapshot: then it is rendered once per
+    #: cycle in the collection thread instead of at every scrape.
+    snapshot_metrics: bool = False
 
     async def start(self, ctx: AgentContext) -> None:
         return None

@@ -59,7 +59,7 @@ class Agent:
         self.store = Store(config.state_dir / "agent.db")
         self.reader = CgroupReader(layout)
         self.collector = Collector(Discovery(layout), self.reader)
-        self.renderer = MetricsRenderer(cadvisor=bool(config["cadvisor"]))
+        self.renderer = MetricsRenderer(bool(config["cadvisor"]), components)
         self.snapshot: Snapshot | None = None
         self.started = time.monotonic()
         self._wake = asyncio.Event()

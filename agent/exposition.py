@@ -7,15 +7,18 @@ Content negotiation: OpenMetrics when the client asks for it, Prometheus text ot
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
 
 from agent.cadvisor_compat import cadvisor_families
+from agent.component import Component
 from agent.metrics import RenderedFamily, agent_families, render_workload_families
 from agent.model import Snapshot
 
@@ -49,44 +52,75 @@ def wants_openmetrics(accept: str) -> bool:
 
 
 class MetricsRenderer:
-    """Renders each cycle's snapshot once, in both formats; scrapes serve those bytes.
+    """Renders each cycle's snapshot once, for both formats; scrapes serve those bytes.
 
+    Per cycle (collection thread): the workload families, the agent's own, and the families of
+    components whose metrics depend only on the snapshot (`Component.snapshot_metrics`).
+    Per scrape: only the other components' small, live counters (events, deliveries).
     A snapshot amended between cycles (a cgroup appeared) is not rendered again: /metrics
     shows the last collection cycle, the JSON API shows amendments at once.
     """
 
-    def __init__(self, cadvisor: bool) -> None:
+    def __init__(self, cadvisor: bool, components: Sequence[Component] = ()) -> None:
         self.cadvisor = cadvisor
+        self.components = list(components)
         self._lock = threading.Lock()
         self._families: list[RenderedFamily] = []
         self._tails: dict[bool, bytes] = {}
-        self._process = CollectorRegistry(auto_describe=False)
-        ProcessCollector(registry=self._process, namespace="container_agent")
+
+    def _component_families(self, snapshot: Snapshot, per_cycle: bool) -> list[Metric]:
+        out: list[Metric] = []
+        for comp in self.components:
+            if comp.snapshot_metrics is not per_cycle:
+                continue
+            try:
+                out.extend(comp.metric_families(snapshot))
+            except Exception:
+                log.exception("component %s failed to export metrics", comp.name)
+        return out
 
     def prepare(self, snapshot: Snapshot) -> None:
         """Render `snapshot` (call from the collection thread, before publishing it)."""
         others = agent_families(snapshot)
+        others.extend(self_families())
         if self.cadvisor:
             others.extend(cadvisor_families(snapshot))
+        others.extend(self._component_families(snapshot, per_cycle=True))
         families = render_workload_families(snapshot)
         tails = {om: _render(others, om) for om in (False, True)}
         with self._lock:
             self._families = families
             self._tails = tails
 
-    def scrape(
-        self, snapshot: Snapshot, openmetrics: bool, live: Callable[[Snapshot], list[Metric]]
-    ) -> bytes:
+    def scrape(self, snapshot: Snapshot, openmetrics: bool) -> bytes:
         with self._lock:
             families, tails = self._families, self._tails
         if not tails:
             self.prepare(snapshot)
             with self._lock:
                 families, tails = self._families, self._tails
-        extra = live(snapshot)
-        extra.extend(self._process.collect())
+        live = _render(self._component_families(snapshot, per_cycle=False), openmetrics)
         parts: list[bytes] = []
         for f in families:
             parts += (f.om_header if openmetrics else f.text_header, f.lines)
-        parts += [tails[openmetrics], _render(extra, openmetrics), _EOF if openmetrics else b""]
+        parts += [tails[openmetrics], live, _EOF if openmetrics else b""]
         return b"".join(parts)
+
+
+def self_families() -> list[Metric]:
+    """The agent's own CPU, memory and fds, read once per cycle (cheap: no /proc/self/fd walk
+    at scrape time, where thousands of kept cgroup fds would make it slow)."""
+    times = os.times()
+    cpu = CounterMetricFamily("container_agent_process_cpu_seconds",
+                              "CPU time the agent has used (user + system)")
+    cpu.add_metric([], times.user + times.system)
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/statm", "rb") as f:
+        size, resident = (int(x) for x in f.read().split()[:2])
+    rss = GaugeMetricFamily("container_agent_process_resident_memory_bytes", "Agent RSS")
+    rss.add_metric([], resident * page)
+    vms = GaugeMetricFamily("container_agent_process_virtual_memory_bytes", "Agent VMS")
+    vms.add_metric([], size * page)
+    fds = GaugeMetricFamily("container_agent_process_open_fds", "File descriptors open")
+    fds.add_metric([], len(os.listdir("/proc/self/fd")))
+    return [cpu, rss, vms, fds]

@@ -262,6 +262,8 @@ def _settings() -> Mapping[str, Setting]:
 class NetworkComponent(Component):
     """Per-namespace interface counters, mapped to workloads."""
 
+    snapshot_metrics = True
+
     name = "network"
     settings = _settings()
 

@@ -47,8 +47,8 @@ def test_hostile_label_values_round_trip_in_both_formats() -> None:
     snap = _snapshot(HOSTILE)
     renderer = MetricsRenderer(cadvisor=True)
     renderer.prepare(snap)
-    text = renderer.scrape(snap, False, lambda s: []).decode()
-    om = renderer.scrape(snap, True, lambda s: []).decode()
+    text = renderer.scrape(snap, False).decode()
+    om = renderer.scrape(snap, True).decode()
     expected = set(HOSTILE[:3]) | {"bad\\xffbyte", "ünï"}
     for parse, body in ((text_string_to_metric_families, text), (om_parse, om)):
         names = set()
@@ -64,7 +64,7 @@ def test_counter_values_are_exact_seconds() -> None:
     snap = _snapshot(["a"])
     renderer = MetricsRenderer(cadvisor=True)
     renderer.prepare(snap)
-    text = renderer.scrape(snap, False, lambda s: []).decode()
+    text = renderer.scrape(snap, False).decode()
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name in ("container_agent_cpu_usage_seconds_total",
