@@ -41,6 +41,7 @@ log = logging.getLogger("agent")
 STOP_TIMEOUT_S = 5
 #: mallopt() parameter number of M_ARENA_MAX (glibc malloc.h).
 M_ARENA_MAX = -8
+M_MMAP_THRESHOLD = -3
 
 
 def _net_totals(snapshot: Snapshot) -> dict[str, tuple[int, int]] | None:
@@ -304,6 +305,9 @@ def _limit_malloc_arenas() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(M_ARENA_MAX, 2)
+        # A fixed mmap threshold: each scrape's multi-megabyte body is mmapped and handed back
+        # when freed, instead of glibc raising the threshold and keeping it in the heap.
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
 
 
 def trim_malloc() -> None:
