@@ -20,6 +20,7 @@ from agent.control.errors import ControlError
 from agent.exit_codes import ExitCode
 from agent.model import Snapshot, WorkloadIdentity
 from collectors.layout import CgroupLayout
+from collectors.procfs import parse_cgroup
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,19 +102,11 @@ def subtree_pids(d: Path) -> dict[int, str]:
 
 def proc_cgroups(pid: int) -> dict[str, str]:
     """Hierarchy key ("unified" or a v1 controller) -> cgroup path of `pid`; {} if gone."""
-    out: dict[str, str] = {}
     try:
         text = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
-        return out
-    for line in text.splitlines():
-        hid, ctrls, path = line.split(":", 2)
-        if hid == "0":
-            out["unified"] = path
-        else:
-            for ctrl in ctrls.split(","):
-                out[ctrl] = path
-    return out
+        return {}
+    return parse_cgroup(text)
 
 
 def _strip_suffix(path: str, suffix: str) -> str | None:
