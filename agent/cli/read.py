@@ -170,7 +170,7 @@ def cmd_host(args: argparse.Namespace, client: AgentClient) -> int:
         print()
     else:
         for k, v in data.items():
-            print(f"{k}: {v}")
+            print(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
     return 0
 
 
