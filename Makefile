@@ -23,7 +23,7 @@ system-deps:
 	bash tests/setup/install-system.sh
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check agent collectors dashboards tests
+	$(VENV)/bin/ruff check --no-cache agent collectors dashboards tests
 	$(VENV)/bin/mypy
 	$(VPY) -m dashboards --check
 

@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from collectors.cgroupfs import CgroupReader
-
 from agent.component import AgentContext, Component
 from agent.discovery import Discovery
 from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadState
 from agent.rates import compute_rates
+from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
 
 log = logging.getLogger("agent.collection")
