@@ -222,3 +222,26 @@ def test_runc_container_in_api_and_agentctl_ls(cgroups: CgroupFactory) -> None:
             agent.wait_for(lambda: (x := listed()) and x["cpu_cores"], 20)
         finally:
             ctx.__exit__(None, None, None)
+
+
+def test_agentctl_top_and_host(cgroups: CgroupFactory) -> None:
+    cg = cgroups.create("top")
+    cg.burn()
+    with running_agent({"interval": 1}) as agent:
+        _wait_cycles(agent, 2)
+        out = agent.agentctl("top", "--all", "--batch", "-n", "1", "--sort", "cpu")
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert "workloads  sorted by cpu" in lines[0]
+        assert lines[1].split()[:3] == ["ID", "NAME", "RUNTIME"]
+        assert any(cg.rel in line for line in lines[2:])
+        js = agent.agentctl("top", "--all", "--json", "-n", "2", "--delay", "0.2")
+        docs = [json.loads(x) for x in js.stdout.splitlines()]
+        assert len(docs) == 2
+        assert any(c["cgroup"] == cg.rel for c in docs[0]["containers"])
+        host = agent.agentctl("host", "--json")
+        facts = json.loads(host.stdout)
+        assert facts["cgroup_layout"] in ("unified", "hybrid", "legacy")
+        assert facts["workloads"] >= 1
+        bad = agent.agentctl("top", "--delay", "0")
+        assert bad.returncode == 2
