@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.cli import VERB_MODULES
+from agent.cli_args import OneLineParser
 from agent.client import AgentClient, CliError
 from agent.exit_codes import ExitCode
 
@@ -25,7 +26,7 @@ def default_socket() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="agentctl", description="Inspect and control containers through a running agentd."
     )
     parser.add_argument(

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.api import ReadApi
+from agent.cli_args import OneLineParser
 from agent.collection import Collector
 from agent.component import AgentContext, Component
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
@@ -325,7 +326,7 @@ def _raise_fd_limit() -> None:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="agentd", description="container-agent daemon")
+    p = OneLineParser(prog="agentd", description="container-agent daemon")
     p.add_argument("--config", type=Path, default=None,
                    help=f"TOML configuration (default {DEFAULT_CONFIG_PATH} if it exists)")
     p.add_argument("--interval", type=float, default=None, help="seconds between cycles (1-60)")

@@ -245,3 +245,21 @@ def test_agentctl_top_and_host(cgroups: CgroupFactory) -> None:
         assert facts["workloads"] >= 1
         bad = agent.agentctl("top", "--delay", "0")
         assert bad.returncode == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["agentctl", "frobnicate"],
+        ["agentctl", "freeze"],
+        ["agentctl", "top", "--delay", "0"],
+        ["agentd", "--interval", "x"],
+        ["agentd", "--log-level", "loud"],
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(argv: list[str]) -> None:
+    out = subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True,
+                         timeout=30, env=dict(os.environ, AGENT_SOCKET="/nonexistent.sock"))
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith(argv[0])
