@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.discovery import Discovery, classify, systemd_unescape
+from agent.classify import classify, systemd_unescape
+from agent.discovery import Discovery
 from agent.model import WorkloadKind
 from collectors import cgroup_tree
 from collectors.cgroup_tree import read_procs, walk

@@ -38,7 +38,7 @@ def identify(path: str, inode: int) -> WorkloadIdentity:
     """The identity of a cgroup seen before discovery named it (path rules only)."""
     name = path.rsplit("/", 1)[-1] or "/"
     try:
-        from agent.discovery import classify
+        from agent.classify import classify
     except ImportError:  # discovery not in this tree: a plain cgroup
         return WorkloadIdentity(path, WorkloadKind.CGROUP, "", name, path, inode)
     c = classify(path)
