@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from agent.component import AgentContext, Component
@@ -137,15 +137,7 @@ class Collector:
                 continue
             if result is not None:
                 extras[comp.name] = result
-        snap = Snapshot(
-            seq=snap.seq,
-            wall_ns=snap.wall_ns,
-            monotonic_ns=snap.monotonic_ns,
-            cycle_cpu_ns=0,
-            host=host,
-            workloads=snap.workloads,
-            extras=MappingProxyType(extras),
-        )
+        snap = replace(snap, extras=MappingProxyType(extras))
         nets = net_totals(snap) or {}
         with_rates: dict[str, WorkloadState] = {}
         for wid, st in states.items():
@@ -154,14 +146,8 @@ class Collector:
             with_rates[wid] = WorkloadState(st.identity, st.sample, rates)
         self.state.prev_samples = {wid: st.sample for wid, st in states.items()}
         self.state.prev_net = dict(nets)
-        return Snapshot(
-            seq=snap.seq,
-            wall_ns=snap.wall_ns,
-            monotonic_ns=snap.monotonic_ns,
-            cycle_cpu_ns=time.thread_time_ns() - cpu0,
-            host=host,
-            workloads=MappingProxyType(with_rates),
-            extras=snap.extras,
+        return replace(
+            snap, workloads=MappingProxyType(with_rates), cycle_cpu_ns=time.thread_time_ns() - cpu0
         )
 
     def amend(
@@ -172,12 +158,4 @@ class Collector:
         for ident in gone:
             workloads.pop(ident.id, None)
         workloads.update(self.read(added))
-        return Snapshot(
-            seq=snap.seq,
-            wall_ns=snap.wall_ns,
-            monotonic_ns=snap.monotonic_ns,
-            cycle_cpu_ns=snap.cycle_cpu_ns,
-            host=snap.host,
-            workloads=MappingProxyType(workloads),
-            extras=snap.extras,
-        )
+        return replace(snap, workloads=MappingProxyType(workloads))
