@@ -89,8 +89,15 @@ class Agent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.ctx.loop = loop
-        for comp in self.components:
-            await comp.start(self.ctx)
+        for comp in list(self.components):
+            try:
+                await comp.start(self.ctx)
+            except Exception as e:
+                # One capability failing (no netlink, no PSI...) must not take the agent down.
+                log.error("component %s disabled: failed to start: %s", comp.name, e)
+                self.components.remove(comp)
+                self.ctx.components.pop(comp.name, None)
+        self.renderer.components = list(self.components)
         self._host = read_host_info(self.layout, self.ctx.host_facts)
         await loop.run_in_executor(None, self._initial_scan)
         loop.add_reader(self._watch_fd(), self._on_tree_event)
