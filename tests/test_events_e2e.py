@@ -119,3 +119,48 @@ def test_agent_start_and_stop_are_events() -> None:
         stopped = log.query(types=("agent_stopped",))
         assert [e.fields["pid"] for e in stopped] == [agent.proc.pid]
         assert stopped[0].id > started_events[0]["id"]
+
+
+def test_pids_max_through_agentd_with_poll_scope(cgroups: CgroupFactory) -> None:
+    """In agentd, v1 counters are polled only under a limit; a child of a pids-limited cgroup
+    is in that scope and still reports its refused forks."""
+    parent = cgroups.create("pids-parent")
+    if "pids" in parent.dirs:
+        parent.write("pids", "pids.max", "3")
+    elif (parent.dirs["unified"] / "pids.max").exists():
+        parent.write("unified", "pids.max", "3")
+    else:
+        pytest.skip("no pids controller")
+    child = parent.child("kid")
+    with running_agent({"interval": 1}) as agent:
+        agent.wait_for(lambda: agent.get("/healthz")["snapshot_seq"] >= 2)
+        proc = child.spawn(["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 1 & done; wait"])
+        proc.wait(timeout=30)
+
+        def hits() -> int:
+            r = agent.agentctl("events", "--type", "pids_max", "--json")
+            return sum(int(e["fields"]["count"]) for e in json.loads(r.stdout)["events"])
+
+        assert agent.wait_for(hits, timeout=10) >= 1
+
+
+def test_limited_subtrees() -> None:
+    from types import MappingProxyType
+
+    from agent.events.component import limited_subtrees
+    from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
+    from collectors.samples import UNLIMITED, CgroupSample, MemorySample, PidsSample
+
+    def state(path: str, pids_max: int | None, mem_max: int | None) -> WorkloadState:
+        ident = WorkloadIdentity(path, WorkloadKind.CGROUP, "", path, path, 1)
+        return WorkloadState(ident, CgroupSample(
+            path=path, inode=1, monotonic_ns=0, wall_ns=0,
+            pids=PidsSample(max=pids_max), memory=MemorySample(max=mem_max)))
+
+    states = [state("/a", 10, UNLIMITED), state("/a/b", UNLIMITED, None), state("/c", None, 5),
+              state("/c/d", UNLIMITED, UNLIMITED), state("/e", UNLIMITED, UNLIMITED)]
+    snap = Snapshot(1, 0, 0, 0, HostInfo("h", "b", "m", "k", "hybrid", 1, 1, "v"),
+                    MappingProxyType({s.identity.id: s for s in states}))
+    pids, mem = limited_subtrees(snap)
+    assert pids == {"/a", "/a/b"}
+    assert mem == {"/c", "/c/d"}

@@ -37,7 +37,7 @@ from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
 from agent.events.watcher import CgroupWatcher, PsiTrigger, WatchedCgroup
 from agent.model import Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
-from collectors.samples import CgroupSample
+from collectors.samples import UNLIMITED, CgroupSample
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -365,6 +365,8 @@ class EventsComponent(Component):
                 self._running[key] = True
                 self.emit(EventType.CONTAINER_STARTED, who, "", {"source": "discovery"})
             self._check_throttled(state, prev_states.get(key))
+        if self.watcher is not None:
+            self.watcher.set_poll_scope(*limited_subtrees(snapshot))
         for key, state in prev_states.items():
             if key in current:
                 continue
@@ -410,3 +412,26 @@ class EventsComponent(Component):
         while True:
             await asyncio.sleep(60)
             self._prune()
+
+
+def limited_subtrees(snapshot: Snapshot) -> tuple[frozenset[str], frozenset[str]]:
+    """Cgroup paths that have, or descend from, a finite pids limit; and a finite memory limit."""
+    pids_limited: set[str] = set()
+    mem_limited: set[str] = set()
+    for w in snapshot.workloads.values():
+        s = w.sample
+        if s.pids is not None and s.pids.max not in (None, UNLIMITED):
+            pids_limited.add(w.identity.cgroup)
+        if s.memory is not None and s.memory.max not in (None, UNLIMITED):
+            mem_limited.add(w.identity.cgroup)
+
+    def under(path: str, limited: set[str]) -> bool:
+        while path:
+            if path in limited:
+                return True
+            path = path.rsplit("/", 1)[0]
+        return False
+
+    paths = [w.identity.cgroup for w in snapshot.workloads.values()]
+    return (frozenset(p for p in paths if under(p, pids_limited)),
+            frozenset(p for p in paths if under(p, mem_limited)))

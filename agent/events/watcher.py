@@ -134,6 +134,10 @@ class CgroupWatcher:
         self._psi_fds: dict[int, WatchedCgroup] = {}
         self._poll_handle: asyncio.TimerHandle | None = None
         self.psi_error: str | None = None
+        #: Which polled v1 counters can move, per cgroup path (see set_poll_scope); None
+        #: until the first snapshot: poll everything.
+        self._pids_scope: frozenset[str] | None = None
+        self._memory_scope: frozenset[str] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop, watch_tree: bool = True) -> None:
@@ -499,11 +503,28 @@ class CgroupWatcher:
         if self.loop is not None:
             self._poll_handle = self.loop.call_later(self.poll_interval_s, self._poll)
 
+    def set_poll_scope(self, pids: frozenset[str], memory: frozenset[str]) -> None:
+        """Cgroups under a pids limit (their own or an ancestor's) and under a memory limit.
+
+        v1 `pids.events`, `memory.failcnt` and `memory.oom_control` only move where a limit is
+        hit, so only those cgroups are polled: re-reading three files of every cgroup twice a
+        second cost ~180 ms of CPU per poll at 1,000 cgroups, on the event loop.
+        """
+        self._pids_scope = pids
+        self._memory_scope = memory
+
+    def _polled_now(self, cg: WatchedCgroup, source: str) -> bool:
+        if source == "pids.events":
+            return self._pids_scope is None or cg.path in self._pids_scope
+        if source in ("memory.failcnt", "memory.oom_control"):
+            return self._memory_scope is None or cg.path in self._memory_scope
+        return True
+
     def _poll(self) -> None:
         try:
             for cg in list(self.cgroups.values()):
                 for source in sorted(cg.polled):
-                    if self.cgroups.get(cg.path) is cg:
+                    if self.cgroups.get(cg.path) is cg and self._polled_now(cg, source):
                         self._reread(cg, source)
         finally:
             self._schedule_poll()
