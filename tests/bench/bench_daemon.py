@@ -7,6 +7,7 @@ tests/bench/bench_daemon.py [N]`.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -24,6 +25,11 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(n: int = 1000) -> None:
@@ -57,7 +63,12 @@ def main(n: int = 1000) -> None:
             lat.sort()
             print(f"/metrics ({size / 1e6:.1f} MB): median {statistics.median(lat):.1f} ms, "
                   f"p99 {lat[98]:.1f} ms, max {lat[-1]:.1f} ms (target p99 <= 50 ms)")
-            print(f"agent RSS: {rss_kib(agent.proc.pid) / 1024:.1f} MiB (target <= 80 MB)")
+            rss = rss_kib(agent.proc.pid) * 1024
+            print(f"agent RSS: {rss / 2**20:.1f} MiB = {rss / 1e6:.1f} MB (target <= 80 MB)")
+            cpu0, t0 = cpu_seconds(agent.proc.pid), time.monotonic()
+            time.sleep(15)
+            share = (cpu_seconds(agent.proc.pid) - cpu0) / (time.monotonic() - t0)
+            print(f"agent CPU between scrapes (interval 5 s): {share * 100:.1f} % of one core")
             # Discovery latency: mkdir -> visible in /api/v1/containers/<path>.
             late = []
             for i in range(20):
