@@ -155,7 +155,6 @@ class Agent:
         def work() -> Snapshot:
             snap = self.collector.cycle(self.ctx, host, self.components, _net_totals)
             self.renderer.prepare(snap)
-            trim_malloc()
             return snap
 
         def late(snap: Snapshot, added: list[WorkloadIdentity]) -> Snapshot:
@@ -177,6 +176,8 @@ class Agent:
                 await comp.on_snapshot(snap)
             except Exception:
                 log.exception("component %s failed on snapshot %d", comp.name, snap.seq)
+        # After the components have digested the snapshot: hand freed memory back.
+        await loop.run_in_executor(None, trim_malloc)
 
     def _on_tree_event(self) -> None:
         assert self._watch is not None
