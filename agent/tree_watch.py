@@ -7,6 +7,8 @@ the caller must rescan the whole tree.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,8 @@ from agent.inotify import (
     IN_ONLYDIR,
     Inotify,
 )
+
+log = logging.getLogger("agent.discovery")
 
 _MASK = IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR
 
@@ -39,6 +43,7 @@ class CgroupTreeWatch:
         self.inotify = Inotify()
         self._paths: dict[int, str] = {}
         self._wds: dict[str, int] = {}
+        self.watches_exhausted = False
 
     @property
     def fd(self) -> int:
@@ -60,8 +65,16 @@ class CgroupTreeWatch:
         except FileNotFoundError:
             return False
         except OSError as e:
-            if e.errno in (2, 20):  # ENOENT, ENOTDIR
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 return False
+            if e.errno == errno.ENOSPC:
+                # fs.inotify.max_user_watches reached: this directory is found by the periodic
+                # rescan instead of at once. Said once, not per directory.
+                if not self.watches_exhausted:
+                    log.warning("inotify watch limit reached (fs.inotify.max_user_watches): "
+                                "new cgroups below %s are found by the periodic rescan", rel)
+                self.watches_exhausted = True
+                return True
             raise
         self._paths[wd] = rel
         self._wds[rel] = wd
