@@ -1,17 +1,27 @@
 """cAdvisor's metric names and labels for the metrics we share, so existing dashboards work.
 
 Labels as the kubelet's /metrics/cadvisor: id (cgroup path), name, image, container, pod,
-namespace. Values follow cAdvisor's conventions (e.g. spec limits 0 when unlimited; CFS
-metrics only where a quota is set; PSI `waiting` = some, `stalled` = full).
+namespace. Values follow cAdvisor's conventions (spec limits 0 when unlimited; CFS metrics only
+where a quota is set; PSI `waiting` = some, `stalled` = full). Declared as a spec table, so the
+scrape path renders it like the agent's own metrics.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client.metrics_core import Metric
 
-from agent.metrics import Families, label_value
+from agent.metrics import (
+    RenderedFamily,
+    Spec,
+    Values,
+    families_from_specs,
+    label_value,
+    render_specs,
+)
 from agent.model import Snapshot, WorkloadKind, WorkloadState
-from collectors.samples import UNLIMITED
+from collectors.samples import UNLIMITED, CgroupSample, CpuSample, MemorySample
 
 LABELS = ["id", "name", "image", "container", "pod", "namespace"]
 
@@ -25,109 +35,147 @@ def cadvisor_labels(w: WorkloadState) -> list[str]:
     ]
 
 
-def _one(f: Families, w: WorkloadState, wall_s: float) -> None:
-    lv = cadvisor_labels(w)
-    s = w.sample
-    f.gauge("container_last_seen", "Last time the container was seen", LABELS).add_metric(
-        lv, wall_s)
-    c = s.cpu
-    if c is not None:
-        if c.usage_usec is not None:
-            f.counter("container_cpu_usage_seconds_total", "Cumulative cpu time consumed",
-                      [*LABELS, "cpu"]).add_metric([*lv, "total"], c.usage_usec / 1e6)
-        if c.user_usec is not None:
-            f.counter("container_cpu_user_seconds_total", "Cumulative user cpu time",
-                      LABELS).add_metric(lv, c.user_usec / 1e6)
-        if c.system_usec is not None:
-            f.counter("container_cpu_system_seconds_total", "Cumulative system cpu time",
-                      LABELS).add_metric(lv, c.system_usec / 1e6)
-        has_quota = c.max_quota_usec is not None and c.max_quota_usec != UNLIMITED
-        if has_quota:
-            if c.nr_periods is not None:
-                f.counter("container_cpu_cfs_periods_total", "Elapsed enforcement periods",
-                          LABELS).add_metric(lv, c.nr_periods)
-            if c.nr_throttled is not None:
-                f.counter("container_cpu_cfs_throttled_periods_total", "Throttled periods",
-                          LABELS).add_metric(lv, c.nr_throttled)
-            if c.throttled_usec is not None:
-                f.counter("container_cpu_cfs_throttled_seconds_total", "Total time throttled",
-                          LABELS).add_metric(lv, c.throttled_usec / 1e6)
-        if c.max_period_usec is not None:
-            f.gauge("container_spec_cpu_period", "CPU period", LABELS).add_metric(
-                lv, c.max_period_usec)
-        if has_quota:
-            f.gauge("container_spec_cpu_quota", "CPU quota", LABELS).add_metric(
-                lv, c.max_quota_usec or 0)
-        if c.weight is not None:
-            # cAdvisor converts weight back to shares: 2 + ((weight - 1) * 262142) / 9999.
-            f.gauge("container_spec_cpu_shares", "CPU share", LABELS).add_metric(
-                lv, 2 + ((c.weight - 1) * 262142) // 9999)
-    m = s.memory
-    if m is not None:
-        for name, value in (
-            ("container_memory_usage_bytes", m.current),
-            ("container_memory_working_set_bytes", m.working_set),
-            ("container_memory_max_usage_bytes", m.peak),
-            ("container_memory_rss", m.stat.get("anon")),
-            ("container_memory_cache", m.stat.get("file")),
-            ("container_memory_mapped_file", m.stat.get("file_mapped")),
-            ("container_memory_swap", m.swap_current),
-            ("container_memory_total_active_file_bytes", m.stat.get("active_file")),
-            ("container_memory_total_inactive_file_bytes", m.stat.get("inactive_file")),
-        ):
-            if value is not None:
-                f.gauge(name, name[10:].replace("_", " "), LABELS).add_metric(lv, value)
-        if m.failcnt is not None:
-            f.counter("container_memory_failcnt", "Memory limit hits", LABELS).add_metric(
-                lv, m.failcnt)
-        fail = f.counter("container_memory_failures_total", "Memory page faults",
-                         [*LABELS, "failure_type", "scope"])
-        for key in ("pgfault", "pgmajfault"):
-            v = m.stat.get(key)
-            if v is not None:
-                fail.add_metric([*lv, key, "container"], v)
-        if "oom_kill" in m.events:
-            f.counter("container_oom_events_total", "Count of OOM kills", LABELS).add_metric(
-                lv, m.events["oom_kill"])
-        limit = 0 if m.max in (None, UNLIMITED) else m.max
-        f.gauge("container_spec_memory_limit_bytes", "Memory limit", LABELS).add_metric(
-            lv, limit or 0)
-        swap_limit = 0 if m.swap_max in (None, UNLIMITED) else m.swap_max
-        f.gauge("container_spec_memory_swap_limit_bytes", "Swap limit", LABELS).add_metric(
-            lv, swap_limit or 0)
-    if s.io is not None:
-        for d in s.io:
-            dl = [*lv, label_value(d.device)]
-            for name, value in (
-                ("container_fs_reads_bytes_total", d.rbytes),
-                ("container_fs_writes_bytes_total", d.wbytes),
-                ("container_fs_reads_total", d.rios),
-                ("container_fs_writes_total", d.wios),
-            ):
-                if value is not None:
-                    f.counter(name, "Block IO per device", [*LABELS, "device"]).add_metric(
-                        dl, value)
-    if s.pids is not None:
-        if s.pids.current is not None:
-            f.gauge("container_threads", "Number of threads", LABELS).add_metric(
-                lv, s.pids.current)
-        if s.pids.max is not None and s.pids.max != UNLIMITED:
-            f.gauge("container_threads_max", "Maximum threads", LABELS).add_metric(
-                lv, s.pids.max)
-    if s.pressure is not None:
-        for resource in ("cpu", "memory", "io"):
-            p = getattr(s.pressure, resource)
-            if p is None:
-                continue
-            for kind, line in (("waiting", p.some), ("stalled", p.full)):
-                if line is not None:
-                    f.counter(f"container_pressure_{resource}_{kind}_seconds_total",
-                              f"PSI {resource} {kind}", LABELS).add_metric(lv, line.total / 1e6)
+def _has_quota(c: CpuSample) -> bool:
+    return c.max_quota_usec is not None and c.max_quota_usec != UNLIMITED
+
+
+def _value(get: Callable[[CgroupSample], float | None]) -> Callable[[WorkloadState], Values]:
+    def values(w: WorkloadState) -> Values:
+        v = get(w.sample)
+        return () if v is None else (((), v),)
+    return values
+
+
+def _cpu(get: Callable[[CpuSample], float | None], quota_only: bool = False) -> Callable[
+    [WorkloadState], Values
+]:
+    def one(s: CgroupSample) -> float | None:
+        c = s.cpu
+        if c is None or (quota_only and not _has_quota(c)):
+            return None
+        return get(c)
+    return _value(one)
+
+
+def _mem(get: Callable[[MemorySample], float | None]) -> Callable[[WorkloadState], Values]:
+    return _value(lambda s: get(s.memory) if s.memory is not None else None)
+
+
+def _usec(v: int | None) -> float | None:
+    return None if v is None else v / 1e6
+
+
+def _shares(c: CpuSample) -> float | None:
+    # cAdvisor converts weight back to shares: 2 + ((weight - 1) * 262142) / 9999.
+    return None if c.weight is None else 2 + ((c.weight - 1) * 262142) // 9999
+
+
+def _limit(v: int | None) -> int:
+    return 0 if v in (None, UNLIMITED) else int(v or 0)
+
+
+def _failures(w: WorkloadState) -> Values:
+    m = w.sample.memory
+    if m is None:
+        return ()
+    return [((key, "container"), m.stat[key]) for key in ("pgfault", "pgmajfault")
+            if key in m.stat]
+
+
+def _fs(field: str) -> Callable[[WorkloadState], Values]:
+    def values(w: WorkloadState) -> Values:
+        io = w.sample.io or ()
+        return [((label_value(d.device),), getattr(d, field)) for d in io
+                if getattr(d, field) is not None]
+    return values
+
+
+def _psi(resource: str, level: str) -> Callable[[WorkloadState], Values]:
+    def get(s: CgroupSample) -> float | None:
+        p = getattr(s.pressure, resource, None) if s.pressure is not None else None
+        line = getattr(p, level, None) if p is not None else None
+        return None if line is None else line.total / 1e6
+    return _value(get)
+
+
+def _cpu_total(w: WorkloadState) -> Values:
+    c = w.sample.cpu
+    if c is None or c.usage_usec is None:
+        return ()
+    return ((("total",), c.usage_usec / 1e6),)
+
+
+def _threads_max(s: CgroupSample) -> float | None:
+    if s.pids is None or s.pids.max in (None, UNLIMITED):
+        return None
+    return s.pids.max
+
+
+CADVISOR_SPECS: tuple[Spec, ...] = (
+    Spec("container_last_seen", "gauge", "Last time the container was seen",
+         _value(lambda s: s.wall_ns / 1e9)),
+    Spec("container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed",
+         _cpu_total, ("cpu",)),
+    Spec("container_cpu_user_seconds_total", "counter", "Cumulative user cpu time",
+         _cpu(lambda c: _usec(c.user_usec))),
+    Spec("container_cpu_system_seconds_total", "counter", "Cumulative system cpu time",
+         _cpu(lambda c: _usec(c.system_usec))),
+    Spec("container_cpu_cfs_periods_total", "counter", "Elapsed enforcement periods",
+         _cpu(lambda c: c.nr_periods, quota_only=True)),
+    Spec("container_cpu_cfs_throttled_periods_total", "counter", "Throttled periods",
+         _cpu(lambda c: c.nr_throttled, quota_only=True)),
+    Spec("container_cpu_cfs_throttled_seconds_total", "counter", "Total time throttled",
+         _cpu(lambda c: _usec(c.throttled_usec), quota_only=True)),
+    Spec("container_spec_cpu_period", "gauge", "CPU period", _cpu(lambda c: c.max_period_usec)),
+    Spec("container_spec_cpu_quota", "gauge", "CPU quota",
+         _cpu(lambda c: c.max_quota_usec, quota_only=True)),
+    Spec("container_spec_cpu_shares", "gauge", "CPU share", _cpu(_shares)),
+    Spec("container_memory_usage_bytes", "gauge", "Current memory usage",
+         _mem(lambda m: m.current)),
+    Spec("container_memory_working_set_bytes", "gauge", "Current working set",
+         _mem(lambda m: m.working_set)),
+    Spec("container_memory_max_usage_bytes", "gauge", "Maximum memory usage recorded",
+         _mem(lambda m: m.peak)),
+    Spec("container_memory_rss", "gauge", "Size of RSS", _mem(lambda m: m.stat.get("anon"))),
+    Spec("container_memory_cache", "gauge", "Page cache", _mem(lambda m: m.stat.get("file"))),
+    Spec("container_memory_mapped_file", "gauge", "Size of memory mapped files",
+         _mem(lambda m: m.stat.get("file_mapped"))),
+    Spec("container_memory_swap", "gauge", "Container swap usage",
+         _mem(lambda m: m.swap_current)),
+    Spec("container_memory_total_active_file_bytes", "gauge", "Active file cache",
+         _mem(lambda m: m.stat.get("active_file"))),
+    Spec("container_memory_total_inactive_file_bytes", "gauge", "Inactive file cache",
+         _mem(lambda m: m.stat.get("inactive_file"))),
+    Spec("container_memory_failcnt", "counter", "Memory limit hits", _mem(lambda m: m.failcnt)),
+    Spec("container_memory_failures_total", "counter", "Memory page faults", _failures,
+         ("failure_type", "scope")),
+    Spec("container_oom_events_total", "counter", "Count of OOM kills",
+         _mem(lambda m: m.events.get("oom_kill"))),
+    Spec("container_spec_memory_limit_bytes", "gauge", "Memory limit",
+         _mem(lambda m: _limit(m.max))),
+    Spec("container_spec_memory_swap_limit_bytes", "gauge", "Swap limit",
+         _mem(lambda m: _limit(m.swap_max))),
+    Spec("container_fs_reads_bytes_total", "counter", "Bytes read", _fs("rbytes"), ("device",)),
+    Spec("container_fs_writes_bytes_total", "counter", "Bytes written", _fs("wbytes"),
+         ("device",)),
+    Spec("container_fs_reads_total", "counter", "Reads completed", _fs("rios"), ("device",)),
+    Spec("container_fs_writes_total", "counter", "Writes completed", _fs("wios"), ("device",)),
+    Spec("container_threads", "gauge", "Number of threads",
+         _value(lambda s: s.pids.current if s.pids is not None else None)),
+    Spec("container_threads_max", "gauge", "Maximum number of threads", _value(_threads_max)),
+    *(Spec(f"container_pressure_{res}_{kind}_seconds_total", "counter", f"PSI {res} {kind}",
+           _psi(res, level))
+      for res in ("cpu", "memory", "io")
+      for kind, level in (("waiting", "some"), ("stalled", "full"))),
+)
+
+
+def cadvisor_render(snapshot: Snapshot) -> list[RenderedFamily]:
+    """The cAdvisor families as exposition lines (the scrape path)."""
+    return render_specs(snapshot.workloads.values(), CADVISOR_SPECS, LABELS, cadvisor_labels)
 
 
 def cadvisor_families(snapshot: Snapshot) -> list[Metric]:
-    f = Families()
-    wall_s = snapshot.wall_ns / 1e9
-    for w in snapshot.workloads.values():
-        _one(f, w, wall_s)
-    return list(f)
+    """The cAdvisor families as Metric objects (remote write)."""
+    return families_from_specs(snapshot.workloads.values(), CADVISOR_SPECS, LABELS,
+                               cadvisor_labels)

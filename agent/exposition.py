@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
 
-from agent.cadvisor_compat import cadvisor_families
+from agent.cadvisor_compat import cadvisor_render
 from agent.component import Component
 from agent.metrics import RenderedFamily, agent_families, render_workload_families
 from agent.model import Snapshot
@@ -83,10 +83,10 @@ class MetricsRenderer:
         """Render `snapshot` (call from the collection thread, before publishing it)."""
         others = agent_families(snapshot)
         others.extend(self_families())
-        if self.cadvisor:
-            others.extend(cadvisor_families(snapshot))
         others.extend(self._component_families(snapshot, per_cycle=True))
         families = render_workload_families(snapshot)
+        if self.cadvisor:
+            families += cadvisor_render(snapshot)
         tails = {om: _render(others, om) for om in (False, True)}
         with self._lock:
             self._families = families

@@ -240,20 +240,34 @@ class Families:
         return iter(self._by_name.values())
 
 
-def snapshot_families(snapshot: Snapshot) -> list[Metric]:
-    """All workload and agent families for one snapshot, as Metric objects."""
+#: The label names of a spec table and how a workload fills them.
+LabelsOf = Callable[[WorkloadState], list[str]]
+
+
+def families_from_specs(
+    workloads: Iterable[WorkloadState], specs: Iterable[Spec], names: list[str],
+    labels_of: LabelsOf,
+) -> list[Metric]:
+    """Metric objects for a spec table (remote write and tests; scrapes use render_specs)."""
     fams = Families()
-    workloads = list(snapshot.workloads.values())
-    labels = [workload_labels(w) for w in workloads]
-    for spec in WORKLOAD_SPECS:
+    ws = list(workloads)
+    labels = [labels_of(w) for w in ws]
+    for spec in specs:
         make = fams.counter if spec.type == "counter" else fams.gauge
         fam: Metric | None = None
-        for w, lv in zip(workloads, labels, strict=True):
+        for w, lv in zip(ws, labels, strict=True):
             for extra, value in spec.values(w):
                 if fam is None:
-                    fam = make(spec.name, spec.help, [*LABELS, *spec.extra])
+                    fam = make(spec.name, spec.help, [*names, *spec.extra])
                 fam.add_metric([*lv, *extra], value)  # type: ignore[attr-defined]
-    return [*fams, *agent_families(snapshot)]
+    return list(fams)
+
+
+def snapshot_families(snapshot: Snapshot) -> list[Metric]:
+    """All workload and agent families for one snapshot, as Metric objects."""
+    workloads = snapshot.workloads.values()
+    return [*families_from_specs(workloads, WORKLOAD_SPECS, LABELS, workload_labels),
+            *agent_families(snapshot)]
 
 
 def _escape(value: str) -> str:
@@ -279,13 +293,21 @@ class RenderedFamily:
 
 def render_workload_families(snapshot: Snapshot) -> list[RenderedFamily]:
     """The workload metrics as exposition lines, straight from WORKLOAD_SPECS."""
-    workloads = list(snapshot.workloads.values())
+    return render_specs(snapshot.workloads.values(), WORKLOAD_SPECS, LABELS, workload_labels)
+
+
+def render_specs(
+    workloads: Iterable[WorkloadState], specs: Iterable[Spec], names: list[str],
+    labels_of: LabelsOf,
+) -> list[RenderedFamily]:
+    """A spec table as exposition lines: each workload's label text is built once."""
+    workloads = list(workloads)
     prefixes = [
-        ",".join(f'{k}="{_escape(v)}"' for k, v in zip(LABELS, workload_labels(w), strict=True))
+        ",".join(f'{k}="{_escape(v)}"' for k, v in zip(names, labels_of(w), strict=True))
         for w in workloads
     ]
     out: list[RenderedFamily] = []
-    for spec in WORKLOAD_SPECS:
+    for spec in specs:
         lines: list[str] = []
         for w, prefix in zip(workloads, prefixes, strict=True):
             for extra, value in spec.values(w):

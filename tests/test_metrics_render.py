@@ -115,3 +115,29 @@ def test_direct_rendering_equals_prometheus_client_rendering() -> None:
     via_client = samples(generate_latest(reg).decode())
     assert direct == via_client
     assert len(direct) >= 10 * len(HOSTILE)
+
+
+def test_cadvisor_direct_rendering_equals_prometheus_client_rendering() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.cadvisor_compat import cadvisor_families, cadvisor_render
+
+    snap = _snapshot(HOSTILE)
+
+    class Fams:
+        def collect(self):  # type: ignore[no-untyped-def]
+            return cadvisor_families(snap)
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(Fams())  # type: ignore[arg-type]
+    direct = b"".join(f.text_header + f.lines for f in cadvisor_render(snap)).decode()
+
+    def samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return {(s.name, tuple(sorted(s.labels.items())), s.value)
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    got = samples(direct)
+    assert got == samples(generate_latest(reg).decode())
+    names = {name for name, _, _ in got}
+    assert {"container_cpu_usage_seconds_total", "container_memory_working_set_bytes",
+            "container_spec_memory_limit_bytes", "container_last_seen"} <= names
