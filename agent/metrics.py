@@ -5,8 +5,8 @@ Every workload series carries id, name, runtime, kind, cgroup, pod and namespace
 
 Each metric is declared once in WORKLOAD_SPECS. Two consumers read that table:
 `snapshot_families()` builds prometheus_client Metric objects (remote write, tests), and
-`render_workloads()` writes the exposition text directly — with 1,000 cgroups that is ~50,000
-series, which Metric objects make slow and memory-hungry to render on every cycle.
+`render_workload_families()` writes the exposition text directly: with 1,000 cgroups that is
+~50,000 series, which Metric objects make slow and memory-hungry to render on every cycle.
 The `cadvisor` option adds cAdvisor's names (cadvisor_compat.py).
 """
 
@@ -329,14 +329,6 @@ def render_specs(
             "".join(lines).encode(),
         ))
     return out
-
-
-def render_workloads(snapshot: Snapshot, openmetrics: bool) -> bytes:
-    """The workload metrics in one format (no `# EOF`)."""
-    return b"".join(
-        (f.om_header if openmetrics else f.text_header) + f.lines
-        for f in render_workload_families(snapshot)
-    )
 
 
 def agent_families(snapshot: Snapshot) -> list[Metric]:

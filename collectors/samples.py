@@ -54,9 +54,6 @@ class MemorySample:
     #: v1 only: memory.failcnt.
     failcnt: int | None = None
 
-    def stat_value(self, key: str) -> int | None:
-        return self.stat.get(key)
-
     @property
     def working_set(self) -> int | None:
         """current minus inactive_file, floored at 0 (cAdvisor's definition)."""

@@ -90,10 +90,10 @@ def test_rates_refuse_recreation_and_reset() -> None:
 
 
 def test_direct_rendering_equals_prometheus_client_rendering() -> None:
-    """render_workloads (the scrape path) and snapshot_families (remote write) agree."""
+    """render_workload_families (the scrape path) and snapshot_families (remote write) agree."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from agent.metrics import render_workloads, snapshot_families
+    from agent.metrics import render_workload_families, snapshot_families
 
     snap = _snapshot(HOSTILE)
 
@@ -111,7 +111,8 @@ def test_direct_rendering_equals_prometheus_client_rendering() -> None:
                                           "container_agent_workloads", "container_agent_cycle",
                                           "container_agent_snapshot"))}
 
-    direct = samples(render_workloads(snap, False).decode())
+    rendered = render_workload_families(snap)
+    direct = samples(b"".join(f.text_header + f.lines for f in rendered).decode())
     via_client = samples(generate_latest(reg).decode())
     assert direct == via_client
     assert len(direct) >= 10 * len(HOSTILE)
