@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from agent.store import Store
+    from collectors.cgroupfs import CgroupReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,9 @@ class AgentContext:
     #: Called (in whatever thread read it) with the final sample of a cgroup that emptied
     #: (`populated 0`), read before the runtime removes it. The ledger listens here.
     final_sample_listeners: list[FinalSampleListener] = field(default_factory=list)
+    #: The daemon's cgroup reader (thread-safe), so components share its kept directory fds
+    #: instead of opening a second set; None where a test builds the context without one.
+    reader: CgroupReader | None = None
     #: The components running in this agent, by name (filled by the daemon before start()).
     components: dict[str, Component] = field(default_factory=dict)
 

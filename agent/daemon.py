@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
-import resource
 import signal
 import sys
 import time
@@ -30,6 +27,7 @@ from agent.exit_codes import ExitCode
 from agent.exposition import MetricsRenderer
 from agent.hostinfo import read_host_info
 from agent.model import HostInfo, Snapshot, WorkloadIdentity
+from agent.process_limits import limit_malloc_arenas, raise_nofile_limit, trim_malloc
 from agent.registry import builtin_components
 from agent.store import Store
 from agent.tree_watch import CgroupTreeWatch
@@ -40,9 +38,6 @@ log = logging.getLogger("agent")
 
 #: Seconds each component gets to stop at shutdown.
 STOP_TIMEOUT_S = 5
-#: mallopt() parameter number of M_ARENA_MAX (glibc malloc.h).
-M_ARENA_MAX = -8
-M_MMAP_THRESHOLD = -3
 
 
 def _net_totals(snapshot: Snapshot) -> dict[str, tuple[int, int]] | None:
@@ -81,6 +76,7 @@ class Agent:
             store=self.store,
             latest=lambda: self.snapshot,
             request_cycle=self._wake.set,
+            reader=self.reader,
         )
         self.ctx.components.update({c.name: c for c in components})
         self.notifier = _notifier()
@@ -307,32 +303,6 @@ def _notifier() -> Any:
     return Notifier()
 
 
-def _limit_malloc_arenas() -> None:
-    """glibc gives each thread its own malloc arena and keeps freed memory in it; with a
-    collection thread that builds ~10 MB of text per cycle that doubles RSS. Two arenas and
-    a trim after each cycle keep the resident size close to what is live."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_ARENA_MAX, 2)
-        # A fixed mmap threshold: each scrape's multi-megabyte body is mmapped and handed back
-        # when freed, instead of glibc raising the threshold and keeping it in the heap.
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-
-
-def trim_malloc() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-
-
-def _raise_fd_limit() -> None:
-    """The reader keeps cgroup directory fds open, bounded by half the soft limit: use the
-    hard limit, so a host with thousands of cgroups keeps them all."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def build_arg_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="agentd", description="container-agent daemon")
     p.add_argument("--config", type=Path, default=None,
@@ -368,8 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentd: configuration OK ({path or 'embedded defaults'})")
         return 0
     logging.getLogger().setLevel(config["log_level"].upper())
-    _raise_fd_limit()
-    _limit_malloc_arenas()
+    raise_nofile_limit()
+    limit_malloc_arenas()
     try:
         agent = Agent(config, layout, components)
     except OSError as e:

@@ -162,7 +162,7 @@ class EventsComponent(Component):
         self.loop = asyncio.get_running_loop()
         self.log = EventLog(ctx.store)
         self._api.heartbeat_s = float(cfg.get("heartbeat_s", 15))
-        self.reader = FinalReader(ctx.layout)
+        self.reader = FinalReader(ctx.layout, ctx.reader)
         self._prune()
         self.sinks = build_sinks({**{k: s.default for k, s in SETTINGS.items()}, **cfg})
         for sink in self.sinks:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
-import resource
 from pathlib import Path
 
 log = logging.getLogger("agent.events.watcher")
@@ -39,14 +37,6 @@ def read_text(path: Path) -> str | None:
         if e.errno in GONE:
             return None
         raise
-
-
-def raise_nofile_limit() -> None:
-    """Each watched cgroup holds a few fds (PSI triggers, eventfds): use the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def member_v1_dir(root: Path, ref_dir: Path, ctrl: str) -> Path | None:

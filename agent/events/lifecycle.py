@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING
 
-from agent.model import WorkloadIdentity, WorkloadKind
+from agent.classify import classify
+from agent.model import WorkloadIdentity
+from collectors.cgroupfs import CgroupReader
 from collectors.layout import CgroupLayout
 from collectors.samples import CgroupSample
 
@@ -18,17 +19,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.events")
 
 
-class _Reader(Protocol):
-    def read(self, path: str, member_pid: int | None = None) -> CgroupSample: ...
-
-
 class FinalReader:
-    """Reads a cgroup that just emptied, through collectors.cgroupfs (helper 1's reader)."""
+    """Reads a cgroup that just emptied: the daemon's reader when given, else its own."""
 
-    def __init__(self, layout: CgroupLayout) -> None:
+    def __init__(self, layout: CgroupLayout, reader: CgroupReader | None = None) -> None:
         self.layout = layout
-        mod = importlib.import_module("collectors.cgroupfs")
-        self._reader = cast(_Reader, mod.CgroupReader(layout))
+        self._reader = reader if reader is not None else CgroupReader(layout)
 
     def read(self, cg: WatchedCgroup) -> CgroupSample:
         return self._reader.read(cg.path, member_pid=None)
@@ -37,10 +33,6 @@ class FinalReader:
 def identify(path: str, inode: int) -> WorkloadIdentity:
     """The identity of a cgroup seen before discovery named it (path rules only)."""
     name = path.rsplit("/", 1)[-1] or "/"
-    try:
-        from agent.classify import classify
-    except ImportError:  # discovery not in this tree: a plain cgroup
-        return WorkloadIdentity(path, WorkloadKind.CGROUP, "", name, path, inode)
     c = classify(path)
     return WorkloadIdentity(
         id=c.id or path, kind=c.kind, runtime=c.runtime, name=c.name or name, cgroup=path,

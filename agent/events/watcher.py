@@ -30,7 +30,6 @@ from agent.events.kernfs import (
     member_v1_dir,
     oom_eventfd,
     parse_flat,
-    raise_nofile_limit,
     read_text,
 )
 from agent.events.psi import PsiWaiter
@@ -46,6 +45,7 @@ from agent.inotify import (
     Inotify,
 )
 from agent.model import WorkloadIdentity
+from agent.process_limits import raise_nofile_limit
 from collectors.layout import CgroupLayout
 
 log = logging.getLogger("agent.events.watcher")
