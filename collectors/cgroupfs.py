@@ -143,6 +143,18 @@ class CgroupReader:
             finally:
                 ref.close()
 
+    def release(self, path: str) -> None:
+        """Close every fd kept for the cgroup at `path` (all hierarchies) and forget its v1
+        paths: call it when the cgroup is removed, so no fd pins a dying cgroup."""
+        ref_path = self._ref_root if path == "/" else self._ref_root + path
+        with self._lock:
+            self._forget(path, ref_path)
+
+    @property
+    def kept_fds(self) -> int:
+        """Directory fds kept open between reads."""
+        return len(self._dirs)
+
     def close(self) -> None:
         """Close the directory fds kept between reads (reading again reopens them)."""
         with self._lock:

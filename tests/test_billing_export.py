@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from agent.agentctl import main as agentctl
+from agent.cli.agentctl import main as agentctl
 from agent.ledger.export import (
     GROUP_COLUMNS,
     ROW_COLUMNS,
@@ -24,7 +24,7 @@ from agent.ledger.export import (
 )
 from agent.ledger.ledger import Ledger
 from agent.ledger.periods import NS
-from agent.model import WorkloadKind
+from agent.model.snapshot import WorkloadKind
 from tests.test_ledger_support import ident, open_ledger, snapshot, synth
 
 T0 = 1_800_000_000

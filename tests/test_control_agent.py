@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.client import AgentClient
+from agent.cli.client import AgentClient
 from agent.control import criu
 from agent.control.freeze_v1 import freeze as v1_freeze
 from agent.control.freeze_v1 import thaw as v1_thaw

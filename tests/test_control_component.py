@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.client import AgentClient, CliError
-from agent.component import AgentContext
-from agent.config import ConfigError, load_config
+from agent.cli.client import AgentClient, CliError
 from agent.control.component import ControlComponent
-from agent.model import WorkloadIdentity
-from agent.store import Store
+from agent.core.component import AgentContext
+from agent.core.config import ConfigError, load_config
+from agent.core.store import Store
+from agent.model.snapshot import WorkloadIdentity
 from collectors.layout import detect_layout
 from tests.conftest import IS_ROOT
 from tests.support import counter

@@ -18,7 +18,7 @@ from agent.control.checkpoints import CheckpointStore
 from agent.control.errors import ControlError
 from agent.control.operations import Policy
 from agent.control.targets import resolve_target
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 from collectors.layout import detect_layout
 from tests.conftest import IS_ROOT
 from tests.support import counter

@@ -15,7 +15,7 @@ from agent.control.errors import ControlError
 from agent.control.operations import Policy
 from agent.control.targets import resolve_target
 from agent.control.tasks import TaskInfo, tasks_of
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 from collectors.layout import LayoutKind, detect_layout
 from tests.support import counter
 from tests.support.cgroups import CgroupFactory, TestCgroup

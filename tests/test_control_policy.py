@@ -12,8 +12,8 @@ from agent.control import operations
 from agent.control.errors import ControlError
 from agent.control.operations import Policy
 from agent.control.targets import normalize_rel, resolve_target
-from agent.exit_codes import ExitCode
-from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
+from agent.core.exit_codes import ExitCode
+from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from collectors.layout import detect_layout
 from tests.support import counter
 from tests.support.cgroups import CgroupFactory

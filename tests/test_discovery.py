@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.classify import classify, systemd_unescape
-from agent.discovery import Discovery
-from agent.model import WorkloadKind
+from agent.identity.classify import classify, systemd_unescape
+from agent.identity.discovery import Discovery
+from agent.model.snapshot import WorkloadKind
 from collectors import cgroup_tree
 from collectors.cgroup_tree import read_procs, walk
 from collectors.layout import CgroupLayout, LayoutKind

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery import Discovery
-from agent.model import WorkloadIdentity, WorkloadKind
+from agent.identity.discovery import Discovery
+from agent.model.snapshot import WorkloadIdentity, WorkloadKind
 from collectors.layout import CgroupLayout, LayoutKind
 from collectors.procfs import host_namespaces, read_process
 from tests.support.cgroups import CgroupFactory

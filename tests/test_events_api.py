@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from agent.model import WorkloadIdentity, WorkloadKind
+from agent.model.snapshot import WorkloadIdentity, WorkloadKind
 from tests.test_events_harness import Harness, started
 
 WHO = WorkloadIdentity("c0ffee" * 10 + "abcd", WorkloadKind.CONTAINER, "runc", "web-1",

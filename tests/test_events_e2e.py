@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from agent.core.store import Store
 from agent.events.store import EventLog
-from agent.store import Store
 from tests.support.agentd import BIN, RunningAgent, running_agent
 from tests.support.cgroups import CgroupFactory
 
@@ -148,7 +148,13 @@ def test_limited_subtrees() -> None:
     from types import MappingProxyType
 
     from agent.events.component import limited_subtrees
-    from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
+    from agent.model.snapshot import (
+        HostInfo,
+        Snapshot,
+        WorkloadIdentity,
+        WorkloadKind,
+        WorkloadState,
+    )
     from collectors.samples import UNLIMITED, CgroupSample, MemorySample, PidsSample
 
     def state(path: str, pids_max: int | None, mem_max: int | None) -> WorkloadState:

@@ -11,11 +11,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from agent.component import AgentContext
+from agent.core.component import AgentContext
+from agent.core.store import Store
 from agent.events.component import SETTINGS, EventsComponent
 from agent.events.model import Event
-from agent.model import WorkloadIdentity
-from agent.store import Store
+from agent.model.snapshot import WorkloadIdentity
 from collectors.layout import detect_layout
 from collectors.samples import CgroupSample
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.model import WorkloadIdentity, WorkloadKind
+from agent.model.snapshot import WorkloadIdentity, WorkloadKind
 from tests.test_events_harness import started
 
 WHO = WorkloadIdentity("abc123" * 10 + "abcd", WorkloadKind.CONTAINER, "runc", "db-1",

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from types import MappingProxyType
 
-from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
+from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
 from tests.support.cgroups import CgroupFactory

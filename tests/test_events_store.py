@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.core.store import Store
 from agent.events.model import EventContainer
 from agent.events.store import EventLog
-from agent.store import Store
 
 C = EventContainer("id-" + "9" * 20, "svc", "docker", "/docker/abc", 12, "container")
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from agent.component import AgentContext
+from agent.core.component import AgentContext
+from agent.core.store import Store
 from agent.ledger.ledger import Ledger
 from agent.ledger.storage import LedgerStorage
-from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
-from agent.store import Store
+from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from collectors.cgroupfs import CgroupReader
 from collectors.layout import detect_layout
 from collectors.samples import CgroupSample, CpuSample, IoDeviceSample, MemorySample, PidsSample

@@ -10,9 +10,9 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.exposition import MetricsRenderer
-from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
-from agent.rates import compute_rates
+from agent.exporters.exposition import MetricsRenderer
+from agent.model.rates import compute_rates
+from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from collectors.samples import UNLIMITED, CgroupSample, CpuSample, MemorySample
 
 HOST = HostInfo("h", "boot", "mid", "6.18", "hybrid", 2, 1 << 30, "0.1.0")
@@ -93,7 +93,7 @@ def test_direct_rendering_equals_prometheus_client_rendering() -> None:
     """render_workload_families (the scrape path) and snapshot_families (remote write) agree."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from agent.metrics import render_workload_families, snapshot_families
+    from agent.exporters.metrics import render_workload_families, snapshot_families
 
     snap = _snapshot(HOSTILE)
 
@@ -121,7 +121,7 @@ def test_direct_rendering_equals_prometheus_client_rendering() -> None:
 def test_cadvisor_direct_rendering_equals_prometheus_client_rendering() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from agent.cadvisor_compat import cadvisor_families, cadvisor_render
+    from agent.exporters.cadvisor import cadvisor_families, cadvisor_render
 
     snap = _snapshot(HOSTILE)
 

@@ -15,10 +15,10 @@ import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
-from agent.component import AgentContext
-from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
-from agent.network import NetworkComponent, NetworkSnapshot, workload_network
-from agent.store import Store
+from agent.core.component import AgentContext
+from agent.core.store import Store
+from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
+from agent.network.component import NetworkComponent, NetworkSnapshot, workload_network
 from collectors.layout import detect_layout
 from collectors.netns import pid_netns
 from collectors.samples import CgroupSample
@@ -367,7 +367,7 @@ def test_disabled_component_collects_nothing(ctx: AgentContext) -> None:
     ("[network]\nenabled = 1", "network.enabled: expected true or false, got int"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path: Path, text: str, error: str) -> None:
-    from agent.config import ConfigError, load_config
+    from agent.core.config import ConfigError, load_config
 
     cfg = tmp_path / "agent.toml"
     cfg.write_text(text)
@@ -419,8 +419,8 @@ def test_agentd_end_to_end_metrics_api_and_agentctl_show(
 def test_host_side_peer_is_described_with_its_bridge() -> None:
     # A veth whose peer is in the host's namespace cannot be made here (tests never touch the
     # host's network), so this checks the wording from a hand-built PeerRef.
-    from agent.network import PeerRef
-    from agent.network_export import peer_text
+    from agent.network.component import PeerRef
+    from agent.network.metrics import peer_text
 
     names = {4026532999: ("ca-test-x",)}
     assert peer_text(PeerRef(4026531833, 57, "veth1a2b", "docker0", True), names) == (

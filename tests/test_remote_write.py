@@ -17,22 +17,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from agent.component import AgentContext, Component
-from agent.model import (
+from agent.core.component import AgentContext, Component
+from agent.core.store import Store
+from agent.exporters.remote_write import HEADERS, Batch, RemoteWriteComponent, families_to_batches
+from agent.exporters.remote_write_codec import (
+    encode_timeseries,
+    snappy_compress,
+    snappy_decompress,
+    varint,
+)
+from agent.model.snapshot import (
     HostInfo,
     Snapshot,
     WorkloadIdentity,
     WorkloadKind,
     WorkloadState,
 )
-from agent.remote_write import HEADERS, Batch, RemoteWriteComponent, families_to_batches
-from agent.remote_write_codec import (
-    encode_timeseries,
-    snappy_compress,
-    snappy_decompress,
-    varint,
-)
-from agent.store import Store
 from collectors.layout import detect_layout
 from collectors.samples import CgroupSample, CpuSample, MemorySample
 from tests.support.prometheus import running_prometheus

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.sdnotify import Notifier
+from agent.core.sdnotify import Notifier
 
 
 @pytest.fixture
@@ -93,7 +93,8 @@ def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
 def test_module_notify_reads_process_environment(listener: tuple[socket.socket, str]) -> None:
     """A child process with NOTIFY_SOCKET set, as systemd starts the agent."""
     sock, path = listener
-    code = "from agent.sdnotify import notify; import sys; sys.exit(0 if notify(READY=1) else 3)"
+    code = ("from agent.core.sdnotify import notify; import sys; "
+            "sys.exit(0 if notify(READY=1) else 3)")
     env = dict(os.environ, NOTIFY_SOCKET=path)
     proc = subprocess.run([sys.executable, "-c", code], env=env, timeout=30)
     assert proc.returncode == 0

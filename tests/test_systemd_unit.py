@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.registry import builtin_components
+from agent.core.config import load_config
+from agent.core.registry import builtin_components
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "systemd" / "container-agent.service"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.tree_watch import CgroupTreeWatch
+from agent.kernel.tree_watch import CgroupTreeWatch
 
 
 def _drain(w: CgroupTreeWatch, want: int = 1, timeout: float = 2.0) -> tuple[list[str], list[str]]:

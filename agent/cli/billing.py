@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.client import AgentClient, CliError
-from agent.exit_codes import ExitCode
+from agent.cli.client import AgentClient, CliError
+from agent.core.exit_codes import ExitCode
 from agent.ledger.export import ExportError, check_group_by, parse_time
 
 

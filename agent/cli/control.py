@@ -14,8 +14,8 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from agent.client import AgentClient, CliError
-from agent.exit_codes import ExitCode
+from agent.cli.client import AgentClient, CliError
+from agent.core.exit_codes import ExitCode
 
 #: CRIU may run long without a progress line; the socket read must outlast it.
 LONG_OP_S = 330.0

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.client import AgentClient, CliError
-from agent.exit_codes import ExitCode
+from agent.cli.client import AgentClient, CliError
+from agent.core.exit_codes import ExitCode
 
 #: Seconds between reconnection attempts of --follow after the agent went away.
 RECONNECT_S = 1.0

@@ -10,8 +10,8 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from agent.client import AgentClient, CliError
-from agent.exit_codes import ExitCode
+from agent.cli.client import AgentClient, CliError
+from agent.core.exit_codes import ExitCode
 
 COLUMNS = (
     ("ID", 14), ("NAME", 28), ("RUNTIME", 10), ("CPU", 6), ("MEM", 8), ("IO R/s", 8),

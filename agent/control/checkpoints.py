@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.control.errors import ControlError
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 
 _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,99}$")
 

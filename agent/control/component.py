@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.component import AgentContext, Component, Setting
+from agent.api.errors import json_error
 from agent.control import criu, operations
 from agent.control.checkpoints import CheckpointStore
 from agent.control.errors import ControlError
@@ -32,9 +32,9 @@ from agent.control.freeze_v2 import Progress
 from agent.control.operations import FREEZERS, Policy
 from agent.control.protect import DEFAULT_PROTECTED, check_patterns
 from agent.control.targets import Target, resolve_target
-from agent.exit_codes import ExitCode
-from agent.http_errors import json_error
-from agent.model import WorkloadIdentity
+from agent.core.component import AgentContext, Component, Setting
+from agent.core.exit_codes import ExitCode
+from agent.model.snapshot import WorkloadIdentity
 
 log = logging.getLogger(__name__)
 

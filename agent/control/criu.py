@@ -38,7 +38,7 @@ from agent.control.targets import (
     target_from_dirs,
     v1_rel,
 )
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 from collectors.layout import CgroupLayout
 
 DEFAULT_PRIVATE_CRIU = Path("/opt/container-agent/criu/criu")

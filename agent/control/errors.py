@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 
 
 class ControlError(Exception):

@@ -14,7 +14,7 @@ from agent.control.errors import ControlError
 from agent.control.freeze_v2 import DEFAULT_TIMEOUT_S, FreezeResult, Progress, no_progress
 from agent.control.targets import subtree_pids, write_knob
 from agent.control.tasks import freeze_timeout, tasks_of, unfrozen
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 
 _POLL_S = 0.01
 _REWRITE_S = 0.1

@@ -20,7 +20,7 @@ from pathlib import Path
 from agent.control.errors import ControlError
 from agent.control.targets import subtree_pids, write_knob
 from agent.control.tasks import TaskInfo, freeze_timeout, tasks_of, unfrozen
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 
 Progress = Callable[[str], None]
 DEFAULT_TIMEOUT_S = 10.0

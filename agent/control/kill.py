@@ -19,7 +19,7 @@ from agent.control import freeze_v2
 from agent.control.errors import ControlError
 from agent.control.freeze_v2 import DEFAULT_TIMEOUT_S, Progress, no_progress
 from agent.control.targets import Target, read_pids, subtree_pids
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from agent.control.errors import ControlError
 from agent.control.freeze_v2 import DEFAULT_TIMEOUT_S, FreezeResult, Progress, no_progress
 from agent.control.protect import DEFAULT_PROTECTED, check_allowed
 from agent.control.targets import Target, subtree_pids
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 from collectors.layout import CgroupLayout, LayoutKind
 
 FREEZERS = ("auto", "v1", "v2")

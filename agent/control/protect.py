@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agent.control.errors import ControlError
 from agent.control.targets import Target, subtree_pids
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 
 #: Unit-name patterns (fnmatch) protected by default. Containers' own scopes
 #: (docker-<id>.scope, libpod-<id>.scope, cri-containerd-<id>.scope) stay freezable.

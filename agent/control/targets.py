@@ -17,8 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from agent.control.errors import ControlError
-from agent.exit_codes import ExitCode
-from agent.model import Snapshot, WorkloadIdentity
+from agent.core.exit_codes import ExitCode
+from agent.model.snapshot import Snapshot, WorkloadIdentity
 from collectors.layout import CgroupLayout
 from collectors.procfs import parse_cgroup
 

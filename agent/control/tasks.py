@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agent.control.errors import ControlError
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 
 #: Where a task parked by each freezer shows as sleeping. cgroup2: the freezer trap in the
 #: signal path (S, wchan do_freezer_trap or get_signal where inlined). v1: tasks that ran into

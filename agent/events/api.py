@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from agent.api.errors import json_error
+from agent.core.exit_codes import ExitCode
 from agent.events.model import Event, EventType
 from agent.events.store import MAX_LIMIT, EventLog
-from agent.exit_codes import ExitCode
-from agent.http_errors import json_error
 
 _KNOWN_TYPES = frozenset(t.value for t in EventType)
 _PAGE = 500

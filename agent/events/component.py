@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from agent.component import AgentContext, Component, Setting
+from agent.core.component import AgentContext, Component, Setting
 from agent.events.api import EventsApi, Hub
 from agent.events.lifecycle import (
     FinalReader,
@@ -36,7 +36,7 @@ from agent.events.model import Event, EventContainer, EventType, severity_for
 from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
 from agent.events.watcher import CgroupWatcher, PsiTrigger, WatchedCgroup
-from agent.model import Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
+from agent.model.snapshot import Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from collectors.samples import UNLIMITED, CgroupSample
 
 if TYPE_CHECKING:

@@ -6,15 +6,15 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from agent.classify import classify
-from agent.model import WorkloadIdentity
+from agent.identity.classify import classify
+from agent.model.snapshot import WorkloadIdentity
 from collectors.cgroupfs import CgroupReader
 from collectors.layout import CgroupLayout
 from collectors.samples import CgroupSample
 
 if TYPE_CHECKING:
     from agent.events.watcher import WatchedCgroup
-    from agent.model import Snapshot
+    from agent.model.snapshot import Snapshot
 
 log = logging.getLogger("agent.events")
 

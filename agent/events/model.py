@@ -14,7 +14,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from agent.model import WorkloadIdentity
+from agent.model.snapshot import WorkloadIdentity
 
 
 class EventType(StrEnum):

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from agent.core.store import Store
 from agent.events.model import Event, EventContainer
-from agent.store import Store
 
 _DDL_V1 = (
     # AUTOINCREMENT: ids are never reused after retention deleted the newest-but-one rows.

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from agent.core.process_limits import raise_nofile_limit
 from agent.events.kernfs import (
     GONE,
     member_v1_dir,
@@ -33,7 +34,7 @@ from agent.events.kernfs import (
     read_text,
 )
 from agent.events.psi import PsiWaiter
-from agent.inotify import (
+from agent.kernel.inotify import (
     IN_CREATE,
     IN_DELETE,
     IN_IGNORED,
@@ -44,8 +45,7 @@ from agent.inotify import (
     IN_ONLYDIR,
     Inotify,
 )
-from agent.model import WorkloadIdentity
-from agent.process_limits import raise_nofile_limit
+from agent.model.snapshot import WorkloadIdentity
 from collectors.layout import CgroupLayout
 
 log = logging.getLogger("agent.events.watcher")

@@ -19,14 +19,14 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from agent.component import AgentContext, Component, Setting
-from agent.exit_codes import ExitCode
-from agent.http_errors import json_error
+from agent.api.errors import json_error
+from agent.core.component import AgentContext, Component, Setting
+from agent.core.exit_codes import ExitCode
 from agent.ledger.export import ExportError, MissingPyarrow, check_format, check_group_by, export
 from agent.ledger.export import parse_time as parse_export_time
 from agent.ledger.ledger import Ledger
 from agent.ledger.storage import LedgerStorage
-from agent.model import Snapshot, WorkloadIdentity
+from agent.model.snapshot import Snapshot, WorkloadIdentity
 from collectors.samples import CgroupSample
 
 log = logging.getLogger("agent.ledger")

@@ -41,7 +41,7 @@ from agent.ledger.meters import (
 )
 from agent.ledger.periods import NS, period_of, split
 from agent.ledger.storage import SELF, Batch, LedgerStorage, RowAcc, RowKey, dump_json
-from agent.model import Snapshot, WorkloadIdentity
+from agent.model.snapshot import Snapshot, WorkloadIdentity
 from collectors.samples import CgroupSample
 
 log = logging.getLogger("agent.ledger")

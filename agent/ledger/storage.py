@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.core.store import Store
 from agent.ledger.meters import CPU_USEC, METERS, Aggregation
-from agent.store import Store
 
 COMPONENT = "ledger"
 SELF = "self"

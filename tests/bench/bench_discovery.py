@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.classify import classify
-from agent.discovery import Discovery
+from agent.identity.classify import classify
+from agent.identity.discovery import Discovery
 from collectors.cgroup_tree import walk
 from collectors.procfs import read_processes
 from collectors.runtime_state import read_runtime_states

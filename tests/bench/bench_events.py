@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.model import WorkloadIdentity, WorkloadKind
+from agent.model.snapshot import WorkloadIdentity, WorkloadKind
 from tests.support.cgroups import CgroupFactory
 from tests.test_events_harness import Harness, started
 

@@ -28,16 +28,16 @@ from types import MappingProxyType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.component import AgentContext
-from agent.model import (
+from agent.core.component import AgentContext
+from agent.core.store import Store
+from agent.model.snapshot import (
     HostInfo,
     Snapshot,
     WorkloadIdentity,
     WorkloadKind,
     WorkloadState,
 )
-from agent.network import NetworkComponent, NetworkSnapshot
-from agent.store import Store
+from agent.network.component import NetworkComponent, NetworkSnapshot
 from collectors.layout import detect_layout
 from collectors.netns import NetnsCollector, find_namespaces
 from collectors.samples import CgroupSample

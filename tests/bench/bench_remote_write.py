@@ -14,16 +14,16 @@ from types import MappingProxyType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.metrics import snapshot_families
-from agent.model import (
+from agent.exporters.metrics import snapshot_families
+from agent.exporters.remote_write import families_to_batches
+from agent.exporters.remote_write_codec import snappy_decompress
+from agent.model.snapshot import (
     HostInfo,
     Snapshot,
     WorkloadIdentity,
     WorkloadKind,
     WorkloadState,
 )
-from agent.remote_write import families_to_batches
-from agent.remote_write_codec import snappy_decompress
 from collectors.samples import (
     CgroupSample,
     CpuSample,

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import Metric
 
-from agent.model import Snapshot, WorkloadIdentity
+from agent.model.snapshot import Snapshot, WorkloadIdentity
 from collectors.layout import CgroupLayout
 from collectors.samples import CgroupSample
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from agent.store import Store
+    from agent.core.store import Store
     from collectors.cgroupfs import CgroupReader
 
 

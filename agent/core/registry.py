@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from agent.component import Component
+from agent.core.component import Component
 
 BUILTIN = (
-    "agent.network:NetworkComponent",
+    "agent.network.component:NetworkComponent",
     "agent.events.component:EventsComponent",
     "agent.control.component:ControlComponent",
     "agent.ledger.component:LedgerComponent",
-    "agent.remote_write:RemoteWriteComponent",
+    "agent.exporters.remote_write:RemoteWriteComponent",
 )
 
 

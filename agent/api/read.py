@@ -12,12 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.component import Component
-from agent.exit_codes import ExitCode
-from agent.exposition import OPENMETRICS, TEXT, MetricsRenderer, wants_openmetrics
-from agent.http_errors import json_error
-from agent.metrics import label_value
-from agent.model import Snapshot, WorkloadKind, WorkloadState
+from agent.api.errors import json_error
+from agent.core.component import Component
+from agent.core.exit_codes import ExitCode
+from agent.exporters.exposition import OPENMETRICS, TEXT, MetricsRenderer, wants_openmetrics
+from agent.exporters.metrics import label_value
+from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
 
 SnapshotGetter = Callable[[], Snapshot | None]
 

@@ -6,7 +6,7 @@ such a pair gives None for that rate rather than a wrong number.
 
 from __future__ import annotations
 
-from agent.model import Rates
+from agent.model.snapshot import Rates
 from collectors.samples import CgroupSample
 
 

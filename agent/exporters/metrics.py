@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from agent.model import Snapshot, WorkloadState
+from agent.model.snapshot import Snapshot, WorkloadState
 from collectors.samples import UNLIMITED, CgroupSample
 
 P = "container_agent_"

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from agent.component import Component, Setting
+from agent.core.component import Component, Setting
 
 DEFAULT_CONFIG_PATH = Path("/etc/container-agent/agent.toml")
 #: Below Prometheus's exporter allocation range (9100-9999) and clear of its own 9090-9094.

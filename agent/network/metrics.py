@@ -23,9 +23,9 @@ from collections.abc import Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from agent.metrics import LABELS, label_value, workload_labels
-from agent.model import Snapshot, WorkloadKind
-from agent.network import IFF_UP, InterfaceView, NamespaceView, NetworkSnapshot, PeerRef
+from agent.exporters.metrics import LABELS, label_value, workload_labels
+from agent.model.snapshot import Snapshot, WorkloadKind
+from agent.network.component import IFF_UP, InterfaceView, NamespaceView, NetworkSnapshot, PeerRef
 
 P = "container_agent_network_"
 IFACE_LABELS = ["netns", "interface", "scope", "id", "name", "runtime"]
@@ -145,8 +145,8 @@ def _workload_families(net: NetworkSnapshot, snapshot: Snapshot) -> Iterator[Met
 
 
 def _cadvisor_families(net: NetworkSnapshot, snapshot: Snapshot) -> Iterator[Metric]:
-    from agent.cadvisor_compat import LABELS as CA_LABELS
-    from agent.cadvisor_compat import cadvisor_labels
+    from agent.exporters.cadvisor import LABELS as CA_LABELS
+    from agent.exporters.cadvisor import cadvisor_labels
 
     fams = {field: CounterMetricFamily(name, doc, labels=[*CA_LABELS, "interface"])
             for name, field, doc in CADVISOR}

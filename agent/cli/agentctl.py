@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.cli import VERB_MODULES
-from agent.cli_args import OneLineParser
-from agent.client import AgentClient, CliError
-from agent.exit_codes import ExitCode
+from agent.cli.args import OneLineParser
+from agent.cli.client import AgentClient, CliError
+from agent.core.exit_codes import ExitCode
 
 
 def default_socket() -> Path:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 
 
 class OneLineParser(argparse.ArgumentParser):

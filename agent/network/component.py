@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client.metrics_core import Metric
 
-from agent.component import AgentContext, Component, Setting
-from agent.model import Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
+from agent.core.component import AgentContext, Component, Setting
+from agent.model.snapshot import Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from collectors.netns import (
     NETNS_DIRS,
     PROC,
@@ -345,7 +345,7 @@ class NetworkComponent(Component):
         self._latest = snapshot
 
     def metric_families(self, snapshot: Snapshot) -> Iterable[Metric]:
-        from agent.network_export import metric_families
+        from agent.network.metrics import metric_families
 
         net = snapshot.extras.get("network")
         if not isinstance(net, NetworkSnapshot):
@@ -366,9 +366,9 @@ class NetworkComponent(Component):
     async def _api_network(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        from agent.exit_codes import ExitCode
-        from agent.http_errors import json_error
-        from agent.network_export import network_json
+        from agent.api.errors import json_error
+        from agent.core.exit_codes import ExitCode
+        from agent.network.metrics import network_json
 
         snap = self._ctx.latest() if self._ctx is not None else None
         snap = snap or self._latest
@@ -386,6 +386,6 @@ class NetworkComponent(Component):
 
 def workload_network(net: NetworkSnapshot, workload_id: str) -> dict[str, object]:
     """JSON-ready network facts of one workload, for /api/v1/containers/{id} and agentctl."""
-    from agent.network_export import workload_json
+    from agent.network.metrics import workload_json
 
     return workload_json(net, workload_id)

@@ -24,7 +24,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from agent.model import WorkloadKind
+from agent.model.snapshot import WorkloadKind
 
 _HEX64 = r"[0-9a-f]{64}"
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (

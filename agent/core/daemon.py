@@ -17,20 +17,20 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.api import ReadApi
-from agent.cli_args import OneLineParser
-from agent.collection import Collector
-from agent.component import AgentContext, Component
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
-from agent.discovery import Discovery
-from agent.exit_codes import ExitCode
-from agent.exposition import MetricsRenderer
-from agent.hostinfo import read_host_info
-from agent.model import HostInfo, Snapshot, WorkloadIdentity
-from agent.process_limits import limit_malloc_arenas, raise_nofile_limit, trim_malloc
-from agent.registry import builtin_components
-from agent.store import Store
-from agent.tree_watch import CgroupTreeWatch
+from agent.api.read import ReadApi
+from agent.cli.args import OneLineParser
+from agent.core.component import AgentContext, Component
+from agent.core.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from agent.core.exit_codes import ExitCode
+from agent.core.hostinfo import read_host_info
+from agent.core.process_limits import limit_malloc_arenas, raise_nofile_limit, trim_malloc
+from agent.core.registry import builtin_components
+from agent.core.store import Store
+from agent.exporters.exposition import MetricsRenderer
+from agent.identity.discovery import Discovery
+from agent.kernel.collection import Collector
+from agent.kernel.tree_watch import CgroupTreeWatch
+from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity
 from collectors.cgroupfs import CgroupReader
 from collectors.layout import CgroupLayout, LayoutError, detect_layout
 
@@ -297,7 +297,7 @@ class _NullNotifier:
 
 def _notifier() -> Any:
     try:
-        from agent.sdnotify import Notifier
+        from agent.core.sdnotify import Notifier
     except ImportError:
         return _NullNotifier()
     return Notifier()

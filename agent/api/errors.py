@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 
 _STATUS = {
     ExitCode.FAILED: 500,

@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
-from agent.classify import Classification, Role, classify
-from agent.model import WorkloadIdentity, WorkloadKind
+from agent.identity.classify import Classification, Role, classify
+from agent.model.snapshot import WorkloadIdentity, WorkloadKind
 from collectors.cgroup_tree import cgroup_dir, inode_of, read_procs, walk
 from collectors.layout import CgroupLayout
 from collectors.procfs import (

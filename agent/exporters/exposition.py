@@ -17,10 +17,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
 
-from agent.cadvisor_compat import cadvisor_render
-from agent.component import Component
-from agent.metrics import RenderedFamily, agent_families, render_workload_families
-from agent.model import Snapshot
+from agent.core.component import Component
+from agent.exporters.cadvisor import cadvisor_render
+from agent.exporters.metrics import RenderedFamily, agent_families, render_workload_families
+from agent.model.snapshot import Snapshot
 
 log = logging.getLogger("agent.metrics")
 

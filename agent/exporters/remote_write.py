@@ -23,9 +23,9 @@ from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from agent.component import AgentContext, Component, Setting
-from agent.model import Snapshot
-from agent.remote_write_codec import SeriesEncoder, encode_write_request, snappy_compress
+from agent.core.component import AgentContext, Component, Setting
+from agent.exporters.remote_write_codec import SeriesEncoder, encode_write_request, snappy_compress
+from agent.model.snapshot import Snapshot
 
 log = logging.getLogger("agent.remote_write")
 
@@ -113,11 +113,11 @@ def _seal(series: list[bytes]) -> Batch:
 
 def snapshot_metric_families(snapshot: Snapshot, cadvisor: bool) -> list[Metric]:
     """The snapshot's families as /metrics shows them (cAdvisor names too when enabled)."""
-    from agent.metrics import snapshot_families
+    from agent.exporters.metrics import snapshot_families
 
     families = list(snapshot_families(snapshot))
     if cadvisor:
-        from agent.cadvisor_compat import cadvisor_families
+        from agent.exporters.cadvisor import cadvisor_families
 
         families.extend(cadvisor_families(snapshot))
     return families

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from prometheus_client.metrics_core import Metric
 
-from agent.metrics import (
+from agent.exporters.metrics import (
     RenderedFamily,
     Spec,
     Values,
@@ -20,7 +20,7 @@ from agent.metrics import (
     label_value,
     render_specs,
 )
-from agent.model import Snapshot, WorkloadKind, WorkloadState
+from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
 from collectors.samples import UNLIMITED, CgroupSample, CpuSample, MemorySample
 
 LABELS = ["id", "name", "image", "container", "pod", "namespace"]

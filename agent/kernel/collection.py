@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from agent.component import AgentContext, Component
-from agent.discovery import Discovery
-from agent.model import HostInfo, Snapshot, WorkloadIdentity, WorkloadState
-from agent.rates import compute_rates
+from agent.core.component import AgentContext, Component
+from agent.identity.discovery import Discovery
+from agent.model.rates import compute_rates
+from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadState
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from agent.exit_codes import ExitCode
+from agent.core.exit_codes import ExitCode
 
 
 class CliError(Exception):

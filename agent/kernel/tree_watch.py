@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.inotify import (
+from agent.kernel.inotify import (
     IN_CREATE,
     IN_DELETE,
     IN_DELETE_SELF,

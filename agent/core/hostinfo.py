@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from agent import __version__
-from agent.model import HostInfo
+from agent.model.snapshot import HostInfo
 from collectors.layout import CgroupLayout
 
 
