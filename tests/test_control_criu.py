@@ -113,6 +113,12 @@ def test_leave_running_then_restore_after_kill(
 
     operations.kill(target, Policy())
     original.wait(timeout=5)
+    # Restore needs the checkpointed PIDs free: the killed child is reaped by its new parent
+    # (not us), so wait until the kernel has released every one of them.
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in res["pids"]):  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, f"checkpointed pids still in use: {res['pids']}"
+        time.sleep(0.02)
     path.write_text("restored?")
     out = criu.restore(criu_info, store, str(res["id"]), LAYOUT)
     first = _first_value_after(path)

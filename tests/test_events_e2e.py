@@ -95,13 +95,13 @@ def test_agentctl_follow_and_bad_input(cgroups: CgroupFactory) -> None:
 
 
 def test_cpu_throttled_from_cycles(cgroups: CgroupFactory) -> None:
-    with running_agent({"events": {"cpu_throttled_share": 0.3}}) as agent:
+    with running_agent({"interval": 1, "events": {"cpu_throttled_share": 0.3}}) as agent:
         cg = cgroups.create()
         cg.write("cpu", "cpu.cfs_period_us", "100000")
         cg.write("cpu", "cpu.cfs_quota_us", "10000")  # 10 % of one CPU
         cg.spawn([PY, "-S", "-c", "while True: pass"])
         events = agent.wait_for(lambda: agent.get(
-            f"/api/v1/events?type=cpu_throttled&container={cg.rel}")["events"], timeout=20)
+            f"/api/v1/events?type=cpu_throttled&container={cg.rel}")["events"], timeout=40)
         share = events[0]["fields"]["share"]
         assert 0.3 <= share <= 1.0
         time.sleep(3)  # still throttled: one event per episode, not one per cycle
