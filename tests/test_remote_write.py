@@ -35,6 +35,7 @@ from agent.model.snapshot import (
 )
 from collectors.layout import detect_layout
 from collectors.samples import CgroupSample, CpuSample, MemorySample
+from tests.support import pure_snappy
 from tests.support.prometheus import running_prometheus
 
 # --- codec ---------------------------------------------------------------------------------
@@ -46,7 +47,15 @@ from tests.support.prometheus import running_prometheus
     | st.lists(st.sampled_from([b"ab", b"cdef", b"x" * 70]), max_size=300).map(b"".join)
 )
 def test_snappy_round_trip(data: bytes) -> None:
+    """cramjam's blocks decode with an independent decoder, and the reverse."""
     assert snappy_decompress(snappy_compress(data)) == data
+    assert pure_snappy.snappy_decompress(snappy_compress(data)) == data
+    assert snappy_decompress(pure_snappy.snappy_compress(data)) == data
+
+
+def test_snappy_corrupt_input_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="snappy"):
+        snappy_decompress(b"\x10\xff\xff")
 
 
 def test_snappy_compresses_repetitive_payload_across_blocks() -> None:
