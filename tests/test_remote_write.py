@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent.core.component import AgentContext, Component
-from agent.core.store import Store
 from agent.exporters.remote_write import HEADERS, Batch, RemoteWriteComponent, families_to_batches
 from agent.exporters.remote_write_codec import (
     encode_timeseries,
@@ -33,9 +32,9 @@ from agent.model.snapshot import (
     WorkloadKind,
     WorkloadState,
 )
-from collectors.layout import detect_layout
 from collectors.samples import CgroupSample, CpuSample, MemorySample
 from tests.support import pure_snappy
+from tests.support.context import agent_context
 from tests.support.prometheus import running_prometheus
 
 # --- codec ---------------------------------------------------------------------------------
@@ -174,11 +173,8 @@ def _snapshot(seq: int, usage_usec: int) -> Snapshot:
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[AgentContext]:
-    store = Store(tmp_path / "state.db")
-    try:
-        yield AgentContext(config={}, state_dir=tmp_path, layout=detect_layout(), store=store)
-    finally:
-        store.close()
+    with agent_context(tmp_path) as context:
+        yield context
 
 
 def _run(coro: Any) -> Any:
