@@ -17,7 +17,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 
 from agent.core.component import AgentContext
 from agent.exporters.otlp import OtlpComponent
-from agent.exporters.otlp_encode import ALL_METRICS, RequestBuilder, build_requests
+from agent.exporters.otlp_encode import (
+    ALL_METRICS,
+    RequestBuilder,
+    build_requests,
+    resource_prototype,
+)
 from agent.exporters.push import Batch
 from agent.model.snapshot import (
     HostInfo,
@@ -159,7 +164,7 @@ def test_requests_split_on_whole_resources_and_kinds_filter() -> None:
     states = [_state(i) for i in range(10)] + [_state(50, WorkloadKind.SERVICE)]
     snap = _snapshot(*states)
     builder = RequestBuilder()
-    resources_of = {w.identity.id: [] for w in states}
+    resources_of = {w.identity.id: resource_prototype([]) for w in states}
     [(_, per)] = build_requests(snap, builder, {}, {}, resources_of, 10**9)
     per_workload = per // len(states)
     parts = build_requests(snap, builder, {}, {}, resources_of, per_workload * 3)

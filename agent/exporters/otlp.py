@@ -12,23 +12,28 @@ saw it. The first two also give `container.uptime`. Both caches hold only live w
 
 from __future__ import annotations
 
-import gzip
 import logging
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+import cramjam
 import psutil
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 from prometheus_client.metrics_core import Metric
 
 from agent import __version__
 from agent.core.component import Setting
-from agent.exporters.otlp_encode import RequestBuilder, build_requests, resource_attributes
+from agent.exporters.otlp_encode import (
+    RequestBuilder,
+    build_requests,
+    resource_attributes,
+    resource_prototype,
+)
 from agent.exporters.push import (
     Batch,
     PushComponent,
@@ -124,8 +129,8 @@ class OtlpComponent(PushComponent):
         self._builder = RequestBuilder()
         #: incarnation (cgroup, inode) -> (counter start ns, whether it is a real start).
         self._starts: dict[tuple[str, int], tuple[int, bool]] = {}
-        #: workload id -> (identity, resource attributes), rebuilt when the identity changes.
-        self._resources: dict[str, tuple[WorkloadIdentity, list[KeyValue]]] = {}
+        #: workload id -> (identity, resource prototype), rebuilt when the identity changes.
+        self._resources: dict[str, tuple[WorkloadIdentity, ResourceMetrics]] = {}
 
     def configure(self, cfg: Mapping[str, Any]) -> str:
         self.extra_headers = {str(k): str(v) for k, v in dict(cfg.get("headers", {})).items()}
@@ -164,7 +169,7 @@ class OtlpComponent(PushComponent):
                         response.partial_success.error_message[:200])
 
     def encode(self, snapshot: Snapshot, live: list[Metric]) -> list[Batch]:
-        resources: dict[str, list[KeyValue]] = {}
+        resources: dict[str, ResourceMetrics] = {}
         start_of: dict[str, int] = {}
         uptime_of: dict[str, int] = {}
         starts: dict[tuple[str, int], tuple[int, bool]] = {}
@@ -176,8 +181,9 @@ class OtlpComponent(PushComponent):
             if ident.kind.value not in self.kinds:
                 continue
             entry = cached.get(wid)
-            if entry is None or entry[0] != ident:
-                entry = (ident, resource_attributes(ident, host, self.resource_extra))
+            if entry is None or (entry[0] is not ident and entry[0] != ident):
+                attributes = resource_attributes(ident, host, self.resource_extra)
+                entry = (ident, resource_prototype(attributes))
             self._resources[wid] = entry
             resources[wid] = entry[1]
             key = ident.incarnation
@@ -192,7 +198,8 @@ class OtlpComponent(PushComponent):
         for request, points in build_requests(snapshot, self._builder, start_of, uptime_of,
                                               resources, self.max_points):
             body = request.SerializeToString()
-            out.append(Batch(gzip.compress(body, 1) if self.gzip else body, points))
+            out.append(Batch(bytes(cramjam.gzip.compress(body, level=1)) if self.gzip else body,
+                             points))
         return out
 
     @staticmethod

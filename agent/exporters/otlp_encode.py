@@ -289,29 +289,28 @@ class RequestBuilder:
         self,
         rm: ResourceMetrics,
         w: WorkloadState,
-        resource: Sequence[KeyValue],
         start_ns: int,
         now_ns: int,
         net: NetworkSnapshot | None,
         uptime_s: float | None,
     ) -> int:
-        """Fill `rm` for one workload; returns the number of data points."""
-        rm.resource.attributes.extend(resource)
-        scope = rm.scope_metrics.add()
-        scope.scope.name = SCOPE_NAME
-        scope.scope.version = __version__
+        """Add one workload's metrics to `rm` (a copy of its resource_prototype); returns the
+        number of data points."""
+        metrics = rm.scope_metrics[0].metrics
+        templates = self._templates
         n = 0
         for d, points in workload_points(w, net, uptime_s):
-            m = scope.metrics.add()
-            m.CopyFrom(self._templates[d.name])
+            m = metrics.add()
+            m.CopyFrom(templates[d.name])
             dps = m.gauge.data_points if d.kind == GAUGE else m.sum.data_points
+            double = d.double
             for attrs, value in points:
                 dp = dps.add()
                 if attrs:
                     dp.CopyFrom(self._point_template(attrs))
                 dp.start_time_unix_nano = start_ns
                 dp.time_unix_nano = now_ns
-                if d.double:
+                if double:
                     dp.as_double = value
                 else:
                     dp.as_int = int(value)
@@ -319,18 +318,29 @@ class RequestBuilder:
         return n
 
 
+def resource_prototype(attributes: Sequence[KeyValue]) -> ResourceMetrics:
+    """A workload's ResourceMetrics without metrics: its resource and our scope, copied whole
+    into each push (one C-level copy instead of one call per attribute)."""
+    rm = ResourceMetrics()
+    rm.resource.attributes.extend(attributes)
+    scope = rm.scope_metrics.add()
+    scope.scope.name = SCOPE_NAME
+    scope.scope.version = __version__
+    return rm
+
+
 def build_requests(
     snapshot: Snapshot,
     builder: RequestBuilder,
     start_of: Mapping[str, int],
     uptime_start_of: Mapping[str, int],
-    resources: Mapping[str, Sequence[KeyValue]],
+    resources: Mapping[str, ResourceMetrics],
     max_points: int,
 ) -> list[tuple[ExportMetricsServiceRequest, int]]:
     """(request, data points) pairs, each request holding whole workloads and, unless one
     workload alone exceeds it, at most max_points points. `start_of` gives each workload's
     counter start time, `uptime_start_of` when it started (where known), `resources` its
-    resource attributes."""
+    resource_prototype()."""
     net = snapshot.extras.get("network")
     network = net if isinstance(net, NetworkSnapshot) else None
     now = snapshot.wall_ns
@@ -346,8 +356,9 @@ def build_requests(
         started = uptime_start_of.get(wid)
         uptime = (read_ns - started) / 1e9 if started is not None and started <= read_ns else None
         rm = req.resource_metrics.add()
-        n = builder.resource_metrics(rm, w, resource, min(start_of.get(wid, now), read_ns),
-                                     read_ns, network, uptime)
+        rm.CopyFrom(resource)
+        n = builder.resource_metrics(rm, w, min(start_of.get(wid, now), read_ns), read_ns,
+                                     network, uptime)
         if points and points + n > max_points:
             # Move this workload to a new request: whole resources per request.
             moved = ResourceMetrics()
