@@ -298,6 +298,7 @@ class RequestBuilder:
         number of data points."""
         metrics = rm.scope_metrics[0].metrics
         templates = self._templates
+        cached = self._points
         n = 0
         for d, points in workload_points(w, net, uptime_s):
             m = metrics.add()
@@ -307,13 +308,13 @@ class RequestBuilder:
             for attrs, value in points:
                 dp = dps.add()
                 if attrs:
-                    dp.CopyFrom(self._point_template(attrs))
+                    dp.CopyFrom(cached.get(attrs) or self._point_template(attrs))
                 dp.start_time_unix_nano = start_ns
                 dp.time_unix_nano = now_ns
                 if double:
                     dp.as_double = value
                 else:
-                    dp.as_int = int(value)
+                    dp.as_int = value  # int by construction: int() per point costs ~1 ms
             n += len(points)
         return n
 
