@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,9 @@ from tests.support.runc import RuncUnavailable, runc_container
 pytestmark = pytest.mark.slow
 
 TICK_USEC = 10_000
+#: The first snapshot of a whole host: on this shared 2-core machine, under other helpers'
+#: test load, a plain agentd (no OTLP) was measured taking 46 s to answer /healthz.
+READY_S = 120
 POD_ANNOTATIONS = {
     "io.kubernetes.cri.sandbox-name": "web-7d9f",
     "io.kubernetes.cri.sandbox-namespace": "shop",
@@ -56,11 +61,19 @@ def test_agentd_pushes_cpu_time_resources_and_cumulative_sums(cgroups: CgroupFac
             "headers": {"X-Scope-OrgID": "tenant-1"},
             "resource_attributes": {"deployment.environment": "test"},
         }}
-        agent = stack.enter_context(running_agent(config))
+        sampler = stack.enter_context(kernel_sampler(busy.cpu_usage_usec))
+        agent = stack.enter_context(running_agent(config, ready=False))
+        agent.wait_ready(READY_S)
 
         def both() -> list[Received]:
-            return [r for r in rx.requests if find(r.request, "container_agent.cgroup", busy.rel)
-                    and find(r.request, "container.id", container.id)]
+            """Pushes holding both workloads, once each: a request the receiver took but
+            answered after the client's timeout (a loaded host) is sent again, identical."""
+            out: dict[bytes, Received] = {}
+            for r in rx.requests:
+                if find(r.request, "container_agent.cgroup", busy.rel) and find(
+                        r.request, "container.id", container.id):
+                    out.setdefault(r.request.SerializeToString(deterministic=True), r)
+            return list(out.values())
 
         got = rx.wait_for(lambda: len(both()) >= 4, 90) and both()[:4]
         metrics_text = agent.get_text("/metrics")
@@ -72,7 +85,7 @@ def test_agentd_pushes_cpu_time_resources_and_cumulative_sums(cgroups: CgroupFac
                for p in r.points("container.network.io") for a in [attrs(p.attributes)]}
         assert net[("receive", "eth0")] >= arrived * 1000  # UDP payload alone, headers on top
         assert ("transmit", "eth0") in net and ("receive", "lo") not in net
-    check_cpu_against_kernel(got, busy.rel)
+    check_cpu_against_kernel(got, busy.rel, sampler)
     check_monotonic_cumulative(got, busy.rel)
     assert got[0].headers["X-Scope-OrgID"] == "tenant-1"
     assert got[0].headers["Content-Type"] == "application/x-protobuf"
@@ -80,23 +93,54 @@ def test_agentd_pushes_cpu_time_resources_and_cumulative_sums(cgroups: CgroupFac
     assert "container_agent_otlp_sent_points_total" in metrics_text
 
 
-def check_cpu_against_kernel(got: list[Received], cgroup: str) -> None:
-    """container.cpu.time (user + system) is the kernel's usage_usec at the snapshot: the
-    counter read when the request arrived is ahead of it by no more than the busy loop (one
-    core at most) could add between the snapshot and the arrival."""
+#: (wall ns before the read, wall ns after it, usage_usec) readings of the kernel's counter.
+Readings = list[tuple[int, int, int]]
+
+
+@contextlib.contextmanager
+def kernel_sampler(read: Callable[[], int], every_s: float = 0.02) -> Iterator[Readings]:
+    """Read the kernel's counter every `every_s` in a thread, with the wall time around each
+    read, so a pushed value can be compared with the kernel at the moment it was read."""
+    readings: Readings = []
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            before = time.time_ns()
+            value = read()
+            readings.append((before, time.time_ns(), value))
+            stop.wait(every_s)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield readings
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def check_cpu_against_kernel(got: list[Received], cgroup: str, readings: Readings) -> None:
+    """container.cpu.time (user + system) is the kernel's usage_usec when the agent read it:
+    between the test's own readings just before and just after that moment (the kernel adds
+    a running task's time at scheduler ticks, so either side may lag by up to one tick, 10 ms
+    at HZ=100), within one interval of them; and the counter read when the request arrived is
+    ahead of it by no more than the busy loop (one core) could add since."""
     for rx in got:
         r = find(rx.request, "container_agent.cgroup", cgroup)
         assert r is not None
         (point,) = r.points("container.cpu.time")[:1]
         pushed_usec = r.value("container.cpu.time") * 1e6
-        kernel_usec = rx.probe
-        lag_usec = (rx.wall_ns - point.time_unix_nano) / 1e3
-        assert pushed_usec > 0
-        # The kernel adds a running task's time at scheduler ticks: a read can miss up to one
-        # tick (10 ms at HZ=100), on top of what ran between the read and the arrival.
-        assert -1 <= kernel_usec - pushed_usec <= lag_usec + TICK_USEC, (
-            kernel_usec, pushed_usec, lag_usec)
-        assert kernel_usec - pushed_usec < 1e6, "more than one interval behind the kernel"
+        t = point.time_unix_nano
+        before = [v for _, after_ns, v in readings if after_ns <= t]
+        after = [v for before_ns, _, v in readings if before_ns >= t]
+        assert before and after, "no kernel reading around the agent's read"
+        assert before[-1] - TICK_USEC <= pushed_usec <= after[0] + TICK_USEC, (
+            before[-1], pushed_usec, after[0])
+        assert abs(pushed_usec - before[-1]) < 1e6, "more than one interval off the kernel"
+        lag_usec = (rx.wall_ns - t) / 1e3
+        assert -1 <= rx.probe - pushed_usec <= lag_usec + TICK_USEC, (
+            rx.probe, pushed_usec, lag_usec)
         assert {attrs(p.attributes)["cpu.mode"] for p in r.points("container.cpu.time")} == {
             "user", "system"}
 
@@ -161,7 +205,9 @@ def test_agentd_counts_dropped_points_when_receiver_is_down() -> None:
     config = {"interval": 1, "otlp": {"endpoint": f"http://127.0.0.1:{free_port()}",
                                       "interval": 1, "retries": 1, "backoff": 0.05,
                                       "timeout": 2}}
-    with running_agent(config) as agent:
+    with running_agent(config, ready=False) as agent:
+        agent.wait_ready(READY_S)
+
         def dropped() -> float:
             for line in agent.get_text("/metrics").splitlines():
                 if line.startswith("container_agent_otlp_dropped_points_total "):
