@@ -4,12 +4,15 @@ partial success, the bounded queue, settings."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 
+import psutil
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -250,3 +253,23 @@ def test_bad_settings_are_one_line_and_exit_2(tmp_path: Path, table: str, messag
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_uptime_appears_once_the_init_process_is_known_without_moving_the_start() -> None:
+    """A runtime creates the cgroup before its init process: the first push has no start
+    but the counters' start must not move when the init process shows up."""
+    comp = OtlpComponent()
+    comp.configure({"compression": "none"})
+    w = _state(3, labels={})
+    first = find(_encode(comp, _snapshot(w))[0], "container_agent.cgroup", "/test/w3")
+    assert first is not None and "container.uptime" not in first.metrics
+    # Our own process plays the container's init: psutil gives its start.
+    ident = dataclasses.replace(w.identity, init_pid=os.getpid())
+    later = WorkloadState(ident, dataclasses.replace(w.sample, wall_ns=time.time_ns()))
+    second = find(_encode(comp, _snapshot(later))[0], "container_agent.cgroup", "/test/w3")
+    assert second is not None
+    (up,) = second.points("container.uptime")
+    alive_s = time.time() - psutil.Process().create_time()
+    assert abs(up.as_double - alive_s) < 2.0
+    assert (second.points("container.cpu.time")[0].start_time_unix_nano
+            == first.points("container.cpu.time")[0].start_time_unix_nano)

@@ -122,10 +122,11 @@ class OtlpComponent(PushComponent):
         self.kinds: frozenset[str] = frozenset(KINDS)
         self.rejected_points = 0
         self._builder: RequestBuilder | None = None
-        #: incarnation (cgroup, inode) -> (counter start ns, whether it is a real start).
-        self._starts: dict[tuple[str, int], tuple[int, bool]] = {}
-        #: workload id -> (identity, resource prototype), rebuilt when the identity changes.
-        self._resources: dict[str, tuple[WorkloadIdentity, ResourceMetrics]] = {}
+        #: incarnation (cgroup, inode) -> (counter start ns, container start ns if known). The
+        #: counter start never moves once pushed; the container start is looked up until found.
+        self._starts: dict[tuple[str, int], tuple[int, int | None]] = {}
+        #: workload id -> (identity, host name, resource prototype), rebuilt on any change.
+        self._resources: dict[str, tuple[WorkloadIdentity, str, ResourceMetrics]] = {}
 
     def configure(self, cfg: Mapping[str, Any]) -> str:
         self.extra_headers = {str(k): str(v) for k, v in dict(cfg.get("headers", {})).items()}
@@ -180,7 +181,7 @@ class OtlpComponent(PushComponent):
         resources: dict[str, ResourceMetrics] = {}
         start_of: dict[str, int] = {}
         uptime_of: dict[str, int] = {}
-        starts: dict[tuple[str, int], tuple[int, bool]] = {}
+        starts: dict[tuple[str, int], tuple[int, int | None]] = {}
         cached = self._resources
         self._resources = {}
         host = snapshot.host.hostname
@@ -189,18 +190,24 @@ class OtlpComponent(PushComponent):
             if ident.kind.value not in self.kinds:
                 continue
             entry = cached.get(wid)
-            if entry is None or (entry[0] is not ident and entry[0] != ident):
+            if entry is None or entry[1] != host or (entry[0] is not ident and entry[0] != ident):
                 attributes = resource_attributes(ident, host, self.resource_extra)
-                entry = (ident, resource_prototype(attributes))
+                entry = (ident, host, resource_prototype(attributes))
             self._resources[wid] = entry
-            resources[wid] = entry[1]
+            resources[wid] = entry[2]
             key = ident.incarnation
-            start = self._starts.get(key) or self._start(
-                ident, w.sample.wall_ns or snapshot.wall_ns)
-            starts[key] = start
-            start_of[wid] = start[0]
-            if start[1] and ident.kind is WorkloadKind.CONTAINER:
-                uptime_of[wid] = start[0]
+            known = self._starts.get(key)
+            counter_start, started = known or (w.sample.wall_ns or snapshot.wall_ns, None)
+            container = ident.kind is WorkloadKind.CONTAINER
+            if started is None and (known is None or container):
+                # Runtimes create the cgroup before the init process: containers keep asking.
+                started = self._start(ident, counter_start)
+                if started is not None and known is None:
+                    counter_start = started  # first push: the counters' true start
+            starts[key] = (counter_start, started)
+            start_of[wid] = counter_start
+            if started is not None and container:
+                uptime_of[wid] = started
         self._starts = starts
         out = []
         for request, points in build_requests(snapshot, self._builder, start_of, uptime_of,
@@ -211,7 +218,8 @@ class OtlpComponent(PushComponent):
         return out
 
     @staticmethod
-    def _start(ident: WorkloadIdentity, now_ns: int) -> tuple[int, bool]:
+    def _start(ident: WorkloadIdentity, not_after_ns: int) -> int | None:
+        """When the container started: the runtime's creation time or its init process's."""
         known = [t for t in (created_ns(ident), process_start_ns(ident.init_pid))
-                 if t is not None and t <= now_ns]
-        return (min(known), True) if known else (now_ns, False)
+                 if t is not None and t <= not_after_ns]
+        return min(known) if known else None

@@ -51,7 +51,7 @@ def main() -> None:
     raw = sum(len(gzip.decompress(b.body)) for b in batches)
     # The phases of one push, timed apart (same work as encode() with warm caches).
     snap = snapshot(99)
-    resources = {k: v[1] for k, v in comp._resources.items()}
+    resources = {k: v[2] for k, v in comp._resources.items()}
     start_of = {w.identity.id: comp._starts[w.identity.incarnation][0] for w in states.values()}
     t0 = time.process_time()
     requests = build_requests(snap, comp._builder, start_of, {}, resources, comp.max_points)
