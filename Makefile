@@ -27,7 +27,11 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
 	$(VPY) -m dashboards --check
 
-dashboards: $(VENV)/.installed
+$(VENV)/.installed-dashboards: pyproject.toml $(VENV)/.installed
+	$(VPY) -m pip install -q -e '.[dashboards]'
+	touch $@
+
+dashboards: $(VENV)/.installed-dashboards
 	$(VPY) -m dashboards
 
 test: system-deps $(VENV)/.installed-test lint

@@ -330,7 +330,17 @@ class NetnsCollector:
         h.links = {a.index: a for a in links}
         h.refreshed_at = now
         h.failed_gen.clear()
-        return {a.index: a.stats for a in links}, True
+        stats = {a.index: a.stats for a in links}
+        if self._getstats:
+            # Counters from the same (hand) decoder every cycle: pyroute2's link decoder lacks
+            # the newest stats64 fields, so a full-dump cycle must not change their presence.
+            try:
+                stats.update(rtnl.stats())
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self._getstats = False
+        return stats, True
 
     # -- veth peers across namespaces ------------------------------------------------------
 

@@ -209,7 +209,9 @@ def test_stats_dump_link_dump_and_pyroute2_agree(nets: NetnsFactory) -> None:
         assert x.stats is not None
         mine = x.stats._asdict()
         assert {k: mine[k] for k in theirs} == dict(theirs)
-        assert by_stats[x.index] == x.stats
+        # The link dump (pyroute2's decoder) stops at tx_compressed; the stats dump has all.
+        assert by_stats[x.index][:23] == x.stats[:23]
+        assert x.stats.rx_nohandler is None and by_stats[x.index].rx_nohandler is not None
         assert x.name == ref[x.index].get_attr("IFLA_IFNAME")
         assert x.mtu == ref[x.index].get_attr("IFLA_MTU")
         assert x.mac == ref[x.index].get_attr("IFLA_ADDRESS")
@@ -281,7 +283,7 @@ def test_close_releases_every_socket(nets: NetnsFactory) -> None:
 def test_parsers_fail_only_with_the_errors_the_request_loop_catches(data: bytes) -> None:
     for parse in (parse_link, parse_stats):
         # RtnlHandle._request turns these into OSError(EPROTO); anything else would escape.
-        with contextlib.suppress(struct.error, IndexError):
+        with contextlib.suppress(struct.error, IndexError, ValueError):
             parse(data, 0, len(data))
 
 

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent.core.component import AgentContext, Component
-from agent.core.store import Store
 from agent.exporters.remote_write import HEADERS, Batch, RemoteWriteComponent, families_to_batches
 from agent.exporters.remote_write_codec import (
     encode_timeseries,
@@ -33,8 +32,9 @@ from agent.model.snapshot import (
     WorkloadKind,
     WorkloadState,
 )
-from collectors.layout import detect_layout
 from collectors.samples import CgroupSample, CpuSample, MemorySample
+from tests.support import pure_snappy
+from tests.support.context import agent_context
 from tests.support.prometheus import running_prometheus
 
 # --- codec ---------------------------------------------------------------------------------
@@ -46,7 +46,15 @@ from tests.support.prometheus import running_prometheus
     | st.lists(st.sampled_from([b"ab", b"cdef", b"x" * 70]), max_size=300).map(b"".join)
 )
 def test_snappy_round_trip(data: bytes) -> None:
+    """cramjam's blocks decode with an independent decoder, and the reverse."""
     assert snappy_decompress(snappy_compress(data)) == data
+    assert pure_snappy.snappy_decompress(snappy_compress(data)) == data
+    assert snappy_decompress(pure_snappy.snappy_compress(data)) == data
+
+
+def test_snappy_corrupt_input_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="snappy"):
+        snappy_decompress(b"\x10\xff\xff")
 
 
 def test_snappy_compresses_repetitive_payload_across_blocks() -> None:
@@ -165,11 +173,8 @@ def _snapshot(seq: int, usage_usec: int) -> Snapshot:
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[AgentContext]:
-    store = Store(tmp_path / "state.db")
-    try:
-        yield AgentContext(config={}, state_dir=tmp_path, layout=detect_layout(), store=store)
-    finally:
-        store.close()
+    with agent_context(tmp_path) as context:
+        yield context
 
 
 def _run(coro: Any) -> Any:

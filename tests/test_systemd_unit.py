@@ -83,3 +83,4 @@ def test_example_config_loads_and_matches_unit() -> None:
     assert cfg.values["socket"].startswith("/run/" + s["RuntimeDirectory"] + "/")
     assert "/etc/container-agent/agent.toml" in s["ExecStart"]
     assert cfg.values["remote_write"]["url"] == ""  # off unless configured
+    assert cfg.values["otlp"]["endpoint"] == ""

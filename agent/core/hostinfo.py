@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+import psutil
+
 from agent import __version__
 from agent.model.snapshot import HostInfo
 from collectors.layout import CgroupLayout
@@ -21,10 +23,8 @@ def _read(path: str) -> str:
 
 
 def memory_bytes() -> int:
-    for line in _read("/proc/meminfo").splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """Physical memory (psutil: MemTotal from /proc/meminfo, parsed by a maintained reader)."""
+    return int(psutil.virtual_memory().total)
 
 
 def read_host_info(layout: CgroupLayout, facts: Mapping[str, object] | None = None) -> HostInfo:

@@ -7,10 +7,10 @@ Content negotiation: OpenMetrics when the client asks for it, Prometheus text ot
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable, Sequence
 
+import psutil
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -107,20 +107,25 @@ class MetricsRenderer:
         return b"".join(parts)
 
 
+#: psutil reads /proc/self once per cycle (oneshot): ~45 µs against ~27 µs by hand, for one
+#: maintained reader of the agent's own CPU, memory and fds instead of our /proc parsing.
+_SELF = psutil.Process()
+
+
 def self_families() -> list[Metric]:
     """The agent's own CPU, memory and fds, read once per cycle (cheap: no /proc/self/fd walk
     at scrape time, where thousands of kept cgroup fds would make it slow)."""
-    times = os.times()
+    with _SELF.oneshot():
+        times = _SELF.cpu_times()
+        mem = _SELF.memory_info()
+        fd_count = _SELF.num_fds()
     cpu = CounterMetricFamily("container_agent_process_cpu_seconds",
                               "CPU time the agent has used (user + system)")
     cpu.add_metric([], times.user + times.system)
-    page = os.sysconf("SC_PAGE_SIZE")
-    with open("/proc/self/statm", "rb") as f:
-        size, resident = (int(x) for x in f.read().split()[:2])
     rss = GaugeMetricFamily("container_agent_process_resident_memory_bytes", "Agent RSS")
-    rss.add_metric([], resident * page)
+    rss.add_metric([], mem.rss)
     vms = GaugeMetricFamily("container_agent_process_virtual_memory_bytes", "Agent VMS")
-    vms.add_metric([], size * page)
+    vms.add_metric([], mem.vms)
     fds = GaugeMetricFamily("container_agent_process_open_fds", "File descriptors open")
-    fds.add_metric([], len(os.listdir("/proc/self/fd")))
+    fds.add_metric([], fd_count)
     return [cpu, rss, vms, fds]

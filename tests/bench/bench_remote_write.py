@@ -1,7 +1,9 @@
 """Remote-write encoding cost: 1,000 workloads with every sample part, as one push.
 
 Prints series, request bytes before and after snappy, and the CPU seconds the encoder thread
-spends (families -> protobuf -> snappy). Run: .venv/bin/python tests/bench/bench_remote_write.py
+spends (families -> protobuf -> snappy), with snappy from cramjam (what the agent uses) and,
+in the same run, from the pure-Python compressor it replaced (tests/support/pure_snappy.py).
+Run: .venv/bin/python tests/bench/bench_remote_write.py
 """
 
 from __future__ import annotations
@@ -14,51 +16,13 @@ from types import MappingProxyType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from agent.exporters import remote_write
 from agent.exporters.metrics import snapshot_families
 from agent.exporters.remote_write import families_to_batches
 from agent.exporters.remote_write_codec import snappy_decompress
-from agent.model.snapshot import (
-    HostInfo,
-    Snapshot,
-    WorkloadIdentity,
-    WorkloadKind,
-    WorkloadState,
-)
-from collectors.samples import (
-    CgroupSample,
-    CpuSample,
-    IoDeviceSample,
-    MemorySample,
-    PidsSample,
-    Pressure,
-    PressureLine,
-    PressureSample,
-)
-
-N = 1000
-
-
-def workload(i: int) -> WorkloadState:
-    cid = f"{i:064x}"
-    cgroup = f"/system.slice/docker-{cid}.scope"
-    ident = WorkloadIdentity(cid, WorkloadKind.CONTAINER, "docker", f"app-{i}", cgroup, 1000 + i)
-    line = PressureLine(0.5, 0.2, 0.1, 123456 + i)
-    stat = {k: 4096 * (i + j) for j, k in enumerate(
-        ("anon", "file", "kernel", "shmem", "file_mapped", "active_file", "inactive_file",
-         "pgfault", "pgmajfault"))}
-    sample = CgroupSample(
-        path=cgroup, inode=1000 + i, monotonic_ns=0, wall_ns=0,
-        cpu=CpuSample(10**9 + i, 6 * 10**8, 4 * 10**8, 100, 3, 5000, None, None, 50000, 100000,
-                      100),
-        memory=MemorySample(current=10**8 + i, peak=2 * 10**8, max=5 * 10**8, swap_current=0,
-                            stat=MappingProxyType(stat),
-                            events=MappingProxyType({"max": 1, "oom": 0, "oom_kill": 0})),
-        io=(IoDeviceSample(8, 0, "sda", 10**6 * i, 10**6, 100, 200),),
-        pids=PidsSample(12, 100, 20, 0),
-        pressure=PressureSample(Pressure(line, line), Pressure(line, line), Pressure(line, line)),
-        populated=True, frozen=False,
-    )
-    return WorkloadState(ident, sample)
+from agent.model.snapshot import HostInfo, Snapshot
+from tests.support import pure_snappy
+from tests.support.bench_workloads import N, workload
 
 
 def main() -> None:
@@ -82,6 +46,13 @@ def main() -> None:
     print(f"protobuf {raw / 1e6:.2f} MB, snappy {sent / 1e6:.2f} MB (ratio {raw / sent:.1f})")
     print(f"families {t1 - t0:.3f} s CPU, encode+compress {t2 - t1:.3f} s CPU "
           f"({samples / (t2 - t1):.0f} samples/s)")
+    cramjam_s = (t1 - t0) + (t2 - t1)
+    remote_write.snappy_compress = pure_snappy.snappy_compress  # type: ignore[assignment]
+    t3 = time.process_time()
+    families_to_batches(snapshot_families(snap), 1, labels, 2000)
+    pure_s = time.process_time() - t3
+    print(f"CPU per push (families + encode + compress): pure-Python snappy {pure_s:.3f} s, "
+          f"cramjam {cramjam_s:.3f} s (ratio {pure_s / cramjam_s:.1f})")
     print(f"peak memory allocated while encoding {peak / 1e6:.1f} MB")
 
 
