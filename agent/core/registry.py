@@ -17,6 +17,7 @@ BUILTIN = (
     "agent.control.component:ControlComponent",
     "agent.ledger.component:LedgerComponent",
     "agent.exporters.remote_write:RemoteWriteComponent",
+    "agent.web.component:WebComponent",
 )
 
 
