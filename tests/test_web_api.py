@@ -74,6 +74,14 @@ def test_history_and_billing_top_of_a_burning_cgroup(cgroups: CgroupFactory) -> 
         rows = {r["cgroup"]: r for r in agent.get("/api/v1/ui/workloads")["workloads"]}
         assert rows[cg.rel]["memory_limit_bytes"] == 128 * MIB
         assert rows[cg.rel]["cpu_quota_cores"] == 0.5
+        assert rows[cg.rel]["name"] == cg.name and rows[cg.rel]["state"] == "running"
+        # Only the kinds asked for travel (the page's default view: containers and services).
+        shown = agent.get("/api/v1/ui/workloads?kind=container,service")
+        assert {r["kind"] for r in shown["workloads"]} <= {"container", "service"}
+        assert cg.rel not in {r["cgroup"] for r in shown["workloads"]}
+        assert shown["total"] >= len(rows)
+        code, body = _error(agent, "/api/v1/ui/workloads?kind=pod")
+        assert code == 400 and "kind must be among" in body
 
         # Billing: stop the burner so the counters stand still, then compare with the export.
         cg.stop_processes()

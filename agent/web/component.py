@@ -21,7 +21,7 @@ from agent.api.errors import json_error
 from agent.api.read import workload_summary
 from agent.core.component import AgentContext, Component, Setting
 from agent.core.exit_codes import ExitCode
-from agent.model.snapshot import Snapshot, WorkloadState
+from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
 from agent.web.billing_top import top_consumers
 from agent.web.history import HistoryRing, cpu_quota_cores, memory_limit_bytes
 
@@ -44,9 +44,16 @@ def _read_asset(name: str) -> bytes:
     return resources.files("agent.web").joinpath("static", name).read_bytes()
 
 
+#: The summary fields the table shows (the page fetches them every cycle: nothing more).
+TABLE_FIELDS = ("id", "name", "cgroup", "kind", "runtime", "state", "cpu_cores", "memory_bytes",
+                "io_read_bytes_per_s", "io_write_bytes_per_s", "net_rx_bytes_per_s",
+                "net_tx_bytes_per_s", "pids")
+
+
 def table_row(w: WorkloadState) -> dict[str, Any]:
     """What one row of the page's table shows: the API's summary plus limits and image."""
-    row = workload_summary(w)
+    summary = workload_summary(w)
+    row = {k: summary[k] for k in TABLE_FIELDS}
     row["memory_limit_bytes"] = memory_limit_bytes(w)
     row["cpu_quota_cores"] = cpu_quota_cores(w)
     row["image"] = w.identity.labels.get("image", "")
@@ -120,9 +127,15 @@ class WebComponent(Component):
         snap = self._snapshot()
         if snap is None:
             return json_error("no snapshot yet", ExitCode.UNAVAILABLE)
-        rows = [table_row(w) for w in snap.workloads.values()]
+        kinds = {k for k in request.query.get("kind", "").split(",") if k}
+        valid = {k.value for k in WorkloadKind}
+        if not kinds <= valid:
+            return json_error(f"kind must be among {', '.join(sorted(valid))}", ExitCode.USAGE)
+        rows = [table_row(w) for w in snap.workloads.values()
+                if not kinds or w.identity.kind.value in kinds]
         return web.json_response({"snapshot_seq": snap.seq, "wall_ns": snap.wall_ns,
-                                  "interval_s": self._interval(), "workloads": rows})
+                                  "interval_s": self._interval(), "total": len(snap.workloads),
+                                  "workloads": rows})
 
     async def _history(self, request: web.Request) -> web.Response:
         ref = request.match_info["ref"]

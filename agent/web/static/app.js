@@ -80,11 +80,8 @@ function sortValue(w, key) {
 }
 
 function visibleRows() {
-  const kinds = $("kind").value;
-  const allowed = kinds ? new Set(kinds.split(",")) : null;
   const words = $("filter").value.toLowerCase().split(/\s+/).filter(Boolean);
   const rows = ui.rows.filter((w) => {
-    if (allowed && !allowed.has(w.kind)) return false;
     const hay = `${w.name} ${w.runtime} ${w.image} ${w.cgroup} ${w.id} ${w.state}`.toLowerCase();
     return words.every((word) => hay.includes(word));
   });
@@ -137,23 +134,26 @@ function renderTable() {
   const focusId = focused ? focused.dataset.id : null;
   const rows = visibleRows();
   $("rows").replaceChildren(...rows.map(rowFor));
-  $("count").textContent = `(${rows.length} of ${ui.rows.length})`;
+  $("count").textContent = `(${rows.length} shown of ${ui.total})`;
   if (focusId !== null) {
     const again = [...$("rows").children].find((tr) => tr.dataset.id === focusId);
     if (again) again.focus({ preventScroll: true });
   }
-  if (!ui.firstRender && rows.length) {
+  if (!ui.firstRender && ui.seq >= 0) {
     ui.firstRender = true;
     document.body.dataset.firstRenderMs = String(Math.round(performance.now()));
   }
 }
 
-async function loadWorkloads() {
-  const data = await getJSON("/api/v1/ui/workloads");
+async function loadWorkloads(force) {
+  // Only the kinds on show travel: plain cgroups can be most of a host's workloads.
+  const kinds = $("kind").value;
+  const data = await getJSON("/api/v1/ui/workloads" + (kinds ? "?kind=" + kinds : ""));
   ui.interval = data.interval_s;
-  if (data.snapshot_seq === ui.seq) return false;
+  if (data.snapshot_seq === ui.seq && !force) return false;
   ui.seq = data.snapshot_seq;
   ui.rows = data.workloads;
+  ui.total = data.total;
   document.body.dataset.seq = String(ui.seq);
   renderTable();
   return true;
@@ -314,7 +314,7 @@ function wire() {
     th.querySelector("button").addEventListener("click", () => setSort(th));
   }
   $("filter").addEventListener("input", renderTable);
-  $("kind").addEventListener("change", renderTable);
+  $("kind").addEventListener("change", () => loadWorkloads(true).catch(() => {}));
   const rows = $("rows");
   rows.addEventListener("click", (ev) => {
     const tr = ev.target.closest("tr");
