@@ -18,6 +18,7 @@ BUILTIN = (
     "agent.ledger.component:LedgerComponent",
     "agent.exporters.remote_write:RemoteWriteComponent",
     "agent.exporters.otlp:OtlpComponent",
+    "agent.web.component:WebComponent",
 )
 
 

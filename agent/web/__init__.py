@@ -1,0 +1,1 @@
+"""The built-in web UI (page, static files, history ring) served on the read-only HTTP port."""

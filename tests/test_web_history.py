@@ -1,0 +1,97 @@
+"""The history ring: bounded by its window, one slot per cycle, gaps as None, dropped series."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+
+from agent.model.snapshot import (
+    HostInfo,
+    Rates,
+    Snapshot,
+    WorkloadIdentity,
+    WorkloadKind,
+    WorkloadState,
+)
+from agent.web.history import METRICS, HistoryRing
+from collectors.samples import UNLIMITED, CgroupSample, CpuSample, MemorySample
+
+HOST = HostInfo("h", "b", "m", "k", "hybrid", 2, 1 << 30, "0")
+S = 1_000_000_000
+
+
+def state(path: str, inode: int, cpu: float, mem: int, quota: int = UNLIMITED,
+          limit: int = UNLIMITED) -> WorkloadState:
+    ident = WorkloadIdentity(path, WorkloadKind.CGROUP, "", path.rsplit("/", 1)[-1], path, inode)
+    sample = CgroupSample(path, inode, 0, 0, cpu=CpuSample(max_quota_usec=quota,
+                                                           max_period_usec=100_000),
+                          memory=MemorySample(current=mem, max=limit))
+    return WorkloadState(ident, sample, Rates(1.0, cpu_cores=cpu))
+
+
+def snap(seq: int, t_s: float, *states: WorkloadState) -> Snapshot:
+    return Snapshot(seq, int(t_s * S), 0, 0, HOST,
+                    MappingProxyType({w.identity.id: w for w in states}))
+
+
+def test_values_in_cycle_order_and_bounded_by_window() -> None:
+    ring = HistoryRing(window_s=60, interval_s=5)
+    assert ring.capacity == 13
+    for i in range(40):  # three laps of the ring
+        ring.record(snap(i, 1000 + 5 * i, state("/a", 7, cpu=i / 10, mem=i * 1000)))
+    h = ring.get("/a")
+    assert h is not None
+    assert len(h["t"]) == 13  # type: ignore[arg-type]
+    assert h["t"] == [1000 + 5 * i for i in range(27, 40)]
+    series = h["series"]
+    assert isinstance(series, dict)
+    assert series["memory_bytes"] == [float(i * 1000) for i in range(27, 40)]
+    assert series["cpu_cores"] == pytest.approx([i / 10 for i in range(27, 40)], rel=1e-6)
+    assert set(series) == set(METRICS)
+    # The arrays never grow: capacity x metrics float32 per workload, plus the timeline.
+    assert ring.nbytes() == 13 * len(METRICS) * 4 + 13 * 8
+
+
+def test_limits_and_gaps() -> None:
+    ring = HistoryRing(window_s=60, interval_s=5)
+    ring.record(snap(1, 100, state("/a", 7, 0.1, 10, quota=50_000, limit=1 << 20),
+                     state("/b", 8, 0.2, 20)))
+    ring.record(snap(2, 105, state("/b", 8, 0.2, 20)))  # /a missing this cycle
+    ring.record(snap(3, 110, state("/a", 7, 0.3, 30, quota=50_000, limit=1 << 20)))
+    a = ring.get("/a")
+    assert a is not None
+    assert a["series"]["memory_bytes"] == [10.0, None, 30.0]  # type: ignore[index]
+    assert a["cpu_quota_cores"] == 0.5
+    assert a["memory_limit_bytes"] == 1 << 20
+    b = ring.get("/b")
+    assert b is not None and b["cpu_quota_cores"] is None and b["memory_limit_bytes"] is None
+    # A series that appeared late has None before its first cycle.
+    ring.record(snap(4, 115, state("/c", 9, 0.0, 5)))
+    c = ring.get("/c")
+    assert c is not None and c["series"]["memory_bytes"] == [None, None, None, 5.0]  # type: ignore[index]
+
+
+def test_gone_workload_dropped_after_window_and_new_incarnation_starts_fresh() -> None:
+    ring = HistoryRing(window_s=60, interval_s=5)
+    ring.record(snap(1, 100, state("/a", 7, 0.1, 10), state("/b", 8, 0.1, 10)))
+    for i in range(2, 14):  # /a gone; still kept while within the window
+        ring.record(snap(i, 100 + 5 * (i - 1), state("/b", 8, 0.1, 10)))
+    assert ring.get("/a") is not None
+    ring.record(snap(14, 100 + 5 * 13, state("/b", 8, 0.1, 10)))  # 65 s after /a was last seen
+    assert ring.get("/a") is None
+    assert set(ring.series) == {"/b"}
+    # Same path, new inode: a new incarnation, its history starts empty.
+    ring.record(snap(15, 100 + 5 * 14, state("/b", 99, 0.1, 77)))
+    b = ring.get("/b")
+    assert b is not None
+    assert [v for v in b["series"]["memory_bytes"] if v is not None] == [77.0]  # type: ignore[index]
+
+
+def test_new_interval_starts_over() -> None:
+    ring = HistoryRing(window_s=60, interval_s=5)
+    ring.record(snap(1, 100, state("/a", 7, 0.1, 10)))
+    ring.resize(5)
+    assert ring.get("/a") is not None
+    ring.resize(1)
+    assert ring.capacity == 61 and ring.get("/a") is None and ring.count == 0
