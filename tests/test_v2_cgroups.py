@@ -192,3 +192,12 @@ def test_cpu_pressure_trigger_becomes_an_event() -> None:
             120, "a cpu pressure event",
         )
         assert found[0]["fields"]["stall_us"] == 150000
+
+
+def test_runc_container_is_discovered() -> None:
+    from tests.support.runc import runc_container
+
+    with runc_container(args=["sleep", "100000"]) as c:
+        w = wait_for(lambda: (x := workload(c.id))["runtime"] == "runc" and x, 60, "runc seen")
+        assert (w["id"], w["kind"], w["cgroup"]) == (c.id, "container", c.cgroup)
+        assert w["init_pid"] == c.init_pid and w["state"] == "running"

@@ -56,7 +56,7 @@ mmdebstrap --quiet --variant=minbase --include="$packages" \
     --only-binary=:all: $requirements 2> >(grep -v "^WARNING: Location" >&2)
 
 # System set-up: the work disk (repo in, results out) on /mnt/work, the test unit enabled,
-# timers that would only add noise to a 5-minute boot switched off, an empty root password
+# timers that would only add noise to a short-lived guest switched off, an empty root password
 # for debugging on the serial console.
 mkdir -p "$root/mnt/work"
 echo "/dev/vdb /mnt/work ext4 defaults 0 2" > "$root/etc/fstab"
@@ -64,7 +64,7 @@ echo "ca-v2-guest" > "$root/etc/hostname"
 install -m 0644 "$here/ca-v2-run.service" "$root/etc/systemd/system/ca-v2-run.service"
 systemctl --root="$root" enable ca-v2-run.service >&2
 systemctl --root="$root" mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
-    fstrim.timer systemd-tmpfiles-clean.timer >&2 2>/dev/null || true
+    fstrim.timer systemd-tmpfiles-clean.timer 2>/dev/null
 chroot "$root" passwd -d root >/dev/null
 
 cp "$root"/boot/vmlinuz-* "$build/vmlinuz"
