@@ -112,6 +112,7 @@ def test_group_totals_equal_the_sum_of_their_rows(tmp_path: Path, group_by: str)
         expect[(key, r["x_Meter"], r["ChargePeriodStart"])] += r["ConsumedQuantity"]
     got = {(g["x_GroupKey"], g["x_Meter"], g["ChargePeriodStart"]): g["ConsumedQuantity"]
            for g in groups if g["x_Meter"] == "cpu_usec"}
+    assert expect, "the fixture has container rows to group"
     for k, v in expect.items():
         assert got[k] == v
     if group_by == "namespace":
@@ -124,6 +125,7 @@ def test_peak_meters_aggregate_by_max(tmp_path: Path) -> None:
             and r["x_Namespace"] == "shop"]
     groups = [g for g in build_groups(stored, "namespace")
               if g["x_Meter"] == "memory_peak_bytes" and g["x_GroupKey"] == "shop"]
+    assert rows and groups, "the fixture has peak rows in namespace shop"
     for g in groups:
         same = [r["ConsumedQuantity"] for r in rows
                 if r["ChargePeriodStart"] == g["ChargePeriodStart"]]

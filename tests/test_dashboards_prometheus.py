@@ -214,3 +214,30 @@ def test_cadvisor_community_query(stack: Stack, expr: str) -> None:
     names = {s["metric"].get("name") for s in result}
     if "name" in expr or "by (name)" in expr:
         assert stack.name in names, (expr, sorted(n for n in names if n))
+
+
+def _panel_expr(dashboard: str, title: str) -> str:
+    panel = next(p for p in _dashboards()[dashboard]["panels"] if p["title"] == title)
+    return str(panel["targets"][0]["expr"])
+
+
+def test_cpu_panel_value_matches_the_agents_own_rate(stack: Stack) -> None:
+    """The container's CPU panel (PromQL rate over scraped counters) against the rate the agent
+    computes itself, averaged over the panel's window; the container's 0.5-core quota bounds
+    both. A scrape reads the last snapshot, so a late cycle repeats a counter value: the window
+    must hold enough scrapes (30 s at 2 s) for rate() to even that out."""
+    expr = _fill(_panel_expr("container-detail.json", "CPU"), stack)
+    own: list[float] = []
+    deadline = time.monotonic() + 120
+    while _scrapes(stack.prom, stack.name) < 15 or len(own) < 20:
+        assert time.monotonic() < deadline, (own, _scrapes(stack.prom, stack.name))
+        c = _find(stack.agent, stack.container.cgroup)
+        if c is not None and c["cpu_cores"] is not None:
+            own = [*own[-29:], float(c["cpu_cores"])]
+        time.sleep(1)
+    agent_rate = sum(own) / len(own)
+    result = stack.prom.query(expr)
+    assert len(result) == 1, result
+    panel_rate = float(result[0]["value"][1])
+    assert 0 < panel_rate <= 0.5 * 1.1 and 0 < agent_rate <= 0.5 * 1.1, (panel_rate, own)
+    assert abs(panel_rate - agent_rate) <= max(0.1, 0.3 * agent_rate), (panel_rate, own)

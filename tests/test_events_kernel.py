@@ -117,7 +117,8 @@ def test_cpu_contention_gives_pressure_event(cgroups: CgroupFactory, tmp_path: P
             assert h.comp.watcher is not None
             assert h.comp.watcher.psi_error is None
             code = "import time\nt=time.monotonic()\nwhile time.monotonic()-t<8: pass"
-            for _ in range(4):  # 4 spinners on 2 CPUs: each waits for a CPU half the time
+            # Twice as many spinners as usable CPUs: each waits for a CPU half the time.
+            for _ in range(2 * len(os.sched_getaffinity(0))):
                 cg.spawn([PY, "-S", "-c", code])
             events = await h.wait_for(lambda: h.events("pressure", cg.rel), timeout=8)
             e = events[0]

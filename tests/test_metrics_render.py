@@ -65,15 +65,16 @@ def test_counter_values_are_exact_seconds() -> None:
     renderer = MetricsRenderer(cadvisor=True)
     renderer.prepare(snap)
     text = renderer.scrape(snap, False).decode()
+    values: dict[str, list[float]] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            if s.name in ("container_agent_cpu_usage_seconds_total",
-                          "container_cpu_usage_seconds_total"):
-                assert round(s.value * 1e6) == 1_234_567
-            if s.name == "container_agent_memory_working_set_bytes":
-                assert s.value == 3072
-            if s.name == "container_spec_memory_limit_bytes":
-                assert s.value == 0  # cAdvisor's value for "unlimited"
+            values.setdefault(s.name, []).append(s.value)
+    # Every checked series is present (an absent one must fail, not skip the assertion).
+    assert [round(v * 1e6) for v in values["container_agent_cpu_usage_seconds_total"]] == [
+        1_234_567]
+    assert [round(v * 1e6) for v in values["container_cpu_usage_seconds_total"]] == [1_234_567]
+    assert values["container_agent_memory_working_set_bytes"] == [3072]
+    assert values["container_spec_memory_limit_bytes"] == [0]  # cAdvisor's "unlimited"
 
 
 def test_rates_refuse_recreation_and_reset() -> None:

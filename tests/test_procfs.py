@@ -3,6 +3,7 @@ a process in a new network namespace; parsers fed arbitrary text never raise."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -54,23 +55,54 @@ def test_own_process() -> None:
             assert me.namespaces[kind] == _ns("self", kind)
 
 
-def test_own_namespaces_are_the_hosts() -> None:
-    me = read_process(os.getpid())
+@contextlib.contextmanager
+def _child_in_new_namespaces() -> Iterator[int]:
+    """A child in its own net, uts and ipc namespaces (unshare needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: unshare --net --uts --ipc")
+    proc = subprocess.Popen(["unshare", "--net", "--uts", "--ipc", "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 5
+        while _ns(proc.pid, "net") == _ns("self", "net"):
+            assert time.monotonic() < deadline, "unshare did not take effect"
+            time.sleep(0.01)
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_host_namespaces_are_not_a_childs_new_ones() -> None:
+    """The host's namespaces are the ones the test runs in, not those of a process that made
+    its own (pid 1's links are EACCES even to root on some hosts, so compare with a child)."""
     host = host_namespaces()
+    me = read_process(os.getpid())
     assert me is not None
     assert set(host) >= {"mnt", "net", "pid", "user", "uts", "ipc", "cgroup"}
-    for kind in ("mnt", "net", "pid", "user", "uts", "ipc"):
-        assert me.namespaces[kind] == host[kind]
+    with _child_in_new_namespaces() as pid:
+        child = read_process(pid)
+        assert child is not None
+        for kind in ("net", "uts", "ipc"):
+            assert child.namespaces[kind] != host[kind] == me.namespaces[kind]
+        for kind in ("mnt", "pid", "user"):
+            assert child.namespaces[kind] == host[kind]
 
 
-def test_host_namespaces_fall_back_per_kind_when_pid1_is_unreadable() -> None:
-    host = host_namespaces()
-    for kind in host:
-        try:
-            expected = _ns(1, kind)
-        except PermissionError:  # pid 1's links are EACCES even to root on some hosts
-            expected = _ns("self", kind)
-        assert host[kind] == expected
+def test_host_namespaces_prefer_pid1_and_fall_back_per_kind(tmp_path: Path) -> None:
+    """A proc root whose pid 1 is the child in new namespaces: its links win where readable;
+    where pid 1 has no link for a kind, self's stands in."""
+    with _child_in_new_namespaces() as pid:
+        for who, target in (("1", pid), ("self", os.getpid())):
+            (tmp_path / who / "ns").mkdir(parents=True)
+            for kind in ("net", "uts", "ipc"):
+                if who == "1" and kind == "ipc":
+                    continue  # pid 1's ipc link unreadable: fall back
+                (tmp_path / who / "ns" / kind).symlink_to(f"/proc/{target}/ns/{kind}")
+        host = host_namespaces(tmp_path)
+        assert host["net"] == _ns(pid, "net") != _ns("self", "net")
+        assert host["uts"] == _ns(pid, "uts")
+        assert host["ipc"] == _ns("self", "ipc") != _ns(pid, "ipc")
+        assert set(host) == {"net", "uts", "ipc"}
 
 
 def test_host_namespaces_fixture_root(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ repeats until every hierarchy's subtree is empty or the deadline passes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -89,7 +90,13 @@ def kill(
             except OSError as e:
                 raise ControlError(f"cannot write {unified}/cgroup.kill: {e.strerror}") from None
             _thaw_all(target)
-            freeze_v2.wait_event(fd, 0, deadline, key="populated")
+            try:
+                freeze_v2.wait_event(fd, 0, deadline, key="populated")
+            except OSError as e:
+                # ENODEV: the emptied cgroup is already removed (systemd removes a unit's
+                # cgroup as soon as its last process is gone): the kill is done.
+                if e.errno != errno.ENODEV:
+                    raise
         finally:
             os.close(fd)
     elif method == "cgroup.kill":

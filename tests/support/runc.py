@@ -10,7 +10,9 @@ require. On a hybrid host runc 1.1 also creates it in the cgroup2 tree (cgroup_p
 
 Cleanup always runs: `runc kill KILL`, `runc delete -f`, removal of the directories runc
 created in hierarchies the factory does not manage (cpuset, devices, name=systemd), and of the
-bundle. When runc cannot run here, RuncUnavailable carries the reason (tests skip with it).
+bundle. When runc is not usable here at all (not root, not installed, no static busybox),
+RuncUnavailable carries the reason (tests skip with it, and CI's skip allowlist fails them);
+when runc is there but `runc run` fails, RuncFailed is raised: that is a test failure.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ RUNC_ROOT = Path("/run/runc")  # runc's default --root for root; what the agent 
 
 class RuncUnavailable(Exception):
     """runc cannot run containers on this machine (the message says why)."""
+
+
+class RuncFailed(RuntimeError):
+    """runc is installed but starting the container failed: never a skip."""
 
 
 def runc_unavailable_reason() -> str | None:
@@ -219,7 +225,7 @@ def runc_container(
         )
         if rc != 0:
             text = log.read_text(errors="replace").strip() if log.exists() else ""
-            raise RuncUnavailable(f"runc run failed ({rc}): {text[-500:]}")
+            raise RuncFailed(f"runc run failed ({rc}): {text[-500:]}")
         init_pid = int(pid_file.read_text().strip())
         state = json.loads((root / cid / "state.json").read_text())
         recorded = {str(k): str(v) for k, v in state.get("cgroup_paths", {}).items()}
