@@ -242,7 +242,8 @@ class IdentityComponent(Component):
         for runtime, watch in self.watches.items():
             mine = [i for i in unnamed if i.runtime in _API_RUNTIMES[runtime]]
             if not watch.up:
-                if any(i.runtime == runtime for i in mine):
+                fallback = runtime == "podman" and self.storage is not None
+                if not fallback and any(i.runtime == runtime for i in mine):
                     watch.down(watch.last_error, seen_containers=True)
                 continue
             for ident in mine:

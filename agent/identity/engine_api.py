@@ -26,6 +26,8 @@ WATCHED_ACTIONS = frozenset(
      "update"}
 )
 _EVENT_FILTER = quote(json.dumps({"type": ["container"]}))
+#: libpod's own endpoints exist only under a version prefix (4.0 is the oldest 4.x API).
+_LIBPOD = "/v4.0.0/libpod"
 #: An event line longer than this is not an event.
 _MAX_LINE = 1 << 20
 
@@ -131,7 +133,7 @@ class EngineClient:
         """The container's record; None when the runtime does not know it (any more)."""
         path = f"/containers/{quote(cid)}/json"
         if self.runtime == "podman":
-            path = "/libpod" + path
+            path = _LIBPOD + path
         try:
             doc = await self._request("GET", path)
         except EngineApiError as e:
@@ -146,7 +148,7 @@ class EngineClient:
     async def _with_pod_name(self, info: RuntimeInfo) -> RuntimeInfo:
         assert info.pod is not None
         try:
-            pod = await self._request("GET", f"/libpod/pods/{quote(info.pod)}/json")
+            pod = await self._request("GET", f"{_LIBPOD}/pods/{quote(info.pod)}/json")
         except EngineApiError:
             return info
         name = pod.get("Name") if isinstance(pod, dict) else None
