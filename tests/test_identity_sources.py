@@ -94,7 +94,9 @@ def test_cache_names_by_id_and_by_a_cgroup_named_by_the_id() -> None:
     info = parse_inspect("docker", DOCKER_INSPECT)
     assert info is not None
     cache.put(info)
-    by_id = cache.enrich(_ident(f"/docker/{CID}", CID))
+    discovered = _ident(f"/docker/{CID}", CID)
+    by_id = cache.enrich(discovered)
+    assert cache.enrich(discovered) is by_id  # built once, not every cycle
     assert (by_id.name, by_id.image, by_id.labels["image_id"]) == (
         "web-1", "local/busybox:1", "sha256:474fc358")
     assert by_id.labels["restart_count"] == "2"
@@ -103,8 +105,10 @@ def test_cache_names_by_id_and_by_a_cgroup_named_by_the_id() -> None:
     assert (by_path.id, by_path.runtime, by_path.name) == (CID, "docker", "web-1")
     other = _ident("/system.slice/x.service")
     assert cache.enrich(other) is other
+    cache.put(RuntimeInfo("docker", CID, "renamed"))
+    assert cache.enrich(discovered).name == "renamed"  # a new record: built again
     cache.replace_runtime("docker", [])
-    assert cache.enrich(_ident(f"/docker/{CID}", CID)).name == CID[:12]
+    assert cache.enrich(discovered) is discovered
 
 
 def test_cache_keeps_other_runtimes_on_a_full_listing() -> None:

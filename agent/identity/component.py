@@ -236,6 +236,7 @@ class IdentityComponent(Component):
         return w.client if w is not None and w.up else None
 
     async def on_snapshot(self, snapshot: Snapshot) -> None:
+        self.cache.retain({w.identity.cgroup for w in snapshot.workloads.values()})
         unnamed = [w.identity for w in snapshot.workloads.values()
                    if self.cache.lookup(w.identity) is None]
         podman_seen = any(i.runtime == "podman" for i in unnamed)

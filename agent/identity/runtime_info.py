@@ -38,6 +38,9 @@ class IdentityCache:
 
     def __init__(self) -> None:
         self._by_id: Mapping[str, RuntimeInfo] = MappingProxyType({})
+        #: cgroup -> (discovered identity, runtime record, enriched identity): a cycle asks
+        #: again for the same objects, so the enriched one is built once, not per cycle.
+        self._memo: dict[str, tuple[WorkloadIdentity, RuntimeInfo, WorkloadIdentity]] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -49,17 +52,29 @@ class IdentityCache:
         return sum(1 for i in self._by_id.values() if i.runtime == runtime)
 
     def put(self, info: RuntimeInfo) -> None:
-        self._by_id = MappingProxyType({**self._by_id, info.id: info})
+        self._set({**self._by_id, info.id: info})
 
     def drop(self, cid: str) -> None:
         if cid in self._by_id:
-            self._by_id = MappingProxyType({k: v for k, v in self._by_id.items() if k != cid})
+            self._set({k: v for k, v in self._by_id.items() if k != cid})
 
     def replace_runtime(self, runtime: str, infos: Iterable[RuntimeInfo]) -> None:
         """A full listing of `runtime`: its entries become exactly `infos`."""
         kept = {k: v for k, v in self._by_id.items() if v.runtime != runtime}
         kept.update((i.id, i) for i in infos)
-        self._by_id = MappingProxyType(kept)
+        self._set(kept)
+
+    def _set(self, by_id: dict[str, RuntimeInfo]) -> None:
+        self._by_id = MappingProxyType(by_id)
+        # Memo entries of records that changed or went: nothing kept for what is not live.
+        for path, (_, info, _) in list(self._memo.items()):
+            if by_id.get(info.id) is not info:
+                self._memo.pop(path, None)
+
+    def retain(self, cgroups: set[str]) -> None:
+        """Only these cgroups are live: drop what was built for the others."""
+        for path in [p for p in self._memo if p not in cgroups]:
+            self._memo.pop(path, None)
 
     def lookup(self, ident: WorkloadIdentity) -> RuntimeInfo | None:
         """The runtime's record of this workload: by id, or by a cgroup named by a known id
@@ -76,13 +91,16 @@ class IdentityCache:
         info = self.lookup(ident)
         if info is None:
             return ident
+        memo = self._memo.get(ident.cgroup)
+        if memo is not None and memo[0] is ident and memo[1] is info:
+            return memo[2]
         labels = dict(ident.labels)
         labels.update(info.labels)
         if info.image_id:
             labels["image_id"] = info.image_id
         if info.restart_count is not None:
             labels["restart_count"] = str(info.restart_count)
-        return replace(
+        enriched = replace(
             ident,
             id=info.id,
             kind=WorkloadKind.CONTAINER,
@@ -93,3 +111,5 @@ class IdentityCache:
             namespace=info.namespace or ident.namespace,
             labels=MappingProxyType(labels),
         )
+        self._memo[ident.cgroup] = (ident, info, enriched)
+        return enriched
