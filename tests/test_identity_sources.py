@@ -10,14 +10,19 @@ import os
 from pathlib import Path
 from types import MappingProxyType
 
+import pytest
+
 from agent.control import owners
 from agent.control.systemd_dbus import parse_version, systemd_manages
 from agent.control.targets import Target
 from agent.identity.classify import classify
+from agent.identity.discovery import Discovery
 from agent.identity.engine_api import event_action, event_id, parse_inspect
 from agent.identity.podman import PodmanStorage, parse_containers_json
 from agent.identity.runtime_info import IdentityCache, RuntimeInfo
 from agent.model.snapshot import WorkloadIdentity, WorkloadKind
+from tests.support.cgroups import CgroupFactory
+from tests.support.runc import RuncUnavailable, runc_container
 
 CID = "ca5ab54769911b9d3f20244bb8019434ba54ba78ea63bdc14fc0be3a36886c23"
 DOCKER_INSPECT = {
@@ -174,3 +179,18 @@ def test_owner_unavailable_falls_back_to_the_cgroup() -> None:
     route = owners.choose_route(target, force_cgroup=False, client_of=lambda r: None,
                                 lxc_paths=(), systemd_ok=lambda: (False, ""))
     assert route.via == "cgroup" and "docker API unavailable" in route.note
+
+
+def test_runc_state_of_podman_and_kubernetes_annotations(cgroups: CgroupFactory) -> None:
+    """A runc container carrying podman's manager annotation is podman's; CRI annotations give
+    the Kubernetes container name and the image (real runc, real state.json)."""
+    annotations = {"io.container.manager": "libpod",
+                   "io.kubernetes.cri.container-name": "api",
+                   "io.kubernetes.cri.image-name": "registry.example/api:2"}
+    try:
+        with runc_container(cgroups.create(), annotations=annotations) as c:
+            w = Discovery(cgroups.layout).scan()[c.id]
+            assert (w.runtime, w.container_name, w.image, w.name) == (
+                "podman", "api", "registry.example/api:2", "api")
+    except RuncUnavailable as e:
+        pytest.skip(f"runc cannot run here: {e}")
