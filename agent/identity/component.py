@@ -247,10 +247,10 @@ class IdentityComponent(Component):
                 if not fallback and any(i.runtime == runtime for i in mine):
                     watch.down(watch.last_error, seen_containers=True)
                 continue
-            for ident in mine:
-                cid = _candidate_id(ident)
-                if cid is not None and cid not in watch.unknown:
-                    watch.refresh(cid)
+            candidates = {c for c in map(_candidate_id, mine) if c is not None}
+            watch.unknown &= candidates  # remember refusals only for cgroups still here
+            for cid in candidates - watch.unknown:
+                watch.refresh(cid)
         podman_api = self.watches.get("podman")
         if self.storage is not None and (podman_api is None or not podman_api.up) and (
             podman_seen or self.cache.count("podman")
