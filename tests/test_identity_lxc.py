@@ -17,6 +17,9 @@ import pytest
 from tests.support.agentd import running_agent
 from tests.support.cgroups import CgroupFactory
 
+#: The first cycle walks every cgroup of the host, which other test runs may fill: be patient.
+READY_S = 120.0
+
 
 def _lxc(tool: str, lxcpath: Path, name: str, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([tool, "-P", str(lxcpath), "-n", name, *argv], capture_output=True,
@@ -55,10 +58,11 @@ def lxc_container(cgroups: CgroupFactory) -> Iterator[tuple[Path, str]]:
 def test_freeze_and_thaw_through_lxc(lxc_container: tuple[Path, str]) -> None:
     lxcpath, name = lxc_container
     with running_agent({"interval": 1, "identity": {
-            "lxc_paths": [str(lxcpath)], "docker_socket": "", "podman_socket": ""}}) as agent:
+            "lxc_paths": [str(lxcpath)], "docker_socket": "", "podman_socket": ""}},
+            ready_timeout=READY_S) as agent:
         agent.wait_for(lambda: any(
             w["name"] == name and w["runtime"] == "lxc"
-            for w in agent.get("/api/v1/containers?kind=container")["containers"]), 30)
+            for w in agent.get("/api/v1/containers?kind=container")["containers"]), 60)
         out = agent.agentctl("freeze", name, "--json")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["via"] == "lxc"

@@ -12,6 +12,9 @@ import pytest
 from tests.support.agentd import RunningAgent, running_agent
 from tests.support.podman import PodmanUnavailable, PrivatePodman, private_podman
 
+#: The first cycle walks every cgroup of the host, which other test runs may fill: be patient.
+READY_S = 120.0
+
 
 @pytest.fixture(scope="module")
 def podman() -> Iterator[PrivatePodman]:
@@ -31,9 +34,10 @@ def test_named_from_storage_without_a_service(podman: PrivatePodman) -> None:
     cid = podman.run("pm-disk", "sleep", "1000")
     with running_agent({"interval": 1, "identity": {
             "podman_socket": str(podman.workdir / "absent.sock"),
-            "podman_storage": str(podman.root), "docker_socket": ""}}) as agent:
+            "podman_storage": str(podman.root), "docker_socket": ""}},
+            ready_timeout=READY_S) as agent:
         w = agent.wait_for(lambda: (x := _listed(agent, cid)) and x["name"] == "pm-disk" and x,
-                           30)
+                           60)
         assert w["runtime"] == "podman"
         assert w["image"] == "localhost/local/busybox:1"
         out = agent.agentctl("ls")
@@ -49,7 +53,8 @@ def test_named_and_paused_through_the_api(podman: PrivatePodman) -> None:
     with running_agent({"interval": 1, "identity": {
             "podman_socket": str(podman.socket), "podman_storage": "", "docker_socket": "",
             # podman's service forks work per request: slow on a loaded 2-core host.
-            "api_timeout": 10}}) as agent:
+            "api_timeout": 10}},
+            ready_timeout=READY_S) as agent:
         w = agent.wait_for(lambda: (x := _listed(agent, cid)) and x["name"] == "pm-api" and x,
                            60)
         assert w["runtime"] == "podman"

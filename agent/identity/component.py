@@ -93,6 +93,10 @@ class ApiWatch:
             log.warning("%s API unavailable (%s): its containers are named by id until it "
                         "answers (cached names kept)", self.runtime, error)
 
+    def answered(self) -> None:
+        """The API answered: it is up again (a later outage is warned about again)."""
+        self.up, self.warned, self.last_error = True, False, ""
+
     async def run(self) -> None:
         while True:
             try:
@@ -114,7 +118,7 @@ class ApiWatch:
         if not self.up:
             log.info("%s API at %s: %d containers named", self.runtime, self.client.socket,
                      len(infos))
-        self.up, self.warned, self.last_error = True, False, ""
+        self.answered()
         self.ctx.request_cycle()
         follow = asyncio.ensure_future(self._follow())
         try:
@@ -124,6 +128,7 @@ class ApiWatch:
                 await asyncio.wait({follow}, timeout=self.retry_s)
                 if not follow.done():
                     await self.client.ping()
+                    self.answered()
         finally:
             follow.cancel()
             with contextlib.suppress(asyncio.CancelledError, EngineApiError):
@@ -156,6 +161,7 @@ class ApiWatch:
             return
         finally:
             self._inflight.discard(cid)
+        self.answered()
         if info is None:
             self.unknown.add(cid)
             self.cache.drop(cid)
