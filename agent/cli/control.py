@@ -82,8 +82,15 @@ def _stretch(client: AgentClient, seconds: float) -> None:
     client.timeout = max(client.timeout, seconds)
 
 
+def _how(r: dict[str, Any]) -> str:
+    """"v1 freezer" for the cgroup path, "through docker" for an owner."""
+    via = r.get("via", "cgroup")
+    return f"{r['freezer']} freezer" if via == "cgroup" else f"through {via}"
+
+
 def _freeze(args: argparse.Namespace, client: AgentClient) -> int:
-    body: dict[str, Any] = {"target": args.target, "force": args.force}
+    body: dict[str, Any] = {"target": args.target, "force": args.force,
+                            "via_cgroup": args.via_cgroup}
     if args.op_timeout is not None:
         body["timeout"] = args.op_timeout
         _stretch(client, args.op_timeout + 30)
@@ -91,12 +98,12 @@ def _freeze(args: argparse.Namespace, client: AgentClient) -> int:
         body["freezer"] = args.freezer
     r = run_op(client, "freeze", body, args.quiet)
     what = "already frozen" if r.get("unchanged") else "frozen"
-    return _emit(args, r, f"{what}: {r['cgroup']} ({r['freezer']} freezer, "
+    return _emit(args, r, f"{what}: {r['cgroup']} ({_how(r)}, "
                           f"{r['duration_s']:.3f} s)")
 
 
 def _thaw(args: argparse.Namespace, client: AgentClient) -> int:
-    body: dict[str, Any] = {"target": args.target}
+    body: dict[str, Any] = {"target": args.target, "via_cgroup": args.via_cgroup}
     if args.op_timeout is not None:
         body["timeout"] = args.op_timeout
         _stretch(client, args.op_timeout + 30)
@@ -105,12 +112,13 @@ def _thaw(args: argparse.Namespace, client: AgentClient) -> int:
         print(f"agentctl: {r['cgroup']} stays frozen: an ancestor holds the freeze "
               f"({r['held_by']})", file=sys.stderr)
     what = "already running" if r.get("unchanged") else "thawed"
-    return _emit(args, r, f"{what}: {r['cgroup']} ({r['freezer']} freezer, "
+    return _emit(args, r, f"{what}: {r['cgroup']} ({_how(r)}, "
                           f"{r['duration_s']:.3f} s)")
 
 
 def _kill(args: argparse.Namespace, client: AgentClient) -> int:
-    body: dict[str, Any] = {"target": args.target, "force": args.force}
+    body: dict[str, Any] = {"target": args.target, "force": args.force,
+                            "via_cgroup": args.via_cgroup}
     if args.op_timeout is not None:
         body["timeout"] = args.op_timeout
         _stretch(client, args.op_timeout + 30)
@@ -196,19 +204,28 @@ def _common(p: argparse.ArgumentParser, force: bool = True, timeout: bool = True
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
+def _owner_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cgroup", dest="via_cgroup", action="store_true",
+                   help="act on the cgroup file directly, not through the owner (docker, "
+                   "podman, LXC, systemd)")
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("freeze", help="freeze a container or cgroup (rolled back on timeout)")
     _common(p)
     p.add_argument("--freezer", choices=("auto", "v1", "v2"), default=None,
-                   help="which freezer (default: [control] freezer, auto)")
+                   help="which freezer (default: [control] freezer, auto); implies --cgroup")
+    _owner_flag(p)
     p.set_defaults(func=_freeze)
 
     p = sub.add_parser("thaw", help="thaw a container or cgroup (never refused)")
     _common(p, force=False)
+    _owner_flag(p)
     p.set_defaults(func=_thaw)
 
     p = sub.add_parser("kill", help="SIGKILL every process of a container or cgroup")
     _common(p)
+    _owner_flag(p)
     p.set_defaults(func=_kill)
 
     p = sub.add_parser("checkpoint", help="checkpoint a container's process tree with CRIU")

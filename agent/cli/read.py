@@ -14,7 +14,7 @@ from agent.cli.client import AgentClient, CliError
 from agent.core.exit_codes import ExitCode
 
 COLUMNS = (
-    ("ID", 14), ("NAME", 28), ("RUNTIME", 10), ("CPU", 6), ("MEM", 8), ("IO R/s", 8),
+    ("ID", 14), ("NAME", 28), ("RUNTIME", 10), ("IMAGE", 24), ("CPU", 6), ("MEM", 8), ("IO R/s", 8),
     ("IO W/s", 8), ("PIDS", 5), ("NET RX/s", 8), ("NET TX/s", 8), ("STATE", 7),
 )
 
@@ -39,6 +39,7 @@ def _row(c: dict[str, Any]) -> list[str]:
         ident[:12] if c["kind"] == "container" else ident,
         c["name"] or "-",
         c["runtime"] or c["kind"],
+        c.get("image") or "-",
         _cores(c.get("cpu_cores")),
         human_bytes(c.get("memory_bytes")),
         human_bytes(c.get("io_read_bytes_per_s")),
@@ -54,6 +55,7 @@ def render_table(rows: list[dict[str, Any]], width: int | None = None) -> str:
     cells = [[h for h, _ in COLUMNS]] + [_row(r) for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     widths[1] = min(widths[1], 40)
+    widths[3] = min(widths[3], 40)
     lines = []
     for line in cells:
         parts = [v[: widths[i]].ljust(widths[i]) for i, v in enumerate(line)]
@@ -98,6 +100,10 @@ def format_detail(d: dict[str, Any]) -> str:
         f"kind:      {d['kind']}   runtime: {d['runtime'] or '-'}   state: {d['state']}",
         f"cgroup:    {d['cgroup']} (inode {d['inode']})",
     ]
+    if d.get("image"):
+        lines.append(f"image:     {d['image']}")
+    if d.get("container_name"):
+        lines.append(f"container: {d['container_name']}")
     if d.get("pod_name") or d.get("namespace"):
         lines.append(f"pod:       {d.get('namespace') or '-'}/{d.get('pod_name') or '-'} "
                      f"(uid {d.get('pod_uid') or '-'}, qos {d.get('qos_class') or '-'})")

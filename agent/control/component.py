@@ -25,12 +25,13 @@ from typing import Any
 from aiohttp import web
 
 from agent.api.errors import json_error
-from agent.control import criu, operations
+from agent.control import criu, operations, owners
 from agent.control.checkpoints import CheckpointStore
 from agent.control.errors import ControlError
 from agent.control.freeze_v2 import Progress
 from agent.control.operations import FREEZERS, Policy
-from agent.control.protect import DEFAULT_PROTECTED, check_patterns
+from agent.control.protect import DEFAULT_PROTECTED, check_allowed, check_patterns
+from agent.control.systemd_dbus import systemd_manages
 from agent.control.targets import Target, resolve_target
 from agent.core.component import AgentContext, Component, Setting
 from agent.core.exit_codes import ExitCode
@@ -177,6 +178,15 @@ class ControlComponent(Component):
         target = self._resolve(ref)
         fields = {"target": ref, "cgroup": target.cgroup, "force": force}
         work: Work
+        route = self._route(target, _bool(body, "via_cgroup") or freezer is not None)
+        if op in ("freeze", "thaw", "kill") and route.via != owners.CGROUP:
+            if not force:
+                check_allowed(target, target.dirs(), policy.protected,
+                              agent_pid=policy.agent_pid, verb=op)
+            return target.cgroup, target.identity, fields, self._owner_work(
+                op, target, route, timeout)
+        if route.note:
+            fields["owner_skipped"] = route.note
         if op == "freeze":
             def work(p: Progress) -> dict[str, object]:
                 return operations.freeze(target, layout, policy, force=force, freezer=freezer,
@@ -196,6 +206,26 @@ class ControlComponent(Component):
                     tcp_established=tcp, export=export, force=force, freezer=freezer,
                     network_lock=self.network_lock, progress=p)
         return target.cgroup, target.identity, fields, work
+
+    def _route(self, target: Target, force_cgroup: bool) -> owners.Route:
+        ident = self._ctx().components.get("identity")
+        client_of = getattr(ident, "client", lambda runtime: None)
+        return owners.choose_route(
+            target, force_cgroup=force_cgroup, client_of=client_of,
+            lxc_paths=tuple(getattr(ident, "lxc_paths", ())),
+            systemd_ok=systemd_manages)
+
+    def _owner_work(self, op: str, target: Target, route: owners.Route,
+                    timeout: float | None) -> Work:
+        ctx, policy = self._ctx(), self.policy
+        loop = ctx.loop
+        assert loop is not None
+        t = policy.timeout_s if timeout is None else timeout
+        if op == "freeze":
+            return lambda p: owners.freeze(target, ctx.layout, route, t, loop, p)
+        if op == "thaw":
+            return lambda p: owners.thaw(target, ctx.layout, route, t, loop, policy, p)
+        return lambda p: owners.kill(target, route, t, loop, p)
 
     def _emit(self, op: str, who: WorkloadIdentity | None, outcome: str,
               fields: dict[str, object]) -> None:
@@ -270,7 +300,7 @@ class ControlComponent(Component):
         if error is None:
             assert result is not None
             final = {"result": result, "exit_code": 0}
-            keys = ("freezer", "method", "id", "pids", "root_pid")
+            keys = ("freezer", "method", "id", "pids", "root_pid", "via")
             extra: dict[str, object] = {k: result[k] for k in keys if k in result}
             self._emit(op, who, "ok", {**fields, **extra, "duration_s": duration})
         else:

@@ -88,6 +88,7 @@ def _result(target: Target, res: FreezeResult, d: Path, layout: CgroupLayout) ->
         "target": target.ref,
         "cgroup": target.cgroup,
         "freezer": res.freezer,
+        "via": "cgroup",
         "path": str(d),
         "frozen": res.frozen,
         "unchanged": res.unchanged,
@@ -174,6 +175,7 @@ def kill(
         "target": target.ref,
         "cgroup": target.cgroup,
         "method": res.method,
+        "via": "cgroup",
         "killed": list(res.pids),
         "duration_s": round(res.duration_s, 6),
     }

@@ -181,6 +181,14 @@ def resolve_target(ref: str, layout: CgroupLayout, snapshot: Snapshot | None) ->
             raise ControlError(
                 f"no container {ref!r}: the agent has no snapshot yet", ExitCode.NOT_FOUND
             )
+        named = snapshot.named(ref)
+        if len(named) > 1 and ref not in snapshot.workloads:
+            candidates = sorted(f"{w.identity.id[:12]} ({w.identity.runtime or '-'}, "
+                                f"{w.identity.cgroup})" for w in named)
+            raise ControlError(
+                f"ambiguous name {ref!r}: {len(named)} workloads carry it: "
+                + "; ".join(candidates) + ". Give an id or a cgroup path",
+                ExitCode.USAGE, {"candidates": candidates})
         found = snapshot.find(ref)
         if found is None:
             raise ControlError(f"no container {ref!r}", ExitCode.NOT_FOUND)

@@ -85,6 +85,9 @@ class AgentContext:
     reader: CgroupReader | None = None
     #: The components running in this agent, by name (filled by the daemon before start()).
     components: dict[str, Component] = field(default_factory=dict)
+    #: Adds what the runtimes say (name, image, labels) to a discovered identity; read by the
+    #: collection cycle, so it must not block (the identity component sets a cache lookup).
+    enrich_identity: Callable[[WorkloadIdentity], WorkloadIdentity] = lambda w: w
 
     def publish_final_sample(self, who: WorkloadIdentity, sample: CgroupSample) -> None:
         for listener in list(self.final_sample_listeners):

@@ -55,7 +55,8 @@ class Agent:
         self.components = components
         self.store = Store(config.state_dir / "agent.db")
         self.reader = CgroupReader(layout)
-        self.collector = Collector(Discovery(layout), self.reader)
+        self.collector = Collector(Discovery(layout), self.reader,
+                                   enrich=lambda w: self.ctx.enrich_identity(w))
         self.renderer = MetricsRenderer(bool(config["cadvisor"]), components)
         self.snapshot: Snapshot | None = None
         self.started = time.monotonic()

@@ -12,6 +12,7 @@ import importlib.util
 from agent.core.component import Component
 
 BUILTIN = (
+    "agent.identity.component:IdentityComponent",
     "agent.network.component:NetworkComponent",
     "agent.events.component:EventsComponent",
     "agent.control.component:ControlComponent",

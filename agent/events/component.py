@@ -221,6 +221,8 @@ class EventsComponent(Component):
             fields.get("source") != "kernel"
         ):
             self._note_control(who.cgroup, str(etype))
+        if who is not None and self.ctx is not None:
+            who = self.ctx.enrich_identity(who)  # the runtime's name, even before a cycle ran
         container = EventContainer.of(who) if who is not None else None
         with self._emit_lock:
             try:

@@ -8,7 +8,8 @@ scrape path renders it like the agent's own metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 
 from prometheus_client.metrics_core import Metric
 
@@ -24,15 +25,35 @@ from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
 from collectors.samples import UNLIMITED, CgroupSample, CpuSample, MemorySample
 
 LABELS = ["id", "name", "image", "container", "pod", "namespace"]
+#: Runtime label keys exported as container_label_<key> (an allowlist: bounded cardinality);
+#: set from [identity] cadvisor_labels.
+_label_keys: tuple[str, ...] = ()
+_label_names: list[str] = list(LABELS)
+
+
+def set_label_keys(keys: Iterable[str]) -> None:
+    global _label_keys, _label_names
+    _label_keys = tuple(dict.fromkeys(keys))
+    _label_names = [*LABELS, *(_label_name(k) for k in _label_keys)]
+
+
+def _label_name(key: str) -> str:
+    # As cAdvisor: every character a Prometheus label name cannot hold becomes "_".
+    return "container_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
 
 
 def cadvisor_labels(w: WorkloadState) -> list[str]:
     i = w.identity
-    container = i.name if i.kind is WorkloadKind.CONTAINER else ""
+    container = (i.container_name or i.name) if i.kind is WorkloadKind.CONTAINER else ""
     return [
-        label_value(i.cgroup), label_value(i.name), i.labels.get("image", ""),
+        label_value(i.cgroup), label_value(i.name), label_value(i.image),
         label_value(container), label_value(i.pod_name), label_value(i.namespace),
     ]
+
+
+def _labels_with_runtime_labels(w: WorkloadState) -> list[str]:
+    labels = w.identity.labels
+    return [*cadvisor_labels(w), *(label_value(labels.get(k, "")) for k in _label_keys)]
 
 
 def _has_quota(c: CpuSample) -> bool:
@@ -172,10 +193,11 @@ CADVISOR_SPECS: tuple[Spec, ...] = (
 
 def cadvisor_render(snapshot: Snapshot) -> list[RenderedFamily]:
     """The cAdvisor families as exposition lines (the scrape path)."""
-    return render_specs(snapshot.workloads.values(), CADVISOR_SPECS, LABELS, cadvisor_labels)
+    return render_specs(snapshot.workloads.values(), CADVISOR_SPECS, _label_names,
+                        _labels_with_runtime_labels)
 
 
 def cadvisor_families(snapshot: Snapshot) -> list[Metric]:
     """The cAdvisor families as Metric objects (remote write)."""
-    return families_from_specs(snapshot.workloads.values(), CADVISOR_SPECS, LABELS,
-                               cadvisor_labels)
+    return families_from_specs(snapshot.workloads.values(), CADVISOR_SPECS, _label_names,
+                               _labels_with_runtime_labels)

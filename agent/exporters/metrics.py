@@ -1,7 +1,8 @@
 """Prometheus metrics from a Snapshot (never from the kernel).
 
 Names follow Prometheus conventions: base units, `_total` for counters, `_seconds`, `_bytes`.
-Every workload series carries id, name, runtime, kind, cgroup, pod and namespace labels.
+Every workload series carries id, name, runtime, kind, cgroup, pod, namespace, image and
+container (Kubernetes container name) labels.
 
 Each metric is declared once in WORKLOAD_SPECS. Two consumers read that table:
 `snapshot_families()` builds prometheus_client Metric objects (remote write, tests), and
@@ -23,7 +24,7 @@ from agent.model.snapshot import Snapshot, WorkloadState
 from collectors.samples import UNLIMITED, CgroupSample
 
 P = "container_agent_"
-LABELS = ["id", "name", "runtime", "kind", "cgroup", "pod", "namespace"]
+LABELS = ["id", "name", "runtime", "kind", "cgroup", "pod", "namespace", "image", "container"]
 
 MEMORY_STAT_BYTES = (
     "anon", "file", "kernel", "kernel_stack", "pagetables", "sock", "shmem", "file_mapped",
@@ -50,7 +51,8 @@ def workload_labels(w: WorkloadState) -> list[str]:
     i = w.identity
     return [
         label_value(i.id), label_value(i.name), i.runtime, i.kind.value, label_value(i.cgroup),
-        label_value(i.pod_name), label_value(i.namespace),
+        label_value(i.pod_name), label_value(i.namespace), label_value(i.image),
+        label_value(i.container_name),
     ]
 
 

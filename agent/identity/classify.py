@@ -7,7 +7,8 @@ Path rules:
   driver a bare `<64hex>` (containerd, the runtime nearly every cluster uses since dockershim
   went away; a runtime state file refines it)
 - CRI-O: `crio-<64hex>.scope` / `crio-<64hex>`; `crio-conmon-*` is its monitor, not a container
-- podman: `libpod-<64hex>.scope`; `libpod-conmon-*` is its monitor
+- podman: `libpod-<64hex>.scope` (systemd manager) or `libpod-<64hex>` (cgroupfs manager);
+  `libpod-conmon-*` is its monitor
 - LXC: `lxc.payload.<name>`, `lxc.payload/<name>`, `lxc/<name>`; `lxc.monitor.*` is a monitor
 - systemd-nspawn / machined: `machine-<escaped name>.scope`
 - Kubernetes pods: `kubepods[.slice]`, QoS `burstable`/`besteffort` (none = guaranteed), pod
@@ -31,7 +32,7 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(rf"docker-({_HEX64})\.scope"), "docker"),
     (re.compile(rf"cri-containerd-({_HEX64})\.scope"), "containerd"),
     (re.compile(rf"crio-({_HEX64})(?:\.scope)?"), "cri-o"),
-    (re.compile(rf"libpod-({_HEX64})\.scope"), "podman"),
+    (re.compile(rf"libpod-({_HEX64})(?:\.scope)?"), "podman"),
 )
 _MONITORS = (
     re.compile(rf"(?:crio|libpod)-conmon-{_HEX64}(?:\.scope)?"),

@@ -45,6 +45,9 @@ _K8S_NAMESPACE = ("io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.name
 _K8S_CONTAINER = ("io.kubernetes.cri.container-name", "io.kubernetes.container.name")
 _K8S_POD_UID = ("io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid")
 _K8S_TYPE = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
+_K8S_IMAGE = ("io.kubernetes.cri.image-name", "io.kubernetes.cri-o.ImageName")
+#: podman marks the containers it made (it runs them with runc or crun underneath).
+_MANAGER = "io.container.manager"
 
 
 def _first(annotations: Mapping[str, str], keys: Iterable[str]) -> str | None:
@@ -282,7 +285,7 @@ class Discovery:
     ) -> WorkloadIdentity:
         runtime, cid, name = cls.runtime, cls.id, cls.name
         labels: dict[str, str] = {}
-        pod_name = namespace = None
+        pod_name = namespace = image = container = None
         pod_uid, qos = cls.pod_uid, cls.qos_class
         init: ProcessInfo | None = None
         if state is not None:
@@ -292,6 +295,8 @@ class Discovery:
                 "containerd",
             ):
                 runtime = "docker"  # a bare id under a pod, run by docker (cri-dockerd)
+            if state.annotations.get(_MANAGER) == "libpod":
+                runtime = "podman"
             labels.update(state.annotations)
             if state.bundle:
                 labels["bundle"] = state.bundle
@@ -301,10 +306,12 @@ class Discovery:
             pod_name = _first(ann, _K8S_POD)
             namespace = _first(ann, _K8S_NAMESPACE)
             pod_uid = pod_uid or _first(ann, _K8S_POD_UID)
+            image = _first(ann, _K8S_IMAGE)
             if _first(ann, _K8S_TYPE) == "sandbox":
                 name = "POD"
             else:
-                name = _first(ann, _K8S_CONTAINER) or name
+                container = _first(ann, _K8S_CONTAINER)
+                name = container or name
             init = self._alive(state, procs)
         if init is None:
             init = _oldest(own, host) or _oldest(_subtree(path, by_cgroup), host)
@@ -322,6 +329,8 @@ class Discovery:
             init_pid=init.pid if init is not None else None,
             namespaces=_ns_inodes(init) if init is not None else MappingProxyType({}),
             labels=MappingProxyType(labels),
+            image=image,
+            container_name=container,
         )
 
 

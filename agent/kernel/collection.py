@@ -44,9 +44,16 @@ class CollectionState:
 
 
 class Collector:
-    def __init__(self, discovery: Discovery, reader: CgroupReader) -> None:
+    def __init__(
+        self,
+        discovery: Discovery,
+        reader: CgroupReader,
+        enrich: Callable[[WorkloadIdentity], WorkloadIdentity] = lambda w: w,
+    ) -> None:
         self.discovery = discovery
         self.reader = reader
+        #: Runtime names and images from the identity cache (a lookup, never a wait).
+        self.enrich = enrich
         self.state = CollectionState()
         self._lock = threading.Lock()
 
@@ -106,6 +113,7 @@ class Collector:
             if sample.inode is not None and sample.inode != ident.inode:
                 # Recreated at the same path since discovery: a new incarnation.
                 ident = self.discovery.identify(ident.cgroup) or ident
+            ident = self.enrich(ident)
             out[ident.id] = WorkloadState(identity=ident, sample=sample)
         return out
 

@@ -47,6 +47,10 @@ class WorkloadIdentity:
     #: Namespace kind (net, pid, mnt, ...) -> inode of the init process's namespace.
     namespaces: Mapping[str, int] = field(default_factory=lambda: EMPTY_NS)
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
+    #: Image reference the runtime started it from (docker/podman API, CRI annotations).
+    image: str | None = None
+    #: Kubernetes container name (the pod spec's), where the runtime knows it.
+    container_name: str | None = None
 
     @property
     def incarnation(self) -> tuple[str, int]:
@@ -111,7 +115,7 @@ class Snapshot:
         """Look a workload up by id, id prefix (>= 12 chars), name or cgroup path."""
         if ref in self.workloads:
             return self.workloads[ref]
-        by_name = [w for w in self.workloads.values() if w.identity.name == ref]
+        by_name = self.named(ref)
         if len(by_name) == 1:
             return by_name[0]
         by_cgroup = [w for w in self.workloads.values() if w.identity.cgroup == ref]
@@ -122,3 +126,7 @@ class Snapshot:
             if len(by_prefix) == 1:
                 return by_prefix[0]
         return None
+
+    def named(self, name: str) -> list[WorkloadState]:
+        """Every workload whose human name is `name` (more than one: the name is ambiguous)."""
+        return [w for w in self.workloads.values() if w.identity.name == name]

@@ -130,13 +130,14 @@ class RunningAgent:
 
 @contextlib.contextmanager
 def running_agent(
-    config: dict[str, Any] | None = None, args: list[str] | None = None, ready: bool = True
+    config: dict[str, Any] | None = None, args: list[str] | None = None, ready: bool = True,
+    ready_timeout: float = 30.0,
 ) -> Iterator[RunningAgent]:
     with tempfile.TemporaryDirectory(prefix="ca-agentd-") as tmp:
         agent = RunningAgent(Path(tmp), config or {}, args or [])
         try:
             if ready:
-                agent.wait_ready()
+                agent.wait_ready(ready_timeout)
             yield agent
         finally:
             agent.stop()
