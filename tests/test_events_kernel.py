@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.events.kernfs import parse_flat
+from collectors.parsers import parse_flat
 from tests.support.cgroups import CgroupFactory, TestCgroup
 from tests.test_events_harness import Harness, started
 
@@ -38,7 +38,7 @@ def _counter(cg: TestCgroup, ctrl: str, v1_file: str, v2_file: str, key: str) ->
     """The kernel's own count, read the way an operator would."""
     key_dir = ctrl if ctrl in cg.dirs else "unified"
     text = cg.read(key_dir, v1_file if ctrl in cg.dirs else v2_file)
-    return parse_flat(text)[key]
+    return parse_flat(text.encode())[key]
 
 
 async def _wait_exit(proc: object) -> None:

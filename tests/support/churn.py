@@ -110,7 +110,7 @@ class Churn:
             proc = subprocess.Popen(["/bin/sh", "-c", BURN], preexec_fn=enter)
             proc.wait()
             ref = self.factory.bases[self.factory.ref_key] / self.factory.prefix_name / name
-            usage = _usage_usec(ref, self.factory.ref_key, dirs)
+            usage = usage_usec(ref, self.factory.ref_key, dirs)
             if self.rmdir_delay_s:
                 time.sleep(self.rmdir_delay_s)
         finally:
@@ -119,7 +119,7 @@ class Churn:
         return Life(f"{self.factory.prefix_rel}/{name}", usage, time.monotonic())
 
 
-def _usage_usec(ref: Path, ref_key: str, dirs: list[Path]) -> int:
+def usage_usec(ref: Path, ref_key: str, dirs: list[Path]) -> int:
     if ref_key == "unified":
         for line in (ref / "cpu.stat").read_text().splitlines():
             k, v = line.split()

@@ -11,10 +11,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
 import select
 import threading
 from collections.abc import Callable
+from pathlib import Path
+
+from agent.kernel.kernfs import GONE
+
+log = logging.getLogger("agent.kernel.watch")
+
+
+class PsiRefused(Exception):
+    """The kernel refuses PSI triggers altogether (message: why): stop asking."""
+
+
+def open_trigger(path: Path, stall_us: int, window_us: int) -> int | None:
+    """A trigger fd `some <stall> <window>` on `<res>.pressure`; None when the file or the
+    cgroup is absent (or one trigger failed); PsiRefused when no trigger can work."""
+    if not path.exists():
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno not in GONE:
+            log.warning("PSI trigger on %s: %s", path, e)
+        return None
+    try:
+        os.write(fd, f"some {stall_us} {window_us}\0".encode())
+    except OSError as e:
+        os.close(fd)
+        if e.errno in GONE:
+            return None
+        if e.errno == errno.EOPNOTSUPP:
+            raise PsiRefused("PSI is disabled in this kernel (EOPNOTSUPP)") from None
+        if e.errno == errno.EINVAL:
+            raise PsiRefused(
+                f"PSI trigger 'some {stall_us} {window_us}' refused "
+                "(without CAP_SYS_RESOURCE the window must be a multiple of 2 s)") from None
+        raise PsiRefused(f"PSI trigger: {e.strerror}") from None
+    return fd
 
 
 class PsiWaiter:
