@@ -184,15 +184,19 @@ def test_fds_are_released_when_cgroups_go(cgroups: CgroupFactory, tmp_path: Path
             assert not any(p.rsplit("/", 1)[-1] in names for p in watcher._dir_by_path)
             assert all(cg.path.rsplit("/", 1)[-1] not in names
                        for cg in watcher._file_wds.values())
-            stopped = {e.container.cgroup for e in h.events("container_stopped")
-                       if e.container is not None}
-            assert {cg.rel for cg in made} <= stopped
+
+            def stopped() -> set[str]:
+                return {e.container.cgroup for e in h.events("container_stopped")
+                        if e.container is not None}
+            # The final reads' results reach the loop a moment after the watch let go.
+            await h.wait_for(lambda: {cg.rel for cg in made} <= stopped())
     asyncio.run(body())
 
 
 def test_lives_shorter_than_our_reaction(cgroups: CgroupFactory, tmp_path: Path) -> None:
-    """The loop is kept busy while the process runs, so its whole life lies between two reads
-    of cgroup.events (or before the cgroup was even watched): started and stopped still come,
+    """The loop is kept busy while the process runs (the kernel watch's thread may still see
+    it start, or not: then the whole life lies between two reads of cgroup.events, or before
+    the cgroup was even watched, and the start is `coalesced`): started and stopped come,
     with the exact CPU."""
     async def body() -> None:
         async with started(tmp_path) as h:
@@ -203,7 +207,7 @@ def test_lives_shorter_than_our_reaction(cgroups: CgroupFactory, tmp_path: Path)
             watched.spawn([PY, "-S", "-c", SHORT_LIFE]).wait()  # both notifications, one read
             for cg in (before_watch, watched):
                 stopped = await h.wait_for(lambda cg=cg: h.events("container_stopped", cg.rel))
-                kinds = [(e.type, e.fields.get("coalesced")) for e in h.events(container=cg.rel)]
-                assert kinds == [("container_started", True), ("container_stopped", None)]
+                kinds = [e.type for e in h.events(container=cg.rel)]
+                assert kinds == ["container_started", "container_stopped"]
                 assert stopped[0].fields["cpu_usage_usec"] == cg.cpu_usage_usec() > 0
     asyncio.run(body())

@@ -36,7 +36,7 @@ from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
 from agent.kernel.cgroup_watch import CgroupWatcher
 from agent.kernel.final_read import FinalReadThread, latency_family
-from agent.kernel.watched import NoListener, PsiTrigger, WatchedCgroup
+from agent.kernel.watched import NoListener, PollScope, PsiTrigger, WatchedCgroup
 from agent.model.snapshot import Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import UNLIMITED, CgroupSample
@@ -146,6 +146,7 @@ class EventsComponent(Component):
         #: Final reads under way per incarnation, and the incarnations removed meanwhile.
         self._final_pending: Counter[tuple[str, int]] = Counter()
         self._gone_pending: set[tuple[str, int]] = set()
+        self._pending_lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self._emit_lock = threading.Lock()
         self._running: dict[tuple[str, int], bool] = {}
@@ -183,6 +184,7 @@ class EventsComponent(Component):
         if watcher is None:  # no daemon (a test's context): a watch of our own
             watcher = CgroupWatcher(ctx.layout, identify)
         watcher.listener = self
+        watcher.on_emptied = self._submit_final
         watcher.psi = psi
         watcher.poll_interval_s = float(cfg.get("poll_interval_s", 0.5))
         watcher.follow_new = bool(cfg.get("watch_new_cgroups", True))
@@ -204,6 +206,7 @@ class EventsComponent(Component):
                 for path in list(self.watcher.cgroups):
                     self.watcher.unwatch(path)
                 self.watcher.listener = NoListener()
+                self.watcher.on_emptied = None
             self.watcher = None
         if self.final_reads is not None:
             await asyncio.to_thread(self.final_reads.close)
@@ -276,29 +279,36 @@ class EventsComponent(Component):
                 self._running[key] = True
                 self.emit(EventType.CONTAINER_STARTED, cg.identity, "", {"source": "kernel"})
             return
-        # Read at once, in the final-read thread: the runtime may rmdir it any moment now.
-        if self.final_reads is None or self.loop is None:
+        # Empty: the final read was submitted by _submit_final; its result stops it.
+
+    def _submit_final(self, cg: WatchedCgroup) -> None:
+        """In the watch thread, the moment the cgroup is seen empty: the runtime may rmdir it
+        any moment now, so the read goes to the final-read thread at once."""
+        reads, loop = self.final_reads, self.loop
+        if reads is None or loop is None or _mirror(cg):
             return
+        key = (cg.path, cg.inode)
         # Every notification gets its read (a later one may see a life the earlier missed);
         # a read with nothing new behind it is dropped in _emptied.
-        self._final_pending[key] += 1
-        loop = self.loop
+        with self._pending_lock:
+            self._final_pending[key] += 1
 
         def deliver(sample: CgroupSample) -> None:
             with contextlib.suppress(RuntimeError):  # loop closed at shutdown
                 loop.call_soon_threadsafe(self._after_final, cg, sample)
 
-        self.final_reads.submit(cg.path, cg.notified_ns or time.monotonic_ns(), deliver)
+        reads.submit(cg.path, cg.notified_ns or time.monotonic_ns(), deliver)
 
     def _after_final(self, cg: WatchedCgroup, sample: CgroupSample) -> None:
         key = (cg.path, cg.inode)
-        self._final_pending[key] -= 1
-        if self._final_pending[key] <= 0:
-            del self._final_pending[key]
+        with self._pending_lock:
+            self._final_pending[key] -= 1
+            if self._final_pending[key] <= 0:
+                del self._final_pending[key]
         try:
             self._emptied(cg, sample)
         finally:
-            if key in self._gone_pending and key not in self._final_pending:
+            if key in self._gone_pending and not self._final_pending[key]:
                 self._gone_pending.discard(key)
                 self.on_gone(cg)
 
@@ -381,7 +391,9 @@ class EventsComponent(Component):
 
     def on_gone(self, cg: WatchedCgroup) -> None:
         key = (cg.path, cg.inode)
-        if key in self._final_pending:
+        with self._pending_lock:
+            pending = self._final_pending[key] > 0
+        if pending:
             self._gone_pending.add(key)  # the final read's result decides: see _after_final
             return
         if self._running.get(key):
@@ -423,7 +435,7 @@ class EventsComponent(Component):
                 self.emit(EventType.CONTAINER_STARTED, who, "", {"source": "discovery"})
             self._check_throttled(state, prev_states.get(key))
         if self.watcher is not None:
-            self.watcher.set_poll_scope(*limited_subtrees(snapshot))
+            self.watcher.poll_scope = PollScope(*limited_subtrees(snapshot))
             if self.watcher.psi_error and self.ctx is not None:
                 self.ctx.host_facts["psi_triggers"] = self.watcher.psi_error
         for key, state in prev_states.items():

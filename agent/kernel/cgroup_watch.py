@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import select
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -42,7 +44,15 @@ from agent.kernel.kernfs import (
     v1_dir,
 )
 from agent.kernel.psi import PsiRefused, PsiWaiter, open_trigger
-from agent.kernel.watched import NoListener, PsiTrigger, TreeListener, WatchedCgroup, WatchListener
+from agent.kernel.watch_thread import LoopBridge, locked
+from agent.kernel.watched import (
+    NoListener,
+    PollScope,
+    PsiTrigger,
+    TreeListener,
+    WatchedCgroup,
+    WatchListener,
+)
 from agent.model.snapshot import WorkloadIdentity
 from collectors.layout import CgroupLayout
 
@@ -57,7 +67,7 @@ _V1_RETRY_S, _V1_RETRIES = 0.05, 40
 _OOM_REREAD_S = (0.02, 0.1, 0.5)
 
 
-class CgroupWatcher:
+class CgroupWatcher(LoopBridge):
     def __init__(
         self,
         layout: CgroupLayout,
@@ -81,7 +91,10 @@ class CgroupWatcher:
         self.identify = identify
         self.psi = psi
         self.poll_interval_s = poll_interval_s
-        self.loop: asyncio.AbstractEventLoop | None = None
+        LoopBridge.__init__(self)
+        #: Called in the watch thread the moment a cgroup is seen empty (populated 0), before
+        #: anything else: the final read must not wait (the events component submits it).
+        self.on_emptied: Callable[[WatchedCgroup], None] | None = None
         self.ino = Inotify()
         self.psi_waiter = PsiWaiter(self._on_psi)
         self.cgroups: dict[str, WatchedCgroup] = {}
@@ -91,35 +104,33 @@ class CgroupWatcher:
         self._psi_fds: dict[int, WatchedCgroup] = {}
         self._poll_handle: asyncio.TimerHandle | None = None
         self.psi_error: str | None = None
-        #: Which polled v1 counters can move, per cgroup path (see set_poll_scope); None
-        #: until the first snapshot: poll everything.
-        self._pids_scope: frozenset[str] | None = None
-        self._memory_scope: frozenset[str] | None = None
+        #: Which polled v1 counters can move (PollScope); all until told.
+        self.poll_scope = PollScope()
 
     # -- lifecycle -----------------------------------------------------------------------
+    @locked
     def start(self, loop: asyncio.AbstractEventLoop, watch_tree: bool = True) -> None:
         raise_nofile_limit()
         self.loop = loop
-        loop.add_reader(self.ino.fd, self._on_inotify)
+        self._loop_thread = threading.get_ident()
         self.psi_waiter.start(loop)
         if watch_tree:
             self._watch_subtree("/", report_new=False)
+        self._thread.add(self.ino.fd, self._on_inotify)
+        self._thread.start()
         self._schedule_poll()
 
     def close(self) -> None:
-        for path in list(self.cgroups):
-            self.unwatch(path)
-        if self._poll_handle is not None:
-            self._poll_handle.cancel()
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.remove_reader(self.ino.fd)
-        self.ino.close()
-        self.psi_waiter.close()
+        self._thread.close()  # first: nothing runs in the watch thread from here on
+        with self.lock:
+            for path in list(self.cgroups):
+                self.unwatch(path)
+            if self._poll_handle is not None:
+                self._poll_handle.cancel()
+            self.ino.close()
+            self.psi_waiter.close()
 
     def abs_path(self, path: str) -> Path:
-        return self._abs(path)
-
-    def _abs(self, path: str) -> Path:
         return self.root if path == "/" else self.root / path.lstrip("/")
 
     # -- the directory tree: IN_CREATE reports new cgroups at once -----------------------
@@ -130,7 +141,7 @@ class CgroupWatcher:
             rel = stack.pop()
             if rel not in self._dir_by_path:
                 try:
-                    wd = self.ino.add_watch(str(self._abs(rel)), _DIR_MASK)
+                    wd = self.ino.add_watch(str(self.abs_path(rel)), _DIR_MASK)
                 except OSError as e:
                     if e.errno in GONE:
                         continue
@@ -152,7 +163,7 @@ class CgroupWatcher:
             if report_new and self.follow_new and rel not in self.cgroups:
                 self._new_cgroup(rel)
             try:
-                with os.scandir(self._abs(rel)) as it:
+                with os.scandir(self.abs_path(rel)) as it:
                     for entry in it:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(f"{rel.rstrip('/')}/{entry.name}")
@@ -162,7 +173,7 @@ class CgroupWatcher:
 
     def _new_cgroup(self, rel: str) -> None:
         try:
-            inode = os.stat(self._abs(rel)).st_ino
+            inode = os.stat(self.abs_path(rel)).st_ino
         except OSError:
             return
         self.watch(self.identify(rel, inode), new=True)
@@ -180,9 +191,10 @@ class CgroupWatcher:
             cg = self.cgroups.get(path)
             if cg is not None:
                 self.unwatch(path)
-                self.listener.on_gone(cg)
+                self._tell(self.listener.on_gone, cg)
 
     # -- one cgroup ----------------------------------------------------------------------
+    @locked
     def watch(
         self, identity: WorkloadIdentity, new: bool, v1_paths: Mapping[str, str] | None = None
     ) -> WatchedCgroup | None:
@@ -193,8 +205,8 @@ class CgroupWatcher:
                 old.identity = identity
                 return old
             self.unwatch(identity.cgroup)
-            self.listener.on_gone(old)
-        d = self._abs(identity.cgroup)
+            self._tell(self.listener.on_gone, old)
+        d = self.abs_path(identity.cgroup)
         cg = WatchedCgroup(identity.cgroup, identity.inode, identity, new)
         cg.has_children = has_subdir(d)
         self.cgroups[cg.path] = cg
@@ -217,6 +229,7 @@ class CgroupWatcher:
                 self._reread(cg, source)
         return self.cgroups.get(cg.path)
 
+    @locked
     def unwatch(self, path: str) -> None:
         cg = self.cgroups.pop(path, None)
         if cg is None:
@@ -276,8 +289,9 @@ class CgroupWatcher:
             # A runtime moves a new process into each hierarchy in turn: ask again shortly.
             cg.v1_tries += 1
             cg.v1_pending = True
-            self.loop.call_later(_V1_RETRY_S, self._retry_v1, cg)
+            self._later(_V1_RETRY_S, self._retry_v1, cg)
 
+    @locked
     def _retry_v1(self, cg: WatchedCgroup) -> None:
         cg.v1_pending = False
         if self.cgroups.get(cg.path) is cg:
@@ -297,16 +311,14 @@ class CgroupWatcher:
         cg.files["memory.oom_control"] = control
         cg.polled.add("memory.oom_control")  # safety net: see _on_oom_eventfd
         self._reread(cg, "memory.oom_control")
-        if self.loop is not None:
-            self.loop.add_reader(fds[0], self._on_oom_eventfd, cg)
+        self._thread.add(fds[0], functools.partial(self._on_oom_eventfd, cg))
 
     def _close_oom(self, cg: WatchedCgroup) -> None:
         if cg.oom_fds is None:
             return
         efd, cfd = cg.oom_fds
         cg.oom_fds = None
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.remove_reader(efd)
+        self._thread.remove(efd)
         os.close(efd)
         os.close(cfd)
 
@@ -321,7 +333,7 @@ class CgroupWatcher:
         if text is None:
             if source in ("cgroup.events", "cgroup.procs") and self.cgroups.get(cg.path) is cg:
                 self.unwatch(cg.path)
-                self.listener.on_gone(cg)
+                self._tell(self.listener.on_gone, cg)
             elif source == "memory.oom_control":
                 self._close_oom(cg)
             return
@@ -335,7 +347,7 @@ class CgroupWatcher:
                 frozen = bool(values["frozen"])
                 if cg.frozen is not None and frozen != cg.frozen:
                     notified_populated = False  # this notification was the freeze
-                    self.listener.on_frozen(cg, frozen)
+                    self._tell(self.listener.on_frozen, cg, frozen)
                 cg.frozen = frozen
             self._set_populated(cg, bool(values.get("populated", 0)), notified_populated)
             return
@@ -346,31 +358,34 @@ class CgroupWatcher:
         for key, total in values.items():
             delta = total - old.get(key, 0)
             if delta > 0:
-                self.listener.on_counter(cg, source, key, delta, total)
+                self._tell(self.listener.on_counter, cg, source, key, delta, total)
 
     def _set_populated(self, cg: WatchedCgroup, populated: bool, notified: bool) -> None:
         first = cg.populated is None
         if populated and cg.populated is not True:
             cg.v1_tries = 0
             self._setup_v1(cg, None, retry=True)
+        changed = populated != cg.populated
+        # An old cgroup's first read is its state, not a change; a new one's is a start, or,
+        # new and already empty, maybe a whole life that ended before the watch. Told something
+        # changed, yet still empty: a short life (populated 1 then 0) fell between two reads
+        # (the listener checks the CPU counter to tell).
+        tell = (changed and (not first or cg.new)) or (notified and not populated)
+        if tell and not populated and self.on_emptied is not None:
+            self.on_emptied(cg)
         if not populated:
             # Count what happened up to the end (an OOM kill emptying it) before the stop.
             self._refresh_counters(cg)
-        if populated != cg.populated:
+        if changed:
             cg.populated = populated
             cg.seen_populated |= populated
-            # An old cgroup's first read is its state, not a change; a new one's is a start,
-            # or, new and already empty, maybe a whole life that ended before the watch.
-            if not first or cg.new:
-                self.listener.on_populated(cg, populated)
-        elif notified and not populated:
-            # Told something changed, yet still empty: a short life (populated 1 then 0) fell
-            # between two reads. The listener checks the CPU counter to tell.
-            self.listener.on_populated(cg, False)
+        if tell:
+            self._tell(self.listener.on_populated, cg, populated)
 
+    @locked
     def rescan(self) -> None:
         """After a full discovery scan: forget removed directories, watch new ones."""
-        for rel in [r for r in self._dir_by_path if not os.path.isdir(self._abs(r))]:
+        for rel in [r for r in self._dir_by_path if not os.path.isdir(self.abs_path(r))]:
             if rel in self._dir_by_path:
                 self._dir_gone(rel)
         self._watch_subtree("/", report_new=True)
@@ -383,10 +398,11 @@ class CgroupWatcher:
             return
         for tell in list(self.tree_listeners):
             try:
-                tell(created, deleted, overflow)
+                self._tell(tell, created, deleted, overflow)
             except Exception:
                 log.exception("tree listener failed")
 
+    @locked
     def _on_inotify(self) -> None:
         now = time.monotonic_ns()
         todo: dict[tuple[int, str], WatchedCgroup] = {}
@@ -427,6 +443,7 @@ class CgroupWatcher:
                 self._reread(cg, source, notified=True)
         self._tell_tree(overflow)
 
+    @locked
     def _on_oom_eventfd(self, cg: WatchedCgroup) -> None:
         if cg.oom_fds is None:
             return
@@ -435,10 +452,10 @@ class CgroupWatcher:
         # Also signalled when the cgroup goes away: the re-read then finds nothing.
         self._refresh_counters(cg)
         # The eventfd fires when the OOM starts, the kill is counted a moment later.
-        if self.loop is not None:
-            for delay in _OOM_REREAD_S:
-                self.loop.call_later(delay, self._refresh_if_watched, cg)
+        for delay in _OOM_REREAD_S:
+            self._later(delay, self._refresh_if_watched, cg)
 
+    @locked
     def _refresh_if_watched(self, cg: WatchedCgroup) -> None:
         if self.cgroups.get(cg.path) is cg:
             self._refresh_counters(cg)
@@ -448,6 +465,7 @@ class CgroupWatcher:
             if self.cgroups.get(cg.path) is cg or source == "memory.oom_control":
                 self._reread(cg, source)
 
+    @locked
     def _on_psi(self, fd: int, mask: int) -> None:
         cg = self._psi_fds.get(fd)
         if cg is None:
@@ -465,31 +483,18 @@ class CgroupWatcher:
             text = os.read(fd, 4096).decode(errors="replace")
         except OSError:
             text = ""
-        self.listener.on_pressure(cg, res, text)
+        self._tell(self.listener.on_pressure, cg, res, text)
 
     def _schedule_poll(self) -> None:
         if self.loop is not None:
             self._poll_handle = self.loop.call_later(self.poll_interval_s, self._poll)
 
-    def set_poll_scope(self, pids: frozenset[str], memory: frozenset[str]) -> None:
-        """Cgroups under a pids limit (own or an ancestor's), and under a memory limit: only
-        there can v1 pids.events, memory.failcnt and oom_control move, so only those are polled
-        (all of them: ~180 ms of CPU per poll at 1,000 cgroups, on the event loop)."""
-        self._pids_scope = pids
-        self._memory_scope = memory
-
-    def _polled_now(self, cg: WatchedCgroup, source: str) -> bool:
-        if source == "pids.events":
-            return self._pids_scope is None or cg.path in self._pids_scope
-        if source in ("memory.failcnt", "memory.oom_control"):
-            return self._memory_scope is None or cg.path in self._memory_scope
-        return True
-
+    @locked
     def _poll(self) -> None:
         try:
             for cg in list(self.cgroups.values()):
                 for source in sorted(cg.polled):
-                    if self.cgroups.get(cg.path) is cg and self._polled_now(cg, source):
+                    if self.cgroups.get(cg.path) is cg and self.poll_scope.covers(cg.path, source):
                         self._reread(cg, source)
         finally:
             self._schedule_poll()

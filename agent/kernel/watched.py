@@ -69,3 +69,20 @@ class NoListener:
         ...
     def on_pressure(self, cg: WatchedCgroup, res: str, text: str) -> None: ...
     def on_gone(self, cg: WatchedCgroup) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PollScope:
+    """Cgroups under a pids limit (own or an ancestor's), and under a memory limit: only there
+    can v1 pids.events, memory.failcnt and oom_control move, so only those are polled (all of
+    them: ~180 ms of CPU per poll at 1,000 cgroups). None: not known yet, poll everything."""
+
+    pids: frozenset[str] | None = None
+    memory: frozenset[str] | None = None
+
+    def covers(self, path: str, source: str) -> bool:
+        if source == "pids.events":
+            return self.pids is None or path in self.pids
+        if source in ("memory.failcnt", "memory.oom_control"):
+            return self.memory is None or path in self.memory
+        return True
