@@ -111,13 +111,14 @@ class Agent:
         first = True
         while not self._stopping.is_set():
             started = time.monotonic()
-            await self._cycle()
-            if first:
+            good = await self._cycle()
+            if first and good:
                 self.notifier.ready()
                 log.info("ready: %d workloads, first snapshot published",
                          len(self.snapshot.workloads) if self.snapshot else 0)
                 first = False
-            self.notifier.watchdog()
+            if good:  # a stuck or failing collection lets systemd's watchdog act
+                self.notifier.watchdog()
             interval = float(self.config["interval"])
             timeout = max(0.0, interval - (time.monotonic() - started))
             self._wake.clear()
@@ -133,7 +134,8 @@ class Agent:
         self.collector.full_scan()
         self._last_rescan = time.monotonic()
 
-    async def _cycle(self) -> None:
+    async def _cycle(self) -> bool:
+        """One collection cycle; False when it failed (no snapshot published)."""
         loop = asyncio.get_running_loop()
         if time.monotonic() - self._last_rescan >= float(self.config["rescan_interval"]):
             await loop.run_in_executor(None, self._rescan)
@@ -157,7 +159,7 @@ class Agent:
             snap = await loop.run_in_executor(None, work)
         except Exception:
             log.exception("collection cycle failed")
-            return
+            return False
         # A cgroup created while the cycle ran was added to the previous snapshot: keep it.
         missing = [w for w in self._added_during_cycle if w.id not in snap.workloads]
         if missing:
@@ -171,6 +173,7 @@ class Agent:
                 log.exception("component %s failed on snapshot %d", comp.name, snap.seq)
         # After the components have digested the snapshot: hand freed memory back.
         await loop.run_in_executor(None, trim_malloc)
+        return True
 
     def _on_tree_change(self, created: Sequence[str], deleted: Sequence[str],
                         overflow: bool) -> None:
@@ -222,7 +225,8 @@ class Agent:
 
     # -- HTTP --------------------------------------------------------------------------
     async def _serve(self) -> None:
-        api = ReadApi(lambda: self.snapshot, self.renderer, self.components, self.started)
+        api = ReadApi(lambda: self.snapshot, self.renderer, self.components, self.started,
+                      lambda: float(self.config["interval"]))
         read_routes = api.routes()
         for comp in self.components:
             read_routes.extend(comp.routes())

@@ -4,10 +4,9 @@ One inotify instance: IN_CREATE/IN_DELETE on every directory of the reference tr
 subscribes: discovery, collection, the reader's fds) and IN_MODIFY on `cgroup.events`,
 `memory.events[.local]`, `pids.events[.local]` of followed cgroups (the events component
 listens). v1 `memory.oom_control` through an eventfd; v1 `pids.events` and `memory.failcnt` send
-no notification, so they are polled. PSI triggers wait in psi.py's thread. All of a cgroup's
-are released when it goes (IN_DELETE on the parent, IN_IGNORED, ENODEV/ENOENT, the rescan).
-Notifications coalesce, so counts come from re-reading the files: the listener gets deltas.
-"""
+no notification: polled. All of a cgroup's are released when it goes (IN_DELETE on the
+parent, IN_IGNORED, ENODEV/ENOENT, the rescan). Counts come from re-reading files (notices
+coalesce): listeners get deltas."""
 
 from __future__ import annotations
 
@@ -228,7 +227,6 @@ class CgroupWatcher(LoopBridge):
             if cg.path in self.cgroups:
                 self._reread(cg, source)
         return self.cgroups.get(cg.path)
-
     @locked
     def unwatch(self, path: str) -> None:
         cg = self.cgroups.pop(path, None)
@@ -408,6 +406,8 @@ class CgroupWatcher(LoopBridge):
         todo: dict[tuple[int, str], WatchedCgroup] = {}
         overflow = False
         for ev in self.ino.read_events():
+            if self._thread.closing:  # shutting down: what is left is of no use
+                return
             if ev.overflow:
                 log.warning("inotify queue overflow: rescanning the cgroup tree")
                 overflow = True

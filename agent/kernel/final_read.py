@@ -10,6 +10,7 @@ finished read is kept for `container_agent_final_read_latency_seconds`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -87,6 +88,10 @@ class FinalReadThread:
         self._queue.put(FinalRead(path, notified_ns, deliver))
 
     def close(self) -> None:
+        # Reads still queued at shutdown are dropped: their cgroups get final: false.
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
         self._queue.put(None)
         self._thread.join(timeout=5)
 

@@ -29,6 +29,8 @@ class WatchThread:
         self._epoll.register(self._wake, select.EPOLLIN)
         self._handlers: dict[int, Callable[[], None]] = {}
         self._thread: threading.Thread | None = None
+        #: Set at close: a handler in the middle of a burst stops early.
+        self.closing = False
 
     @property
     def ident(self) -> int | None:
@@ -50,6 +52,7 @@ class WatchThread:
         self._thread.start()
 
     def close(self) -> None:
+        self.closing = True
         if self._thread is not None:
             os.eventfd_write(self._wake, 1)
             if self._thread is not threading.current_thread():
