@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -22,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.agentd import RunningAgent, running_agent
+from tests.support.agentd import RunningAgent
 from tests.support.cgroups import CgroupFactory, cgroup_factory
 from tests.support.churn import Churn, agent_fds, inotify_watches
 
@@ -153,24 +154,35 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=600.0, help="seconds of churn (600)")
     p.add_argument("--rate", type=float, default=50.0, help="cgroup lives per second (50)")
     args = p.parse_args()
-    with cgroup_factory("soak") as factory, running_agent({"interval": 1}) as agent:
-        report("start", agent, factory)
-        t0 = time.monotonic()
-        with Load(agent) as load:
-            lives = Churn(factory, args.rate, 0.01, workers=16).run(args.duration)
-        took = time.monotonic() - t0
-        time.sleep(3)  # the tail of the churn digested
-        report("end", agent, factory)
-        stopped = {e["container"]["cgroup"]: e for e in _stopped_events(agent)
-                   if e.get("container")}
-        exact = sum(1 for life in lives if (e := stopped.get(life.rel)) is not None
-                    and e["fields"].get("final")
-                    and e["fields"].get("cpu_usage_usec") == life.usage_usec)
-        print(f"container_stopped for {sum(1 for x in lives if x.rel in stopped)} of "
-              f"{len(lives)} lives; exact final CPU (== the kernel's last usage_usec): {exact}")
-        print(f"{len(lives)} lives in {took:.0f} s ({len(lives) / took:.1f}/s achieved); "
-              f"/metrics {ms_quantiles(load.scrape_s)}; /healthz {ms_quantiles(load.health_s)}; "
-              f"SSE {load.sse_bytes / 1e6:.1f} MB; agentctl ls failures {load.ls_failures}")
+    with cgroup_factory("soak") as factory, tempfile.TemporaryDirectory() as tmp:
+        agent = RunningAgent(Path(tmp), {"interval": 1}, [])
+        try:
+            agent.wait_ready(timeout=180)  # a host busy with other cgroups starts slowly
+            soak(agent, factory, args.duration, args.rate)
+        finally:
+            agent.stop(timeout=120)
+
+
+def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: float) -> None:
+    report("start", agent, factory)
+    t0 = time.monotonic()
+    with Load(agent) as load:
+        lives = Churn(factory, rate, 0.01, workers=16).run(duration)
+    took = time.monotonic() - t0
+    time.sleep(3)  # the tail of the churn digested
+    report("end", agent, factory)
+    stopped = {e["container"]["cgroup"]: e for e in _stopped_events(agent)
+               if e.get("container")}
+    exact = sum(1 for life in lives if (e := stopped.get(life.rel)) is not None
+                and e["fields"].get("final")
+                and e["fields"].get("cpu_usage_usec") == life.usage_usec)
+    print(f"container_stopped for {sum(1 for x in lives if x.rel in stopped)} of "
+          f"{len(lives)} lives; exact final CPU (== the kernel's last usage_usec): {exact}")
+    print(f"{len(lives)} lives in {took:.0f} s ({len(lives) / took:.1f}/s achieved); "
+          f"/metrics {ms_quantiles(load.scrape_s)}; /healthz {ms_quantiles(load.health_s)}; "
+          f"SSE {load.sse_bytes / 1e6:.1f} MB; agentctl ls failures {load.ls_failures}")
+
+
 
 
 if __name__ == "__main__":
