@@ -238,8 +238,7 @@ class CgroupWatcher(LoopBridge):
         cg.wds.clear()
         for fd in list(cg.psi):
             self._psi_fds.pop(fd, None)
-            self.psi_waiter.unregister(fd)
-            os.close(fd)
+            self.psi_waiter.discard(fd)
         cg.psi.clear()
         self._close_oom(cg)
 
@@ -475,8 +474,7 @@ class CgroupWatcher(LoopBridge):
             # The cgroup was removed: the trigger is dead (read gives ENODEV).
             self._psi_fds.pop(fd, None)
             cg.psi.pop(fd, None)
-            self.psi_waiter.unregister(fd)
-            os.close(fd)
+            self.psi_waiter.discard(fd)
             return
         try:
             os.lseek(fd, 0, os.SEEK_SET)

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import logging
 import os
+import queue
 import select
 import threading
 from collections.abc import Callable
@@ -64,6 +65,9 @@ class PsiWaiter:
         self.epoll.register(self._wake, select.EPOLLIN)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._to_close: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # Left running at shutdown: the process's exit closes what is still queued.
+        threading.Thread(target=self._close_discarded, name="psi-close", daemon=True).start()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -77,6 +81,19 @@ class PsiWaiter:
     def unregister(self, fd: int) -> None:
         with contextlib.suppress(OSError):
             self.epoll.unregister(fd)
+
+    def discard(self, fd: int) -> None:
+        """Stop waiting on a trigger and close it in the closer thread: the kernel's
+        psi_trigger_destroy waits for an RCU grace period (milliseconds, more under load),
+        which must hold up neither the kernel watch nor the event loop."""
+        self.unregister(fd)
+        self._to_close.put(fd)
+
+    def _close_discarded(self) -> None:
+        while True:
+            fd = self._to_close.get()
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def close(self) -> None:
         if self._thread is not None:
