@@ -149,6 +149,11 @@ class CgroupReader:
         ref_path = self._ref_root if path == "/" else self._ref_root + path
         with self._lock:
             self._forget(path, ref_path)
+            # A read that failed half-way forgets the resolution but may keep some v1
+            # directories: close the candidates too.
+            for ctrl in self._v1_roots:
+                for cand in self._candidates(path, ctrl):
+                    self._dirs.drop(self._v1_abs(ctrl, cand))
 
     @property
     def kept_fds(self) -> int:

@@ -8,24 +8,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.cli.events import format_line, parse_sse
-from agent.events.kernfs import parse_flat
 from agent.events.lifecycle import final_fields, pressure_fields, throttled_share
 from agent.events.model import Event, EventContainer, severity_for
 from agent.events.sinks import DeliveryPolicy, annotation
+from agent.kernel.kernfs import counter_values
 from collectors.samples import CgroupSample, CpuSample
 
 
-def test_parse_flat_kernel_files() -> None:
-    assert parse_flat("low 0\nhigh 3\nmax 35\noom 1\noom_kill 2\noom_group_kill 1\n") == {
+def test_counter_values_of_kernel_files() -> None:
+    text = "low 0\nhigh 3\nmax 35\noom 1\noom_kill 2\noom_group_kill 1\n"
+    assert counter_values("memory.events", text) == {
         "low": 0, "high": 3, "max": 35, "oom": 1, "oom_kill": 2, "oom_group_kill": 1}
-    assert parse_flat("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")["oom_kill"] == 3
-    assert parse_flat("5303\n") == {"value": 5303}
-    assert parse_flat("populated 1\nfrozen 0\n") == {"populated": 1, "frozen": 0}
+    text = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"
+    assert counter_values("memory.oom_control", text)["oom_kill"] == 3
+    assert counter_values("memory.failcnt", "5303\n") == {"failcnt": 5303}
+    assert counter_values("cgroup.events", "populated 1\nfrozen 0\n") == {
+        "populated": 1, "frozen": 0}
+    assert counter_values("memory.events", "torn li") == {}
 
 
 @given(st.text())
 def test_parsers_never_raise(text: str) -> None:
-    assert isinstance(parse_flat(text), dict)
+    assert isinstance(counter_values("memory.events", text), dict)
     assert isinstance(pressure_fields(text), dict)
 
 

@@ -1,63 +1,104 @@
-"""The inotify tree watch: creations and deletions at any depth, and a full watch table."""
+"""The kernel watch's tree part: creations and deletions at any depth, and a full watch table.
+
+A plain directory tree stands in for cgroupfs here (inotify behaves the same on both for
+mkdir/rmdir); the churn test covers the real cgroup tree.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import errno
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from agent.kernel.tree_watch import CgroupTreeWatch
+from agent.events.lifecycle import identify
+from agent.kernel.cgroup_watch import CgroupWatcher
+from collectors.layout import CgroupLayout, LayoutKind
 
 
-def _drain(w: CgroupTreeWatch, want: int = 1, timeout: float = 2.0) -> tuple[list[str], list[str]]:
-    created: list[str] = []
-    deleted: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and len(created) + len(deleted) < want:
-        c = w.changes()
-        created += c.created
-        deleted += c.deleted
-        time.sleep(0.01)
-    return created, deleted
+class Changes:
+    def __init__(self) -> None:
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+
+    def __call__(self, created: Sequence[str], deleted: Sequence[str], overflow: bool) -> None:
+        self.created += created
+        self.deleted += deleted
+
+
+def _watcher(root: Path) -> tuple[CgroupWatcher, Changes]:
+    layout = CgroupLayout(kind=LayoutKind.UNIFIED, unified=root, v1={})
+    w = CgroupWatcher(layout, identify)
+    seen = Changes()
+    w.tree_listeners.append(seen)
+    return w, seen
+
+
+async def _until(pred: object, timeout: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred() and loop.time() < deadline:  # type: ignore[operator]
+        await asyncio.sleep(0.01)
 
 
 def test_creations_and_deletions_at_depth(tmp_path: Path) -> None:
+    async def run() -> None:
+        (tmp_path / "a" / "b").mkdir(parents=True)
+        w, seen = _watcher(tmp_path)
+        w.start(asyncio.get_running_loop())
+        try:
+            assert sorted(w._dir_by_path) == ["/", "/a", "/a/b"]
+            (tmp_path / "a" / "b" / "c").mkdir()
+            await _until(lambda: seen.created)
+            assert seen.created == ["/a/b/c"]
+            # A subtree made at once is reported whole (watched before it is listed).
+            (tmp_path / "x" / "y").mkdir(parents=True)
+            await _until(lambda: len(seen.created) >= 3)
+            assert sorted(seen.created[1:]) == ["/x", "/x/y"]
+            (tmp_path / "a" / "b" / "c").rmdir()
+            await _until(lambda: seen.deleted)
+            assert seen.deleted == ["/a/b/c"]
+            # /, /a, /a/b, /x, /x/y: the removed one's watch is gone.
+            assert len(w._dir_by_path) == 5
+        finally:
+            w.close()
+
+    asyncio.run(run())
+
+
+def test_rescan_reports_what_events_did_not(tmp_path: Path) -> None:
+    """Removed and made while no event was read (a lost queue): the rescan tells both."""
     (tmp_path / "a" / "b").mkdir(parents=True)
-    w = CgroupTreeWatch(tmp_path)
+    w, seen = _watcher(tmp_path)
     try:
-        assert sorted(w.watch_subtree("/")) == ["/", "/a", "/a/b"]
-        (tmp_path / "a" / "b" / "c").mkdir()
-        created, _ = _drain(w)
-        assert created == ["/a/b/c"]
-        # A subtree moved in at once is reported whole (watched before it is listed).
-        (tmp_path / "x" / "y").mkdir(parents=True)
-        created, _ = _drain(w, want=2)
-        assert sorted(created) == ["/x", "/x/y"]
-        (tmp_path / "a" / "b" / "c").rmdir()
-        _, deleted = _drain(w)
-        assert deleted == ["/a/b/c"]
-        assert w.watch_count == 5  # /, /a, /a/b, /x, /x/y: the removed one is forgotten
+        w._watch_subtree("/", report_new=False)  # not started: nobody reads the events
+        (tmp_path / "a" / "b").rmdir()
+        (tmp_path / "n").mkdir()
+        w.rescan()
+        assert seen.deleted == ["/a/b"] and seen.created == ["/n"]
+        assert sorted(w._dir_by_path) == ["/", "/a", "/n"]
     finally:
         w.close()
 
 
 def test_watch_limit_reached_is_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full fs.inotify.max_user_watches (simulated: the kernel's ENOSPC) leaves the directory
-    to the periodic rescan; its children are still listed."""
+    to the periodic rescan; its children are still watched."""
     (tmp_path / "a" / "b").mkdir(parents=True)
-    w = CgroupTreeWatch(tmp_path)
-    real = w.inotify.add_watch
+    w, _ = _watcher(tmp_path)
+    real = w.ino.add_watch
 
     def limited(path: str, mask: int) -> int:
         if path.endswith("/a"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, mask)
 
-    monkeypatch.setattr(w.inotify, "add_watch", limited)
+    monkeypatch.setattr(w.ino, "add_watch", limited)
     try:
-        assert sorted(w.watch_subtree("/")) == ["/", "/a", "/a/b"]
+        w._watch_subtree("/", report_new=False)
+        assert sorted(w._dir_by_path) == ["/", "/a/b"]
         assert w.watches_exhausted
     finally:
         w.close()

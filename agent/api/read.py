@@ -19,6 +19,9 @@ from agent.exporters.exposition import OPENMETRICS, TEXT, MetricsRenderer, wants
 from agent.exporters.metrics import label_value
 from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
 
+#: /healthz is 503 when the snapshot is older than this many collection intervals.
+STALE_INTERVALS = 3
+
 SnapshotGetter = Callable[[], Snapshot | None]
 
 
@@ -84,11 +87,15 @@ class ReadApi:
         renderer: MetricsRenderer,
         components: list[Component],
         started: float,
+        interval: Callable[[], float] | None = None,
     ) -> None:
         self.latest = latest
         self.renderer = renderer
         self.components = components
         self.started = started
+        #: The configured cycle interval (s): a snapshot older than STALE_INTERVALS of them
+        #: means collection is stuck, and /healthz says so.
+        self.interval = interval
 
     def _snapshot(self) -> Snapshot:
         snap = self.latest()
@@ -113,9 +120,12 @@ class ReadApi:
         if snap is None:
             return web.json_response({"status": "starting"}, status=503)
         age = (time.time_ns() - snap.wall_ns) / 1e9
+        stale = self.interval is not None and age > STALE_INTERVALS * self.interval()
         return web.json_response(
-            {"status": "ok", "snapshot_seq": snap.seq, "snapshot_age_s": round(age, 3),
-             "uptime_s": round(time.monotonic() - self.started, 3)}
+            {"status": "stale" if stale else "ok", "snapshot_seq": snap.seq,
+             "snapshot_age_s": round(age, 3),
+             "uptime_s": round(time.monotonic() - self.started, 3)},
+            status=503 if stale else 200,
         )
 
     async def host(self, request: web.Request) -> web.Response:

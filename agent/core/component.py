@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from agent.core.store import Store
+    from agent.kernel.cgroup_watch import CgroupWatcher
     from collectors.cgroupfs import CgroupReader
 
 
@@ -83,6 +84,9 @@ class AgentContext:
     #: The daemon's cgroup reader (thread-safe), so components share its kept directory fds
     #: instead of opening a second set; None where a test builds the context without one.
     reader: CgroupReader | None = None
+    #: The daemon's one kernel watch (inotify on the tree and watched files, PSI triggers,
+    #: v1 OOM eventfds): components listen to it instead of watching the kernel themselves.
+    watcher: CgroupWatcher | None = None
     #: The components running in this agent, by name (filled by the daemon before start()).
     components: dict[str, Component] = field(default_factory=dict)
     #: Adds what the runtimes say (name, image, labels) to a discovered identity; read by the

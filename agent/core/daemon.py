@@ -26,10 +26,11 @@ from agent.core.hostinfo import read_host_info
 from agent.core.process_limits import limit_malloc_arenas, raise_nofile_limit, trim_malloc
 from agent.core.registry import builtin_components
 from agent.core.store import Store
+from agent.events.lifecycle import identify
 from agent.exporters.exposition import MetricsRenderer
 from agent.identity.discovery import Discovery
+from agent.kernel.cgroup_watch import CgroupWatcher
 from agent.kernel.collection import Collector
-from agent.kernel.tree_watch import CgroupTreeWatch
 from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity
 from collectors.cgroupfs import CgroupReader
 from collectors.layout import CgroupLayout, LayoutError, detect_layout
@@ -38,6 +39,8 @@ log = logging.getLogger("agent")
 
 #: Seconds each component gets to stop at shutdown.
 STOP_TIMEOUT_S = 5
+#: GIL hand-over interval (Python's default: 5 ms).
+SWITCH_INTERVAL_S = 0.0005
 
 
 def _net_totals(snapshot: Snapshot) -> dict[str, tuple[int, int]] | None:
@@ -63,7 +66,9 @@ class Agent:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._host: HostInfo | None = None
-        self._watch: CgroupTreeWatch | None = None
+        #: The one kernel watch; the events component listens to its per-cgroup changes.
+        self.watcher = CgroupWatcher(layout, identify)
+        self.watcher.tree_listeners.append(self._on_tree_change)
         self._runners: list[web.AppRunner] = []
         self._last_rescan = 0.0
         #: Workloads inotify added while a cycle ran; the cycle's result must include them.
@@ -78,6 +83,7 @@ class Agent:
             latest=lambda: self.snapshot,
             request_cycle=self._wake.set,
             reader=self.reader,
+            watcher=self.watcher,
         )
         self.ctx.components.update({c.name: c for c in components})
         self.notifier = _notifier()
@@ -96,8 +102,9 @@ class Agent:
                 self.ctx.components.pop(comp.name, None)
         self.renderer.components = list(self.components)
         self._host = read_host_info(self.layout, self.ctx.host_facts)
-        await loop.run_in_executor(None, self._initial_scan)
-        loop.add_reader(self._watch_fd(), self._on_tree_event)
+        # Watches go on before the scan lists: a cgroup made meanwhile is listed or reported.
+        self.watcher.start(loop)
+        await loop.run_in_executor(None, self._rescan)
         await self._serve()
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
@@ -105,13 +112,14 @@ class Agent:
         first = True
         while not self._stopping.is_set():
             started = time.monotonic()
-            await self._cycle()
-            if first:
+            good = await self._cycle()
+            if first and good:
                 self.notifier.ready()
                 log.info("ready: %d workloads, first snapshot published",
                          len(self.snapshot.workloads) if self.snapshot else 0)
                 first = False
-            self.notifier.watchdog()
+            if good:  # a stuck or failing collection lets systemd's watchdog act
+                self.notifier.watchdog()
             interval = float(self.config["interval"])
             timeout = max(0.0, interval - (time.monotonic() - started))
             self._wake.clear()
@@ -123,25 +131,16 @@ class Agent:
         await self._shutdown()
         return 0
 
-    def _watch_fd(self) -> int:
-        assert self._watch is not None
-        return self._watch.fd
-
-    def _initial_scan(self) -> None:
-        self._watch = CgroupTreeWatch(self.layout.reference_root)
-        self._watch.watch_subtree("/")
-        self._rescan()
-
     def _rescan(self) -> None:
-        paths = self.collector.full_scan()
-        if self._watch is not None:
-            self._watch.set_watched(set(paths) | {"/"})
+        self.collector.full_scan()
         self._last_rescan = time.monotonic()
 
-    async def _cycle(self) -> None:
+    async def _cycle(self) -> bool:
+        """One collection cycle; False when it failed (no snapshot published)."""
         loop = asyncio.get_running_loop()
         if time.monotonic() - self._last_rescan >= float(self.config["rescan_interval"]):
             await loop.run_in_executor(None, self._rescan)
+            self.watcher.rescan()
         assert self._host is not None
         host = self._host
         if dict(host.facts) != self.ctx.host_facts:
@@ -161,7 +160,7 @@ class Agent:
             snap = await loop.run_in_executor(None, work)
         except Exception:
             log.exception("collection cycle failed")
-            return
+            return False
         # A cgroup created while the cycle ran was added to the previous snapshot: keep it.
         missing = [w for w in self._added_during_cycle if w.id not in snap.workloads]
         if missing:
@@ -175,18 +174,15 @@ class Agent:
                 log.exception("component %s failed on snapshot %d", comp.name, snap.seq)
         # After the components have digested the snapshot: hand freed memory back.
         await loop.run_in_executor(None, trim_malloc)
+        return True
 
-    def _on_tree_event(self) -> None:
-        assert self._watch is not None
-        changes = self._watch.changes()
-        if changes.overflow:
-            log.warning("inotify queue overflowed: rescanning the cgroup tree")
+    def _on_tree_change(self, created: Sequence[str], deleted: Sequence[str],
+                        overflow: bool) -> None:
+        if overflow:
             self._wake.set()
             self._last_rescan = 0.0
-            return
-        if not changes.created and not changes.deleted:
-            return
-        asyncio.get_running_loop().create_task(self._apply(changes.created, changes.deleted))
+        if created or deleted:
+            asyncio.get_running_loop().create_task(self._apply(list(created), list(deleted)))
 
     async def _apply(self, created: list[str], deleted: list[str]) -> None:
         def work() -> Snapshot | None:
@@ -230,7 +226,8 @@ class Agent:
 
     # -- HTTP --------------------------------------------------------------------------
     async def _serve(self) -> None:
-        api = ReadApi(lambda: self.snapshot, self.renderer, self.components, self.started)
+        api = ReadApi(lambda: self.snapshot, self.renderer, self.components, self.started,
+                      lambda: float(self.config["interval"]))
         read_routes = api.routes()
         for comp in self.components:
             read_routes.extend(comp.routes())
@@ -272,10 +269,7 @@ class Agent:
             await runner.cleanup()
         with contextlib.suppress(OSError):
             self.config.socket.unlink()
-        if self._watch is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._watch.fd)
-            self._watch.close()
+        self.watcher.close()
         self.reader.close()
         self.store.close()
 
@@ -341,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().setLevel(config["log_level"].upper())
     raise_nofile_limit()
     limit_malloc_arenas()
+    # The kernel watch's thread must get the GIL within a fraction of a millisecond of a
+    # notification, not after the 5 ms default slice of a cycle or a scrape.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         agent = Agent(config, layout, components)
     except OSError as e:

@@ -25,7 +25,6 @@ from prometheus_client.metrics_core import Metric
 from agent.core.component import AgentContext, Component, Setting
 from agent.events.api import EventsApi, Hub
 from agent.events.lifecycle import (
-    FinalReader,
     final_fields,
     identify,
     net_totals,
@@ -35,8 +34,11 @@ from agent.events.lifecycle import (
 from agent.events.model import Event, EventContainer, EventType, severity_for
 from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
-from agent.events.watcher import CgroupWatcher, PsiTrigger, WatchedCgroup
+from agent.kernel.cgroup_watch import CgroupWatcher
+from agent.kernel.final_read import FinalReadThread, latency_family
+from agent.kernel.watched import NoListener, PollScope, PsiTrigger, WatchedCgroup
 from agent.model.snapshot import Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
+from collectors.cgroupfs import CgroupReader
 from collectors.samples import UNLIMITED, CgroupSample
 
 if TYPE_CHECKING:
@@ -139,7 +141,12 @@ class EventsComponent(Component):
         self.hub = Hub()
         self.sinks: list[Sink] = []
         self.watcher: CgroupWatcher | None = None
-        self.reader: FinalReader | None = None
+        self.final_reads: FinalReadThread | None = None
+        self._own_watcher = False
+        #: Final reads under way per incarnation, and the incarnations removed meanwhile.
+        self._final_pending: Counter[tuple[str, int]] = Counter()
+        self._gone_pending: set[tuple[str, int]] = set()
+        self._pending_lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self._emit_lock = threading.Lock()
         self._running: dict[tuple[str, int], bool] = {}
@@ -162,7 +169,7 @@ class EventsComponent(Component):
         self.loop = asyncio.get_running_loop()
         self.log = EventLog(ctx.store)
         self._api.heartbeat_s = float(cfg.get("heartbeat_s", 15))
-        self.reader = FinalReader(ctx.layout, ctx.reader)
+        self.final_reads = FinalReadThread(ctx.reader or CgroupReader(ctx.layout))
         self._prune()
         self.sinks = build_sinks({**{k: s.default for k, s in SETTINGS.items()}, **cfg})
         for sink in self.sinks:
@@ -172,12 +179,18 @@ class EventsComponent(Component):
             int(cfg.get("some_stall_us", 150_000)), int(cfg.get("window_us", 2_000_000)),
             tuple(str(r) for r in cfg.get("pressure_resources", ("cpu", "memory", "io"))),
         )
-        self.watcher = CgroupWatcher(
-            ctx.layout, self, identify, psi, float(cfg.get("poll_interval_s", 0.5))
-        )
-        self.watcher.start(self.loop, watch_tree=bool(cfg.get("watch_new_cgroups", True)))
-        if self.watcher.psi_error:
-            ctx.host_facts["psi_triggers"] = self.watcher.psi_error
+        watcher = ctx.watcher
+        self._own_watcher = watcher is None
+        if watcher is None:  # no daemon (a test's context): a watch of our own
+            watcher = CgroupWatcher(ctx.layout, identify)
+        watcher.listener = self
+        watcher.on_emptied = self._submit_final
+        watcher.psi = psi
+        watcher.poll_interval_s = float(cfg.get("poll_interval_s", 0.5))
+        watcher.follow_new = bool(cfg.get("watch_new_cgroups", True))
+        self.watcher = watcher
+        if self._own_watcher:
+            watcher.start(self.loop)
         self._tasks.append(self.loop.create_task(self._prune_forever()))
         self.emit(EventType.AGENT_STARTED, None, "", {"pid": os.getpid()})
 
@@ -187,8 +200,17 @@ class EventsComponent(Component):
         for task in self._tasks:
             task.cancel()
         if self.watcher is not None:
-            self.watcher.close()
+            if self._own_watcher:
+                self.watcher.close()
+            else:
+                for path in list(self.watcher.cgroups):
+                    self.watcher.unwatch(path)
+                self.watcher.listener = NoListener()
+                self.watcher.on_emptied = None
             self.watcher = None
+        if self.final_reads is not None:
+            await asyncio.to_thread(self.final_reads.close)
+            self.final_reads = None
         self.hub.close()
         await asyncio.gather(*(s.stop() for s in self.sinks), return_exceptions=True)
 
@@ -208,7 +230,10 @@ class EventsComponent(Component):
         )
         for sink in self.sinks:
             dropped.add_metric([sink.kind], sink.dropped)
-        return [events, dropped]
+        out: list[Metric] = [events, dropped]
+        if self.final_reads is not None:
+            out.append(latency_family(self.final_reads.latency))
+        return out
 
     # -- emitting (any thread) -----------------------------------------------------------
     def emit(
@@ -256,8 +281,47 @@ class EventsComponent(Component):
                 self._running[key] = True
                 self.emit(EventType.CONTAINER_STARTED, cg.identity, "", {"source": "kernel"})
             return
-        # Read at once: the runtime may rmdir the cgroup any moment now.
-        sample = self.reader.read(cg) if self.reader else None
+        # Empty: the final read was submitted by _submit_final; its result stops it.
+
+    def _submit_final(self, cg: WatchedCgroup) -> None:
+        """In the watch thread, the moment the cgroup is seen empty: the runtime may rmdir it
+        any moment now, so the read goes to the final-read thread at once."""
+        reads, loop = self.final_reads, self.loop
+        if reads is None or loop is None or _mirror(cg):
+            return
+        key = (cg.path, cg.inode)
+        # Every notification gets its read (a later one may see a life the earlier missed);
+        # a read with nothing new behind it is dropped in _emptied.
+        with self._pending_lock:
+            self._final_pending[key] += 1
+
+        def deliver(sample: CgroupSample) -> None:
+            with contextlib.suppress(RuntimeError):  # loop closed at shutdown
+                loop.call_soon_threadsafe(self._after_final, cg, sample)
+
+        reads.submit(cg.path, cg.notified_ns or time.monotonic_ns(), deliver)
+
+    def _after_final(self, cg: WatchedCgroup, sample: CgroupSample) -> None:
+        key = (cg.path, cg.inode)
+        with self._pending_lock:
+            self._final_pending[key] -= 1
+            if self._final_pending[key] <= 0:
+                del self._final_pending[key]
+        try:
+            self._emptied(cg, sample)
+        finally:
+            if key in self._gone_pending and not self._final_pending[key]:
+                self._gone_pending.discard(key)
+                self.on_gone(cg)
+
+    def _emptied(self, cg: WatchedCgroup, sample: CgroupSample) -> None:
+        key = (cg.path, cg.inode)
+        if sample.vanished:
+            # Removed before the read: the last cycle's data, marked not final.
+            last = self._last_sample(cg.identity)
+            if self._running.get(key):
+                self._stopped(cg.identity, last, final=False)
+            return
         if not self._running.get(key):
             usage = sample.cpu.usage_usec if sample and sample.cpu else None
             if usage is None or usage <= self._usage.get(key, 0):
@@ -265,7 +329,7 @@ class EventsComponent(Component):
             # It ran and emptied between two reads (a life shorter than our reaction).
             self.emit(EventType.CONTAINER_STARTED, cg.identity, "",
                       {"source": "kernel", "coalesced": True})
-        self._stopped(cg.identity, sample, final=sample is not None and not sample.vanished)
+        self._stopped(cg.identity, sample, final=True)
 
     def _stopped(self, who: WorkloadIdentity, sample: CgroupSample | None, final: bool) -> None:
         key = who.incarnation
@@ -329,6 +393,11 @@ class EventsComponent(Component):
 
     def on_gone(self, cg: WatchedCgroup) -> None:
         key = (cg.path, cg.inode)
+        with self._pending_lock:
+            pending = self._final_pending[key] > 0
+        if pending:
+            self._gone_pending.add(key)  # the final read's result decides: see _after_final
+            return
         if self._running.get(key):
             # Removed before we could read it (or while we were not told): last cycle's data.
             self._stopped(cg.identity, self._last_sample(cg.identity), final=False)
@@ -368,7 +437,9 @@ class EventsComponent(Component):
                 self.emit(EventType.CONTAINER_STARTED, who, "", {"source": "discovery"})
             self._check_throttled(state, prev_states.get(key))
         if self.watcher is not None:
-            self.watcher.set_poll_scope(*limited_subtrees(snapshot))
+            self.watcher.poll_scope = PollScope(*limited_subtrees(snapshot))
+            if self.watcher.psi_error and self.ctx is not None:
+                self.ctx.host_facts["psi_triggers"] = self.watcher.psi_error
         for key, state in prev_states.items():
             if key in current:
                 continue

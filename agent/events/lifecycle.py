@@ -8,26 +8,12 @@ from typing import TYPE_CHECKING
 
 from agent.identity.classify import classify
 from agent.model.snapshot import WorkloadIdentity
-from collectors.cgroupfs import CgroupReader
-from collectors.layout import CgroupLayout
 from collectors.samples import CgroupSample
 
 if TYPE_CHECKING:
-    from agent.events.watcher import WatchedCgroup
     from agent.model.snapshot import Snapshot
 
 log = logging.getLogger("agent.events")
-
-
-class FinalReader:
-    """Reads a cgroup that just emptied: the daemon's reader when given, else its own."""
-
-    def __init__(self, layout: CgroupLayout, reader: CgroupReader | None = None) -> None:
-        self.layout = layout
-        self._reader = reader if reader is not None else CgroupReader(layout)
-
-    def read(self, cg: WatchedCgroup) -> CgroupSample:
-        return self._reader.read(cg.path, member_pid=None)
 
 
 def identify(path: str, inode: int) -> WorkloadIdentity:

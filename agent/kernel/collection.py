@@ -68,7 +68,12 @@ class Collector:
             }
             for w in found.values():
                 self.state.by_path[w.cgroup].identity = w
-            return list(self.state.by_path)
+            gone = [p for p in old if p not in self.state.by_path]
+            paths = list(self.state.by_path)
+        # Removed without an inotify event to say so (watch limit, overflow): close its fds.
+        for path in gone:
+            self.reader.release(path)
+        return paths
 
     def add_paths(self, paths: Iterable[str]) -> list[WorkloadIdentity]:
         added: list[WorkloadIdentity] = []
@@ -82,11 +87,17 @@ class Collector:
         return added
 
     def remove_paths(self, paths: Iterable[str]) -> list[WorkloadIdentity]:
+        """Forget removed cgroups (and what is below them) and close every fd kept for them."""
         gone: list[WorkloadIdentity] = []
+        released: set[str] = set()
         with self._lock:
             for path in paths:
+                released.add(path)
                 for p in [p for p in self.state.by_path if p == path or p.startswith(path + "/")]:
                     gone.append(self.state.by_path.pop(p).identity)
+                    released.add(p)
+        for path in released:
+            self.reader.release(path)
         return gone
 
     def identities(self) -> list[WorkloadIdentity]:

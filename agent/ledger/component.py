@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import socket
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -67,6 +69,11 @@ class LedgerComponent(Component):
     def __init__(self) -> None:
         self.ledger: Ledger | None = None
         self.boot_id = ""
+        #: Final samples wait here for the ledger's own thread: the caller (the event loop)
+        #: must not wait for the ledger lock, which a cycle's transaction holds.
+        self._finals: queue.SimpleQueue[tuple[WorkloadIdentity, CgroupSample] | None] = (
+            queue.SimpleQueue())
+        self._final_writer: threading.Thread | None = None
 
     async def start(self, ctx: AgentContext) -> None:
         conf = ctx.section(self.name)
@@ -78,16 +85,31 @@ class LedgerComponent(Component):
             period_seconds=int(conf.get("period_seconds", 3600)),
             grace_seconds=int(conf.get("grace_seconds", 120)),
         )
+        self._final_writer = threading.Thread(target=self._write_finals, name="ledger-finals",
+                                              daemon=True)
+        self._final_writer.start()
         ctx.final_sample_listeners.append(self._on_final)
 
     def _on_final(self, who: WorkloadIdentity, sample: CgroupSample) -> None:
-        # Called in the thread that read the sample; the write is one short transaction.
-        if self.ledger is None:
-            return
-        try:
-            self.ledger.observe_final(who, sample, self.boot_id)
-        except Exception:
-            log.exception("ledger: final sample of %s not recorded", who.cgroup)
+        self._finals.put((who, sample))
+
+    def _write_finals(self) -> None:
+        while True:
+            item = self._finals.get()
+            if item is None or self.ledger is None:
+                return
+            who, sample = item
+            try:
+                self.ledger.observe_final(who, sample, self.boot_id)
+            except Exception:
+                log.exception("ledger: final sample of %s not recorded", who.cgroup)
+
+    def drain_finals(self, timeout: float = 5.0) -> None:
+        """Write the queued final samples and stop the writer thread."""
+        if self._final_writer is not None:
+            self._finals.put(None)
+            self._final_writer.join(timeout)
+            self._final_writer = None
 
     async def on_snapshot(self, snapshot: Snapshot) -> None:
         if self.ledger is None:
@@ -100,6 +122,7 @@ class LedgerComponent(Component):
 
     async def stop(self) -> None:
         # Close what is due by the wall clock (the next start would do it too).
+        await asyncio.to_thread(self.drain_finals)
         if self.ledger is not None:
             try:
                 await asyncio.to_thread(self.ledger.close_due, time.time_ns())

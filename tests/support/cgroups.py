@@ -165,11 +165,11 @@ def _rmtree_cgroup(d: Path) -> None:
         return
     for sub, dirs, _files in os.walk(d, topdown=False):
         for name in dirs:
-            _rmdir_retry(Path(sub, name))
-    _rmdir_retry(d)
+            rmdir_retry(Path(sub, name))
+    rmdir_retry(d)
 
 
-def _rmdir_retry(d: Path) -> None:
+def rmdir_retry(d: Path) -> None:
     for _ in range(100):
         try:
             d.rmdir()

@@ -11,10 +11,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
+import queue
 import select
 import threading
 from collections.abc import Callable
+from pathlib import Path
+
+from agent.kernel.kernfs import GONE
+
+log = logging.getLogger("agent.kernel.watch")
+
+
+class PsiRefused(Exception):
+    """The kernel refuses PSI triggers altogether (message: why): stop asking."""
+
+
+def open_trigger(path: Path, stall_us: int, window_us: int) -> int | None:
+    """A trigger fd `some <stall> <window>` on `<res>.pressure`; None when the file or the
+    cgroup is absent (or one trigger failed); PsiRefused when no trigger can work."""
+    if not path.exists():
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno not in GONE:
+            log.warning("PSI trigger on %s: %s", path, e)
+        return None
+    try:
+        os.write(fd, f"some {stall_us} {window_us}\0".encode())
+    except OSError as e:
+        os.close(fd)
+        if e.errno in GONE:
+            return None
+        if e.errno == errno.EOPNOTSUPP:
+            raise PsiRefused("PSI is disabled in this kernel (EOPNOTSUPP)") from None
+        if e.errno == errno.EINVAL:
+            raise PsiRefused(
+                f"PSI trigger 'some {stall_us} {window_us}' refused "
+                "(without CAP_SYS_RESOURCE the window must be a multiple of 2 s)") from None
+        raise PsiRefused(f"PSI trigger: {e.strerror}") from None
+    return fd
 
 
 class PsiWaiter:
@@ -26,6 +65,9 @@ class PsiWaiter:
         self.epoll.register(self._wake, select.EPOLLIN)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._to_close: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # Left running at shutdown: the process's exit closes what is still queued.
+        threading.Thread(target=self._close_discarded, name="psi-close", daemon=True).start()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -39,6 +81,19 @@ class PsiWaiter:
     def unregister(self, fd: int) -> None:
         with contextlib.suppress(OSError):
             self.epoll.unregister(fd)
+
+    def discard(self, fd: int) -> None:
+        """Stop waiting on a trigger and close it in the closer thread: the kernel's
+        psi_trigger_destroy waits for an RCU grace period (milliseconds, more under load),
+        which must hold up neither the kernel watch nor the event loop."""
+        self.unregister(fd)
+        self._to_close.put(fd)
+
+    def _close_discarded(self) -> None:
+        while True:
+            fd = self._to_close.get()
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def close(self) -> None:
         if self._thread is not None:

@@ -1,0 +1,124 @@
+"""The final read of a cgroup that just emptied, in a thread of its own.
+
+At `populated 0` the runtime may remove the cgroup any moment (some at once): its last counters
+must be read before that. The event loop may be busy (a scrape, an amend, a burst of inotify
+events), and the shared reader's default executor is busy with the cycle, so the read is done
+here, one thread that does nothing else. The result goes to `deliver` (called in this thread:
+the ledger queues it, events hop to the loop). Latency from the notification's arrival to the
+finished read is kept for `container_agent_final_read_latency_seconds`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client.core import HistogramMetricFamily
+
+from collectors.cgroupfs import CgroupReader
+from collectors.samples import CgroupSample
+
+log = logging.getLogger("agent.kernel.final_read")
+
+#: Histogram buckets of the notification -> finished read latency (seconds).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+#: Latencies kept for the p50/p99 of /healthz-style reports (a ring, bounded).
+_RECENT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class FinalRead:
+    path: str
+    #: monotonic_ns when the notification was taken off the inotify fd.
+    notified_ns: int
+    deliver: Callable[[CgroupSample], None]
+
+
+class LatencyHistogram:
+    """Cumulative bucket counts, sum and a bounded ring of recent values (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(LATENCY_BUCKETS)
+        self.count = 0
+        self.sum = 0.0
+        self._recent: list[float] = []
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            for i, bound in enumerate(LATENCY_BUCKETS):
+                if seconds <= bound:
+                    self.counts[i] += 1
+            self.count += 1
+            self.sum += seconds
+            if len(self._recent) >= _RECENT:
+                del self._recent[: _RECENT // 2]
+            self._recent.append(seconds)
+
+    def totals(self) -> tuple[list[int], int, float]:
+        """Cumulative bucket counts, count, sum: one consistent reading."""
+        with self._lock:
+            return list(self.counts), self.count, self.sum
+
+    def quantile(self, q: float) -> float | None:
+        with self._lock:
+            values = sorted(self._recent)
+        if not values:
+            return None
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+
+class FinalReadThread:
+    """One daemon thread reading final samples in the order the notifications came."""
+
+    def __init__(self, reader: CgroupReader) -> None:
+        self.reader = reader
+        self.latency = LatencyHistogram()
+        self._queue: queue.SimpleQueue[FinalRead | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="final-read", daemon=True)
+        self._thread.start()
+
+    def submit(self, path: str, notified_ns: int,
+               deliver: Callable[[CgroupSample], None]) -> None:
+        self._queue.put(FinalRead(path, notified_ns, deliver))
+
+    def close(self) -> None:
+        # Reads still queued at shutdown are dropped: their cgroups get final: false.
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                sample = self.reader.read(job.path, member_pid=None)
+            except Exception:
+                log.exception("final read of %s failed", job.path)
+                continue
+            self.latency.observe((time.monotonic_ns() - job.notified_ns) / 1e9)
+            try:
+                job.deliver(sample)
+            except Exception:
+                log.exception("final sample of %s not delivered", job.path)
+
+
+def latency_family(hist: LatencyHistogram) -> HistogramMetricFamily:
+    fam = HistogramMetricFamily(
+        "container_agent_final_read_latency_seconds",
+        "From a populated-0 notification taken off inotify to the cgroup's final sample read",
+    )
+    counts, count, total = hist.totals()
+    buckets = [(repr(b), float(n)) for b, n in zip(LATENCY_BUCKETS, counts, strict=True)]
+    buckets.append(("+Inf", float(count)))
+    fam.add_metric([], buckets, total)
+    return fam

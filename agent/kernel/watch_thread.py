@@ -1,0 +1,122 @@
+"""The thread that waits on the kernel watch's fds (inotify, v1 OOM eventfds).
+
+Off the event loop on purpose: at `populated 0` the final read must start within a millisecond
+or two, and the loop may be busy for longer (a scrape, an amend, a snapshot's bookkeeping).
+Handlers run in this thread; whatever they share with the loop is under the watcher's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+log = logging.getLogger("agent.kernel.watch")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class WatchThread:
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake, select.EPOLLIN)
+        self._handlers: dict[int, Callable[[], None]] = {}
+        self._thread: threading.Thread | None = None
+        #: Set at close: a handler in the middle of a burst stops early.
+        self.closing = False
+
+    @property
+    def ident(self) -> int | None:
+        return self._thread.ident if self._thread is not None else None
+
+    def add(self, fd: int, handler: Callable[[], None]) -> None:
+        """Call `handler()` in this thread whenever `fd` is readable (any thread may add)."""
+        self._handlers[fd] = handler
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def remove(self, fd: int) -> None:
+        """Stop waiting on `fd`: call before closing it."""
+        self._handlers.pop(fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(fd)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kernel-watch", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.closing = True
+        if self._thread is not None:
+            os.eventfd_write(self._wake, 1)
+            if self._thread is not threading.current_thread():
+                self._thread.join(timeout=5)
+            self._thread = None
+        self._epoll.close()
+        os.close(self._wake)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                ready = self._epoll.poll()
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):
+                return  # closed
+            for fd, _mask in ready:
+                if fd == self._wake:
+                    return
+                handler = self._handlers.get(fd)
+                if handler is None:
+                    continue
+                try:
+                    handler()
+                except Exception:
+                    log.exception("kernel watch handler failed")
+
+
+class LoopBridge:
+    """The watch thread, the lock it shares with the loop, and calls from it onto the loop."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        #: Held by whoever changes what is watched: the watch thread or the event loop.
+        self.lock = threading.RLock()
+        self._thread = WatchThread()
+
+    def _tell(self, fn: Callable[..., None], *args: object) -> None:
+        """Listeners live on the event loop: called there, from the watch thread too."""
+        loop = self.loop
+        if loop is None or threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+                loop.call_soon_threadsafe(fn, *args)
+
+    def _later(self, delay: float, fn: Callable[..., None], *args: object) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            loop.call_later(delay, fn, *args)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.call_later, delay, fn, *args)
+
+
+def locked(method: Callable[P, R]) -> Callable[P, R]:
+    """Run a watcher method under its `lock`: the watch thread and the loop both enter."""
+
+    @functools.wraps(method)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with args[0].lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return run

@@ -1,0 +1,189 @@
+"""Soak: a real agentd under container churn for a long while; is it still bounded and prompt?
+
+50 cgroup lives a second (cgroup2 and the v1 hierarchies, under our own prefix, removed 10 ms
+after emptying), a /metrics scrape every second, an SSE client on the event stream, and
+`agentctl ls` every 5 s. Printed at the start and at the end: the agent's fds, inotify watches
+(from /proc/<pid>/fdinfo), RSS, the prefix's nr_dying_descendants, and the populated-0 -> final
+read latency p50/p99 (from container_agent_final_read_latency_seconds, bucket upper bounds);
+also the scrape and /healthz latency p50/p99 during the run. Asserts nothing about time.
+Run as root: `.venv/bin/python tests/bench/bench_soak.py [--duration SECONDS]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support.agentd import RunningAgent
+from tests.support.cgroups import CgroupFactory, cgroup_factory
+from tests.support.churn import Churn, agent_fds, inotify_watches
+
+_BUCKET = re.compile(
+    r'^container_agent_final_read_latency_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _latency_quantiles(metrics: str) -> str:
+    buckets = [(float("inf") if le == "+Inf" else float(le), float(n))
+               for le, n in _BUCKET.findall(metrics)]
+    if not buckets or buckets[-1][1] == 0:
+        return "no final reads yet"
+    total = buckets[-1][1]
+
+    def q(p: float) -> str:
+        for le, n in buckets:
+            if n >= p * total:
+                return f"<= {le * 1e3:g} ms"
+        return "?"
+    return f"p50 {q(0.5)}, p99 {q(0.99)} (n={int(total)})"
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _dying(factory: CgroupFactory) -> int:
+    stat = factory.bases[factory.ref_key] / factory.prefix_name / "cgroup.stat"
+    for line in stat.read_text().splitlines():
+        k, v = line.split()
+        if k == "nr_dying_descendants":
+            return int(v)
+    return -1
+
+
+def report(label: str, agent: RunningAgent, factory: CgroupFactory) -> None:
+    pid = agent.proc.pid
+    fds = agent_fds(pid)
+    print(f"[{label}] fds {len(fds)} (on removed dirs: "
+          f"{sum(1 for f in fds if '(deleted)' in f)}), inotify watches "
+          f"{inotify_watches(pid)}, RSS {_rss_kib(pid) / 1024:.1f} MiB, prefix "
+          f"nr_dying_descendants {_dying(factory)}, final read "
+          f"{_latency_quantiles(agent.get_text('/metrics'))}")
+
+
+class Load:
+    """Scrapes, /healthz, an SSE client and `agentctl ls`, until stopped."""
+
+    def __init__(self, agent: RunningAgent) -> None:
+        self.agent = agent
+        self.stop = threading.Event()
+        self.scrape_s: list[float] = []
+        self.health_s: list[float] = []
+        self.sse_bytes = 0
+        self.ls_failures = 0
+        self.threads = [threading.Thread(target=f, daemon=True)
+                        for f in (self._scrape, self._sse, self._ls)]
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=15)
+
+    def _timed(self, path: str, into: list[float]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.agent.get_text(path)
+        except OSError:
+            return
+        into.append(time.perf_counter() - t0)
+
+    def _scrape(self) -> None:
+        while not self.stop.wait(1.0):
+            self._timed("/metrics", self.scrape_s)
+            self._timed("/healthz", self.health_s)
+
+    def _sse(self) -> None:
+        req = urllib.request.Request(self.agent.base_url + "/api/v1/events/stream?since=0")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                while not self.stop.is_set():
+                    chunk = resp.read1(65536)
+                    if not chunk:
+                        return
+                    self.sse_bytes += len(chunk)
+        except OSError:
+            return
+
+    def _ls(self) -> None:
+        while not self.stop.wait(5.0):
+            if self.agent.agentctl("ls", timeout=60).returncode != 0:
+                self.ls_failures += 1
+
+
+def _stopped_events(agent: RunningAgent) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        page = agent.get(f"/api/v1/events?type=container_stopped&since={since}&limit=10000")
+        out.extend(page["events"])
+        if len(page["events"]) < 10000:
+            return out
+        since = page["events"][-1]["id"]
+
+
+def ms_quantiles(values: list[float]) -> str:
+    if not values:
+        return "none"
+    v = sorted(values)
+    return f"p50 {_quantile(v, 0.5) * 1e3:.1f} ms, p99 {_quantile(v, 0.99) * 1e3:.1f} ms " \
+           f"(n={len(v)})"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=600.0, help="seconds of churn (600)")
+    p.add_argument("--rate", type=float, default=50.0, help="cgroup lives per second (50)")
+    args = p.parse_args()
+    with cgroup_factory("soak") as factory, tempfile.TemporaryDirectory() as tmp:
+        agent = RunningAgent(Path(tmp), {"interval": 1}, [])
+        try:
+            agent.wait_ready(timeout=180)  # a host busy with other cgroups starts slowly
+            soak(agent, factory, args.duration, args.rate)
+        finally:
+            agent.stop(timeout=120)
+
+
+def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: float) -> None:
+    report("start", agent, factory)
+    t0 = time.monotonic()
+    with Load(agent) as load:
+        lives = Churn(factory, rate, 0.01, workers=16).run(duration)
+    took = time.monotonic() - t0
+    time.sleep(3)  # the tail of the churn digested
+    report("end", agent, factory)
+    stopped = {e["container"]["cgroup"]: e for e in _stopped_events(agent)
+               if e.get("container")}
+    exact = sum(1 for life in lives if (e := stopped.get(life.rel)) is not None
+                and e["fields"].get("final")
+                and e["fields"].get("cpu_usage_usec") == life.usage_usec)
+    print(f"container_stopped for {sum(1 for x in lives if x.rel in stopped)} of "
+          f"{len(lives)} lives; exact final CPU (== the kernel's last usage_usec): {exact}")
+    print(f"{len(lives)} lives in {took:.0f} s ({len(lives) / took:.1f}/s achieved); "
+          f"/metrics {ms_quantiles(load.scrape_s)}; /healthz {ms_quantiles(load.health_s)}; "
+          f"SSE {load.sse_bytes / 1e6:.1f} MB; agentctl ls failures {load.ls_failures}")
+
+
+
+
+if __name__ == "__main__":
+    main()
