@@ -71,18 +71,23 @@ class CgroupDir:
     """A cgroup directory fd; files are read relative to it (openat).
 
     Either opened here (`owned`, closed by close()) or borrowed from OpenDirs, which keeps it
-    open between collection cycles. `missing` records an ENOENT (absent file, or a directory
-    removed meanwhile: the caller decides), `unsupported` an EOPNOTSUPP (PSI disabled).
+    open between collection cycles together with its files' fds (`files`, name -> fd): a kept
+    file is re-read with one pread at offset 0 (kernfs regenerates a seq file read from
+    offset 0) instead of openat + read + close. `missing` records an ENOENT (absent file, or
+    a directory removed meanwhile: the caller decides), `unsupported` an EOPNOTSUPP (PSI
+    disabled).
     """
 
     __slots__ = (
         "emfile",
         "fd",
+        "files",
         "fresh",
         "ino",
         "missing",
         "owned",
         "path",
+        "pool",
         "unsupported",
         "used_ns",
     )
@@ -97,6 +102,9 @@ class CgroupDir:
         #: A file could not be opened for want of fds (the caller should give some back).
         self.emfile = False
         self.used_ns = 0
+        #: Kept file fds by name (only for a directory kept by OpenDirs, which counts them).
+        self.files: dict[str, int] | None = None
+        self.pool: OpenDirs | None = None
         #: Opened for this read (not a kept fd that may be stale).
         self.fresh = fd is None
         if fd is not None:
@@ -113,6 +121,10 @@ class CgroupDir:
 
     def close(self) -> None:
         if self.owned and self.fd >= 0:
+            if self.files:
+                for fd in self.files.values():
+                    os.close(fd)
+                self.files.clear()
             os.close(self.fd)
             self.fd = -1
 
@@ -126,26 +138,36 @@ class CgroupDir:
         """Each file's bytes, None when absent or unreadable. Raises Vanished on ENODEV.
 
         One call for a controller's files: this loop is the hot path of every collection.
+        A file of a kept directory stays open while the pool has room (one pread per read).
         """
         out: list[bytes | None] = []
         dfd = self.fd
-        _open, _read, _close = os.open, os.read, os.close
+        files = self.files
+        pool = self.pool
+        _open, _pread, _close = os.open, os.pread, os.close
         for name in names:
+            fd = files.get(name) if files is not None else None
+            keep = fd is not None
+            if fd is None:
+                try:
+                    fd = _open(name, _O_FILE, dir_fd=dfd)
+                except OSError as e:
+                    self._failed(e.errno)
+                    out.append(None)
+                    continue
+                if files is not None and pool is not None and pool.take():
+                    files[name] = fd
+                    keep = True
             try:
-                fd = _open(name, _O_FILE, dir_fd=dfd)
-            except OSError as e:
-                self._failed(e.errno)
-                out.append(None)
-                continue
-            try:
-                data: bytes | None = _read(fd, _BUF)
+                data: bytes | None = _pread(fd, _BUF, 0)
                 if len(data) >= _MAYBE_MORE:  # type: ignore[arg-type]
                     data = _read_rest(fd, data)  # type: ignore[arg-type]
             except OSError as e:
                 self._failed(e.errno)
                 data = None
             finally:
-                _close(fd)
+                if not keep:
+                    _close(fd)
             out.append(data)
         return out
 
@@ -170,12 +192,16 @@ class CgroupDir:
 
 
 class OpenDirs:
-    """Directory fds kept open between collection cycles, keyed by absolute path.
+    """Directory fds, and their files' fds, kept open between collection cycles, keyed by
+    the directory's absolute path.
 
     Each cycle reads the same cgroups again; keeping their directories open saves an open
-    (a full path walk) and a close per hierarchy and cgroup. Bounded: at most `max_open` and
-    half of RLIMIT_NOFILE (re-read when full, since a daemon may raise it later); when full,
-    new directories are opened per read instead (evicting would thrash on cyclic scans).
+    (a full path walk) and a close per hierarchy and cgroup, keeping their files open saves
+    an open and a close per file (kernfs answers a pread at offset 0 with fresh content).
+    Bounded: at most `max_open` fds in all (directories and files) and half of RLIMIT_NOFILE
+    (re-read when full, since a daemon may raise it later); when full, directories and files
+    are opened per read instead (evicting would thrash on cyclic scans). A kept cgroup file
+    costs ~6 KB of kernel memory (its seq_file buffer), charged to the agent's cgroup.
     Entries unused for IDLE_S are closed, so removed cgroups are not kept pinned. A cached fd
     of a directory that was removed and created again is detected by its inode (callers
     compare) and replaced. Not thread-safe: CgroupReader serialises access.
@@ -187,6 +213,8 @@ class OpenDirs:
     def __init__(self, max_open: int) -> None:
         self._max = max_open
         self._dirs: dict[str, CgroupDir] = {}
+        #: Fds kept: the directories' and their files'.
+        self._n = 0
         self._cap = self._compute_cap()
         self._next_sweep = 0
 
@@ -197,7 +225,19 @@ class OpenDirs:
         return max(0, min(self._max, soft // 2))
 
     def __len__(self) -> int:
+        """Fds kept (directories and files)."""
+        return self._n
+
+    @property
+    def dirs(self) -> int:
         return len(self._dirs)
+
+    def take(self) -> bool:
+        """Room for one more kept fd (counted as taken when True)."""
+        if self._n < self._cap:
+            self._n += 1
+            return True
+        return False
 
     def get(self, path: str, now_ns: int, ino: int | None = None) -> CgroupDir:
         """The directory, from the cache when its inode is still `ino` (None: not checked).
@@ -218,29 +258,33 @@ class OpenDirs:
                 raise
             d = CgroupDir(path)
         d.ino = os.fstat(d.fd).st_ino
-        if len(self._dirs) < self._cap or self._recap():
+        if self.take() or (self._recap() and self.take()):
             d.owned = False  # closed by drop()
             d.used_ns = now_ns
+            d.files = {}
+            d.pool = self
             self._dirs[path] = d
         return d
 
     def _recap(self) -> bool:
         self._cap = self._compute_cap()
-        return len(self._dirs) < self._cap
+        return self._n < self._cap
 
     def shrink(self, now_ns: int) -> bool:
         """Out of fds (EMFILE on a directory here, or on a file: CgroupDir.emfile): give back
-        the older half of the kept ones (not those of the read in progress) and stop growing.
-        True when something was closed."""
+        the older half of the kept directories with their files (not those of the read in
+        progress) and stop growing. True when something was closed."""
         idle = sorted((d.used_ns, p) for p, d in self._dirs.items() if d.used_ns != now_ns)
         for _used, path in idle[: max(1, len(idle) // 2)]:
             self.drop(path)
-        self._max = self._cap = len(self._dirs)
+        self._max = self._cap = self._n
         return bool(idle)
 
     def drop(self, path: str) -> None:
+        """Close a kept directory's fd and its files' fds."""
         d = self._dirs.pop(path, None)
         if d is not None:
+            self._n -= 1 + len(d.files or ())
             d.owned = True
             d.close()
 
@@ -271,11 +315,13 @@ def read_file(path: str) -> bytes | None:
 
 def _read_rest(fd: int, first: bytes) -> bytes:
     chunks = [first]
+    at = len(first)
     while True:
-        more = os.read(fd, _BUF)
+        more = os.pread(fd, _BUF, at)
         if not more:
             return b"".join(chunks)
         chunks.append(more)
+        at += len(more)
 
 
 def parsed(parse: Callable[[bytes], T], data: bytes | None) -> T | None:

@@ -21,8 +21,9 @@ redone when the directory inode changes (a new incarnation), when a different me
 given, and after RESOLVE_TTL_S.
 
 Speed (tests/bench/bench_collectors.py): each controller's files are read in one batch with
-openat() relative to a directory fd, and the directory fds are kept open between reads
-(OpenDirs: bounded, swept when idle, given back on EMFILE). The inode comes from the fstat
+openat() relative to a directory fd, and the directory fds and the files' fds are kept open
+between reads (OpenDirs: bounded, swept when idle, given back on EMFILE, closed by release()):
+a kept file is re-read with one pread at offset 0. The inode comes from the fstat
 done when a directory is opened; a kept fd of a cgroup that was removed since answers
 ENOENT/ENODEV for every file, which triggers one stat and, for a cgroup created again at the
 same path, a second read on a fresh fd. Thread-safe (one lock per reader).
@@ -88,7 +89,8 @@ class CgroupReader:
         proc_root: Path = Path("/proc"),
         max_open_dirs: int = 16384,
     ) -> None:
-        """`max_open_dirs`: directory fds kept open between reads (0: none), see OpenDirs."""
+        """`max_open_dirs`: fds kept open between reads, directories and their files
+        (0: none), see OpenDirs."""
         self.layout = layout
         self._kind = layout.kind
         self._ref_root = str(layout.reference_root)
@@ -152,11 +154,11 @@ class CgroupReader:
 
     @property
     def kept_fds(self) -> int:
-        """Directory fds kept open between reads."""
+        """Fds kept open between reads: directories and their files, in every hierarchy."""
         return len(self._dirs)
 
     def close(self) -> None:
-        """Close the directory fds kept between reads (reading again reopens them)."""
+        """Close the fds kept between reads (reading again reopens them)."""
         with self._lock:
             self._dirs.close()
 
