@@ -142,3 +142,23 @@ def test_cadvisor_direct_rendering_equals_prometheus_client_rendering() -> None:
     names = {name for name, _, _ in got}
     assert {"container_cpu_usage_seconds_total", "container_memory_working_set_bytes",
             "container_spec_memory_limit_bytes", "container_last_seen"} <= names
+
+
+def test_rendered_once_per_snapshot_on_first_scrape() -> None:
+    from dataclasses import replace
+
+    snap = _snapshot(["a", "b"])
+    renderer = MetricsRenderer(cadvisor=True)
+    renderer.prepare(snap)
+    assert renderer.renders == 0  # a cycle alone renders nothing
+    first = renderer.scrape(snap, False)
+    assert renderer.scrape(snap, False) == first and renderer.renders == 1
+    renderer.scrape(snap, True)
+    assert renderer.renders == 1  # both formats come from the one rendering
+    nxt = _snapshot(["a", "b", "c"])
+    nxt = replace(nxt, seq=2)
+    renderer.prepare(nxt)
+    renderer.prepare(nxt)
+    assert renderer.renders == 1
+    body = renderer.scrape(nxt, False).decode()
+    assert renderer.renders == 2 and 'name="c"' in body and 'name="c"' not in first.decode()
