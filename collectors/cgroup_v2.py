@@ -134,16 +134,17 @@ class CgroupDir:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def read_many(self, names: Sequence[str]) -> list[bytes | None]:
+    def read_many(self, names: Sequence[str], keep: bool = True) -> list[bytes | None]:
         """Each file's bytes, None when absent or unreadable. Raises Vanished on ENODEV.
 
         One call for a controller's files: this loop is the hot path of every collection.
-        A file of a kept directory stays open while the pool has room (one pread per read).
+        A file of a kept directory stays open while the pool has room (one pread per read);
+        `keep` False: files read seldom (limits) are not kept open if they are not already.
         """
         out: list[bytes | None] = []
         dfd = self.fd
         files = self.files
-        pool = self.pool
+        pool = self.pool if keep else None
         _open, _pread, _close = os.open, os.pread, os.close
         for name in names:
             fd = files.get(name) if files is not None else None
@@ -181,14 +182,14 @@ class CgroupDir:
         elif err == _EMFILE:
             self.emfile = True
 
-    def read(self, name: str) -> bytes | None:
-        return self.read_many((name,))[0]
+    def read(self, name: str, keep: bool = True) -> bytes | None:
+        return self.read_many((name,), keep)[0]
 
-    def flat(self, name: str) -> dict[str, int] | None:
-        return flat(self.read_many((name,))[0])
+    def flat(self, name: str, keep: bool = True) -> dict[str, int] | None:
+        return flat(self.read_many((name,), keep)[0])
 
-    def single(self, name: str) -> int | None:
-        return single(self.read_many((name,))[0])
+    def single(self, name: str, keep: bool = True) -> int | None:
+        return single(self.read_many((name,), keep)[0])
 
 
 class OpenDirs:
@@ -198,10 +199,11 @@ class OpenDirs:
     Each cycle reads the same cgroups again; keeping their directories open saves an open
     (a full path walk) and a close per hierarchy and cgroup, keeping their files open saves
     an open and a close per file (kernfs answers a pread at offset 0 with fresh content).
-    Bounded: at most `max_open` fds in all (directories and files) and half of RLIMIT_NOFILE
-    (re-read when full, since a daemon may raise it later); when full, directories and files
-    are opened per read instead (evicting would thrash on cyclic scans). A kept cgroup file
-    costs ~6 KB of kernel memory (its seq_file buffer), charged to the agent's cgroup.
+    Bounded: at most `max_open` fds in all (directories and files) and three quarters of
+    RLIMIT_NOFILE (re-read when full, since a daemon may raise it later); when full,
+    directories and files are opened per read instead (evicting would thrash on cyclic scans).
+    A kept cgroup file costs ~6 KB of kernel memory (its seq_file buffer), charged to the
+    agent's cgroup: files read seldom (limits) are not kept.
     Entries unused for IDLE_S are closed, so removed cgroups are not kept pinned. A cached fd
     of a directory that was removed and created again is detected by its inode (callers
     compare) and replaced. Not thread-safe: CgroupReader serialises access.
@@ -210,8 +212,16 @@ class OpenDirs:
     IDLE_S = 120.0
     SWEEP_EVERY_S = 30.0
 
-    def __init__(self, max_open: int) -> None:
+    def __init__(
+        self,
+        max_open: int,
+        on_keep: Callable[[str], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_keep(path)` / `on_drop(path)`: a directory starts / stops being kept."""
         self._max = max_open
+        self._on_keep = on_keep
+        self._on_drop = on_drop
         self._dirs: dict[str, CgroupDir] = {}
         #: Fds kept: the directories' and their files'.
         self._n = 0
@@ -222,7 +232,7 @@ class OpenDirs:
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return self._max
-        return max(0, min(self._max, soft // 2))
+        return max(0, min(self._max, soft - soft // 4))
 
     def __len__(self) -> int:
         """Fds kept (directories and files)."""
@@ -264,6 +274,8 @@ class OpenDirs:
             d.files = {}
             d.pool = self
             self._dirs[path] = d
+            if self._on_keep is not None:
+                self._on_keep(path)
         return d
 
     def _recap(self) -> bool:
@@ -287,6 +299,8 @@ class OpenDirs:
             self._n -= 1 + len(d.files or ())
             d.owned = True
             d.close()
+            if self._on_drop is not None:
+                self._on_drop(path)
 
     def sweep(self, now_ns: int) -> None:
         self._next_sweep = now_ns + int(self.SWEEP_EVERY_S * 1e9)
@@ -402,9 +416,14 @@ def cpu_sample(
     )
 
 
-def cpu_limits(d: CgroupDir) -> tuple[int | None, int | None, int | None]:
-    """(quota, period, weight) from cpu.max and cpu.weight (files of the cpu controller)."""
-    max_b, weight_b = d.read_many(("cpu.max", "cpu.weight"))
+def cpu_limits(
+    d: CgroupDir, prev: CpuSample | None = None, *, limits: bool = True
+) -> tuple[int | None, int | None, int | None]:
+    """(quota, period, weight) from cpu.max and cpu.weight (files of the cpu controller);
+    from `prev` unread when `limits` is False."""
+    if not limits and prev is not None:
+        return prev.max_quota_usec, prev.max_period_usec, prev.weight
+    max_b, weight_b = d.read_many(("cpu.max", "cpu.weight"), keep=False)
     quota = period = None
     if max_b is not None:
         with contextlib.suppress(ParseError):
@@ -412,37 +431,47 @@ def cpu_limits(d: CgroupDir) -> tuple[int | None, int | None, int | None]:
     return quota, period, single(weight_b)
 
 
+#: Read at every read (they change without CPU in the cgroup: reclaim, writeback, charges from
+#: outside); memory.events also because the kernel's notification of it is asynchronous.
 _MEMORY_FILES = (
     "memory.current",
     "memory.peak",
-    "memory.min",
-    "memory.low",
-    "memory.high",
-    "memory.max",
     "memory.swap.current",
-    "memory.swap.max",
     "memory.stat",
     "memory.events",
 )
+#: Limits: change only by a write to the directory (see CgroupReader).
+_MEMORY_LIMITS = ("memory.min", "memory.low", "memory.high", "memory.max", "memory.swap.max")
 
 
-def read_memory(d: CgroupDir) -> MemorySample | None:
-    cur, peak, mn, low, high, mx, swc, swm, stat_b, events_b = d.read_many(_MEMORY_FILES)
+def read_memory(
+    d: CgroupDir, prev: MemorySample | None = None, *, limits: bool = True
+) -> MemorySample | None:
+    """`limits` False with a `prev`: the limits are taken from it unread."""
+    read_limits = limits or prev is None
+    datas = d.read_many(_MEMORY_FILES)
+    if read_limits:
+        datas += d.read_many(_MEMORY_LIMITS, keep=False)
+    cur, peak, swc, stat_b, events_b = datas[:5]
     stat = flat(stat_b)
     events = flat(events_b)
     current = single(cur)
-    limit = single(mx)
-    if current is None and stat is None and events is None and limit is None:
+    if read_limits:
+        mn, low, high, mx, swm = (single(b) for b in datas[5:])
+    else:
+        assert prev is not None
+        mn, low, high, mx, swm = prev.min, prev.low, prev.high, prev.max, prev.swap_max
+    if current is None and stat is None and events is None and mx is None:
         return None
     return MemorySample(
         current=current,
         peak=single(peak),
-        min=single(mn),
-        low=single(low),
-        high=single(high),
-        max=limit,
+        min=mn,
+        low=low,
+        high=high,
+        max=mx,
         swap_current=single(swc),
-        swap_max=single(swm),
+        swap_max=swm,
         stat=frozen_map(stat),
         events=frozen_map(events),
     )
@@ -475,23 +504,40 @@ def read_io(d: CgroupDir, devices: BlockDevices) -> tuple[IoDeviceSample, ...] |
     )
 
 
-_PIDS_FILES = ("pids.current", "pids.max", "pids.events", "pids.peak")
+def read_pids(
+    d: CgroupDir, prev: PidsSample | None = None, *, moved: bool = True, limits: bool = True
+) -> PidsSample | None:
+    """pids.current/max/events/peak: the same files in cgroup2 and in the v1 pids hierarchy.
 
-
-def read_pids(d: CgroupDir) -> PidsSample | None:
-    """pids.current/max/events/peak: the same files in cgroup2 and in the v1 pids hierarchy."""
-    cur, mx, events_b, peak = d.read_many(_PIDS_FILES)
-    current = single(cur)
-    limit = single(mx)
-    events = flat(events_b)
-    if current is None and limit is None and events is None:
-        return None
-    return PidsSample(
-        current=current,
-        max=limit,
-        peak=single(peak),
-        events_max=None if events is None else events.get("max"),
+    pids.current is always read (a task moved out changes it without CPU in the cgroup).
+    With a `prev`: pids.events (a refused fork) and pids.peak (a fork, or a task moved in:
+    a write to the directory) are taken from it unread unless `moved` (CPU used since) or
+    the current count exceeds the last peak; pids.max unless `limits`."""
+    read_limits = limits or prev is None
+    current = single(d.read("pids.current"))
+    read_counters = (
+        moved or prev is None or (current or 0) > (prev.peak or prev.current or 0) or limits
     )
+    names = ("pids.events", "pids.peak") if read_counters else ()
+    got = dict(zip(names, d.read_many(names, keep=moved), strict=True))
+    if read_limits:
+        got["pids.max"] = d.read("pids.max", keep=False)
+    if read_limits:
+        limit = single(got["pids.max"])
+    else:
+        assert prev is not None
+        limit = prev.max
+    if read_counters:
+        events = flat(got["pids.events"])
+        events_max = None if events is None else events.get("max")
+        peak = single(got["pids.peak"])
+        found = events is not None
+    else:
+        assert prev is not None
+        events_max, peak, found = prev.events_max, prev.peak, True
+    if current is None and limit is None and not found:
+        return None
+    return PidsSample(current=current, max=limit, peak=peak, events_max=events_max)
 
 
 def pressure_sample(

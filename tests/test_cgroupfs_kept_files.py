@@ -34,7 +34,9 @@ def test_kept_files_read_fresh_values(cgroups: CgroupFactory) -> None:
     p = cg.burn(seconds=0.2)
     assert p.wait(timeout=30) == 0
     second = reader.read(cg.rel)
-    assert fds_into(cg) == kept  # the same fds answered the second read
+    # The same fds answered the second read (and, as the cgroup ran, those of the files read
+    # only then are kept too).
+    assert set(kept) < set(fds_into(cg))
     assert first.cpu is not None and second.cpu is not None
     assert second.cpu.usage_usec == cg.cpu_usage_usec() > (first.cpu.usage_usec or 0)
 

@@ -32,13 +32,16 @@ from tests.support.cgroups import CgroupFactory
 
 
 def record_files(reader: CgroupReader, paths: list[str]) -> list[str]:
-    """Every file one pass of reader.read opens successfully, as absolute paths."""
+    """Every file one pass of reader.read reads successfully, as absolute paths (a steady
+    pass: after the first, the reader reads only what can have changed)."""
     seen: list[str] = []
     cls = cgroup_v2.CgroupDir
     orig = cls.read_many
 
-    def recording(self: cgroup_v2.CgroupDir, names: Sequence[str]) -> list[bytes | None]:
-        datas = orig(self, names)
+    def recording(
+        self: cgroup_v2.CgroupDir, names: Sequence[str], keep: bool = True
+    ) -> list[bytes | None]:
+        datas = orig(self, names, keep)
         seen.extend(f"{self.path}/{n}" for n, d in zip(names, datas, strict=True) if d is not None)
         return datas
 
