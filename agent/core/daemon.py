@@ -26,7 +26,7 @@ from agent.core.hostinfo import read_host_info
 from agent.core.process_limits import limit_malloc_arenas, raise_nofile_limit, trim_malloc
 from agent.core.registry import builtin_components
 from agent.core.store import Store
-from agent.exporters.exposition import MetricsRenderer
+from agent.exporters.exposition import MetricsRenderer, metrics_options
 from agent.identity.discovery import Discovery
 from agent.kernel.collection import Collector
 from agent.kernel.tree_watch import CgroupTreeWatch
@@ -56,7 +56,8 @@ class Agent:
         self.store = Store(config.state_dir / "agent.db")
         self.reader = CgroupReader(layout)
         self.collector = Collector(Discovery(layout), self.reader)
-        self.renderer = MetricsRenderer(bool(config["cadvisor"]), components)
+        self.renderer = MetricsRenderer(bool(config["cadvisor"]), components,
+                                        metrics_options(config.values))
         self.snapshot: Snapshot | None = None
         self.started = time.monotonic()
         self._wake = asyncio.Event()
@@ -224,6 +225,7 @@ class Agent:
         self.ctx.config = self.config.values
         logging.getLogger().setLevel(self.config["log_level"].upper())
         self.renderer.cadvisor = bool(self.config["cadvisor"])
+        self.renderer.options = metrics_options(self.config.values)
         log.info("configuration reloaded (%s)", ", ".join(changed) or "no change")
         self._wake.set()
 

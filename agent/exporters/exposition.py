@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
@@ -21,7 +22,13 @@ from prometheus_client.openmetrics import exposition as om_format
 
 from agent.core.component import Component
 from agent.exporters.cadvisor import cadvisor_render
-from agent.exporters.metrics import RenderedFamily, agent_families, render_workload_families
+from agent.exporters.metrics import (
+    DEFAULT_OPTIONS,
+    MetricsOptions,
+    RenderedFamily,
+    agent_families,
+    render_workload_families,
+)
 from agent.model.snapshot import Snapshot
 
 log = logging.getLogger("agent.metrics")
@@ -49,6 +56,15 @@ def _render(families: Iterable[Metric], openmetrics: bool) -> bytes:
     return bytes(text_format.generate_latest(reg))
 
 
+def metrics_options(config: Mapping[str, Any]) -> MetricsOptions:
+    """MetricsOptions from the configuration's metrics_* keys."""
+    return MetricsOptions(
+        identity_labels=bool(config["metrics_identity_labels"]),
+        groups=frozenset(config["metrics_groups"]),
+        plain_cgroups=bool(config["metrics_plain_cgroups"]),
+    )
+
+
 def wants_openmetrics(accept: str) -> bool:
     return "application/openmetrics-text" in accept
 
@@ -64,8 +80,14 @@ class MetricsRenderer:
     the last collection cycle, the JSON API shows amendments at once.
     """
 
-    def __init__(self, cadvisor: bool, components: Sequence[Component] = ()) -> None:
+    def __init__(
+        self,
+        cadvisor: bool,
+        components: Sequence[Component] = (),
+        options: MetricsOptions = DEFAULT_OPTIONS,
+    ) -> None:
         self.cadvisor = cadvisor
+        self.options = options
         self.components = list(components)
         self._lock = threading.Lock()
         self._families: list[RenderedFamily] = []
@@ -97,7 +119,7 @@ class MetricsRenderer:
         others = agent_families(snapshot)
         others.extend(self_families())
         others.extend(self._component_families(snapshot, per_cycle=True))
-        families = render_workload_families(snapshot)
+        families = render_workload_families(snapshot, self.options)
         if self.cadvisor:
             families += cadvisor_render(snapshot)
         self._tails = {om: _render(others, om) for om in (False, True)}
