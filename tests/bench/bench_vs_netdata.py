@@ -89,7 +89,8 @@ def thread_ticks(pid: int) -> dict[str, int]:
             stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         except OSError:
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        # Python does not name its threads in /proc; the event loop runs in the main thread.
+        name = "event-loop" if tid == str(pid) else "thread"
         fields = stat.rsplit(")", 1)[1].split()
         out[f"{tid} {name}"] = int(fields[11]) + int(fields[12])
     return out
@@ -138,6 +139,7 @@ def run_netdata(work: Path, warmup: float, seconds: float) -> tuple[int, float]:
 def run_agentd(
     agentd: list[str], work: Path, warmup: float, seconds: float
 ) -> tuple[int, float, int, dict[str, int]]:
+    work.mkdir()
     port = free_port()
     with open(work / "agentd.log", "wb") as log:
         proc = subprocess.Popen(
@@ -166,6 +168,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--agentd", default=str(BIN / "agentd"),
                     help="agentd command line (e.g. another checkout's, to compare versions)")
+    ap.add_argument("--also", default="",
+                    help="a second agentd command line run on the same tree after the first "
+                         "(e.g. main's, for a before/after ratio in one run)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_vs_netdata: needs root (creates real cgroups)", file=sys.stderr)
@@ -181,8 +186,11 @@ def main() -> int:
         for i in range(n):
             factory.create(f"c{i:04d}").spawn(["sleep", "900"])
         nd, nd_rss = run_netdata(work, args.warmup, args.seconds)
-        ag, ag_rss, series, per_thread = run_agentd(shlex.split(args.agentd), work,
+        ag, ag_rss, series, per_thread = run_agentd(shlex.split(args.agentd), work / "a",
                                                     args.warmup, args.seconds)
+        also = None
+        if args.also:
+            also = run_agentd(shlex.split(args.also), work / "b", args.warmup, args.seconds)
     finally:
         factory.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -200,6 +208,10 @@ def main() -> int:
     busy = sorted(per_thread.items(), key=lambda kv: -kv[1])[:6]
     print("agentd CPU by thread: " + ", ".join(f"{k} {v / HZ:.2f} s" for k, v in busy))
     print(f"ratio agentd/netdata CPU: {ag / max(nd, 1):.2f} (target <= 0.5)")
+    if also is not None:
+        print(line("also   ", also[0], also[1]) + f", {also[2]} workload series")
+        print(f"ratio also/netdata CPU: {also[0] / max(nd, 1):.2f}; "
+              f"agentd/also: {ag / max(also[0], 1):.2f}")
     return 0
 
 
