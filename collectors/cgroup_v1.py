@@ -34,95 +34,156 @@ from collectors.samples import UNLIMITED, CpuSample, IoDeviceSample, MemorySampl
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-_CPU_FILES = ("cpu.stat", "cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares")
-_CPUACCT_FILES = ("cpuacct.usage", "cpuacct.stat")
+_CPU_LIMIT_FILES = ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares")
+_THROTTLE_KEYS = ("nr_periods", "nr_throttled", "nr_bursts", "throttled_usec", "burst_usec")
 
 
 def read_cpu_v1(
     cpu: CgroupDir | None,
     cpuacct: CgroupDir | None,
     v2_stat: Mapping[str, int] | None,
+    prev: CpuSample | None = None,
+    *,
+    limits: bool = True,
 ) -> CpuSample | None:
     """Usage from cgroup2 cpu.stat when given (exact µs, see cgroupfs), else cpuacct;
-    throttling, quota and weight from the v1 cpu hierarchy."""
+    throttling, quota and weight from the v1 cpu hierarchy.
+
+    `prev` (the last read's part, None: read everything): when usage_usec has not moved since,
+    the counters that move only while the cgroup's tasks run (cpuacct.stat, v1 cpu.stat
+    throttling) are taken from it unread. `limits` False: quota, period and shares are taken
+    from `prev` (nothing was written to the directory since, see CgroupReader)."""
     stat: dict[str, int] = dict(v2_stat) if v2_stat else {}
-    if "usage_usec" not in stat and cpuacct is not None:
-        usage_b, ticks_b = cpuacct.read_many(_CPUACCT_FILES)
-        usage = single(usage_b)
+    from_acct = "usage_usec" not in stat and cpuacct is not None
+    if from_acct and cpuacct is not None:
+        usage = single(cpuacct.read("cpuacct.usage"))
         if usage is not None:
             stat["usage_usec"] = usage // 1000
-        ticks = flat(ticks_b)
-        if ticks is not None:
-            if "user" in ticks:
-                stat["user_usec"] = ticks["user"] * 1_000_000 // CLK_TCK
-            if "system" in ticks:
-                stat["system_usec"] = ticks["system"] * 1_000_000 // CLK_TCK
+    usage_usec = stat.get("usage_usec")
+    moved = prev is None or usage_usec is None or usage_usec != prev.usage_usec
+    if from_acct and cpuacct is not None:
+        if moved:
+            ticks = cpuacct.flat("cpuacct.stat", keep=prev is not None)
+            if ticks is not None:
+                if "user" in ticks:
+                    stat["user_usec"] = ticks["user"] * 1_000_000 // CLK_TCK
+                if "system" in ticks:
+                    stat["system_usec"] = ticks["system"] * 1_000_000 // CLK_TCK
+        elif prev is not None:
+            _keep(stat, prev, ("user_usec", "system_usec"))
     quota = period = weight = None
     if cpu is not None:
-        stat_b, quota_b, period_b, shares_b = cpu.read_many(_CPU_FILES)
-        v1 = flat(stat_b)
-        if v1 is not None:
-            # v2 values (when the cgroup2 file had them) win; v1 times are ns.
-            for key in ("nr_periods", "nr_throttled", "nr_bursts"):
-                if key in v1:
-                    stat.setdefault(key, v1[key])
-            for ns_key, key in (("throttled_time", "throttled_usec"), ("burst_time", "burst_usec")):
-                if ns_key in v1 and key not in stat:
-                    stat[key] = v1[ns_key] // 1000
-        quota = single(quota_b)
-        if quota is not None and quota < 0:
-            quota = UNLIMITED
-        period = single(period_b)
-        shares = single(shares_b)
-        weight = None if shares is None else shares_to_weight(shares)
+        if moved:
+            v1 = cpu.flat("cpu.stat", keep=prev is not None)
+            if v1 is not None:
+                # v2 values (when the cgroup2 file had them) win; v1 times are ns.
+                for key in ("nr_periods", "nr_throttled", "nr_bursts"):
+                    if key in v1:
+                        stat.setdefault(key, v1[key])
+                for ns_key, key in (("throttled_time", "throttled_usec"),
+                                    ("burst_time", "burst_usec")):
+                    if ns_key in v1 and key not in stat:
+                        stat[key] = v1[ns_key] // 1000
+        elif prev is not None:
+            _keep(stat, prev, _THROTTLE_KEYS)
+        if limits or prev is None:
+            quota_b, period_b, shares_b = cpu.read_many(_CPU_LIMIT_FILES, keep=False)
+            quota = single(quota_b)
+            if quota is not None and quota < 0:
+                quota = UNLIMITED
+            period = single(period_b)
+            shares = single(shares_b)
+            weight = None if shares is None else shares_to_weight(shares)
+        else:
+            quota, period, weight = prev.max_quota_usec, prev.max_period_usec, prev.weight
     return cpu_sample(stat or None, quota, period, weight)
 
 
+def _keep(stat: dict[str, int], prev: CpuSample, keys: tuple[str, ...]) -> None:
+    """Copy the previous values of counters that have not moved (absent ones stay absent)."""
+    for key in keys:
+        value = getattr(prev, key)
+        if value is not None and key not in stat:
+            stat[key] = value
+
+
+#: Read at every read: they change without CPU in the cgroup (reclaim, writeback, charges
+#: from outside such as socket buffers in softirq).
 _MEMORY_FILES = (
     "memory.usage_in_bytes",
     "memory.max_usage_in_bytes",
-    "memory.limit_in_bytes",
-    "memory.soft_limit_in_bytes",
     "memory.stat",
-    "memory.oom_control",
     "memory.failcnt",
 )
-_MEMSW_FILES = ("memory.memsw.usage_in_bytes", "memory.memsw.limit_in_bytes")
-_MEMORY_MEMSW_FILES = _MEMORY_FILES + _MEMSW_FILES
+_MEMSW_USAGE = ("memory.memsw.usage_in_bytes",)
+#: memory.oom_control moves only while the cgroup's tasks run (an OOM kill happens in a
+#: task's charge). Limits change only by a write to the directory.
+_MEMORY_LIMITS = ("memory.limit_in_bytes", "memory.soft_limit_in_bytes")
+_MEMSW_LIMIT = ("memory.memsw.limit_in_bytes",)
 
 
-def read_memory_v1(d: CgroupDir, with_memsw: bool = True) -> MemorySample | None:
-    """`with_memsw`: the host has swap accounting (memsw files), judged once by the caller."""
-    names = _MEMORY_MEMSW_FILES if with_memsw else _MEMORY_FILES
-    datas = d.read_many(names)
-    current = single(datas[0])
-    limit = parsed(parse_v1_limit, datas[2])
-    raw_stat = parsed(parse_v1_memory_stat, datas[4])
-    oom = flat(datas[5])
-    failcnt = single(datas[6])
+def read_memory_v1(
+    d: CgroupDir,
+    with_memsw: bool = True,
+    prev: MemorySample | None = None,
+    *,
+    moved: bool = True,
+    limits: bool = True,
+) -> MemorySample | None:
+    """`with_memsw`: the host has swap accounting (memsw files), judged once by the caller.
+    `prev` with `moved` False: oom_control's counters taken from it unread; with `limits`
+    False: the limits taken from it unread (see read_cpu_v1)."""
+    read_oom = moved or prev is None
+    read_limits = limits or prev is None
+    names = _MEMORY_FILES + (_MEMSW_USAGE if with_memsw else ())
+    got = dict(zip(names, d.read_many(names), strict=True))
+    # Kept open only when read because the cgroup ran (not on a whole read of an idle one).
+    if read_oom:
+        got["memory.oom_control"] = d.read("memory.oom_control", keep=prev is not None)
+    if read_limits:
+        seldom = _MEMORY_LIMITS + (_MEMSW_LIMIT if with_memsw else ())
+        got.update(zip(seldom, d.read_many(seldom, keep=False), strict=True))
+    current = single(got["memory.usage_in_bytes"])
+    raw_stat = parsed(parse_v1_memory_stat, got["memory.stat"])
+    failcnt = single(got["memory.failcnt"])
+    if read_limits:
+        limit = parsed(parse_v1_limit, got["memory.limit_in_bytes"])
+        low = parsed(parse_v1_limit, got["memory.soft_limit_in_bytes"])
+    else:
+        assert prev is not None
+        limit, low = prev.max, prev.low
     swap_current = swap_max = None
     if with_memsw:
-        memsw = single(datas[7])
-        memsw_limit = parsed(parse_v1_limit, datas[8])
+        memsw = single(got["memory.memsw.usage_in_bytes"])
         if memsw is not None and current is not None:
             swap_current = max(memsw - current, 0)
-        if memsw_limit == UNLIMITED:
-            swap_max = UNLIMITED
-        elif memsw_limit is not None and limit is not None and limit != UNLIMITED:
-            swap_max = max(memsw_limit - limit, 0)
+        if not read_limits:
+            assert prev is not None
+            swap_max = prev.swap_max
+        else:
+            memsw_limit = parsed(parse_v1_limit, got["memory.memsw.limit_in_bytes"])
+            if memsw_limit == UNLIMITED:
+                swap_max = UNLIMITED
+            elif memsw_limit is not None and limit is not None and limit != UNLIMITED:
+                swap_max = max(memsw_limit - limit, 0)
     if current is None and raw_stat is None and limit is None:
         return None
     events: dict[str, int] = {}
-    if oom is not None:
-        for key in ("oom_kill", "under_oom"):
-            if key in oom:
-                events[key] = oom[key]
+    if read_oom:
+        oom = flat(got["memory.oom_control"])
+        if oom is not None:
+            for key in ("oom_kill", "under_oom"):
+                if key in oom:
+                    events[key] = oom[key]
+    else:
+        assert prev is not None
+        events.update((k, v) for k, v in prev.events.items() if k != "max")
     if failcnt is not None:
         events["max"] = failcnt
     return MemorySample(
         current=current,
-        peak=single(datas[1]),
-        low=parsed(parse_v1_limit, datas[3]),
+        peak=single(got["memory.max_usage_in_bytes"]),
+        low=low,
         max=limit,
         swap_current=swap_current,
         swap_max=swap_max,
@@ -135,8 +196,11 @@ def read_memory_v1(d: CgroupDir, with_memsw: bool = True) -> MemorySample | None
 _BLKIO_FILES = ("blkio.throttle.io_service_bytes_recursive", "blkio.throttle.io_serviced_recursive")
 
 
-def read_io_v1(d: CgroupDir, devices: BlockDevices) -> tuple[IoDeviceSample, ...] | None:
-    bytes_b, ios_b = d.read_many(_BLKIO_FILES)
+def read_io_v1(
+    d: CgroupDir, devices: BlockDevices, keep: bool = True
+) -> tuple[IoDeviceSample, ...] | None:
+    """`keep`: keep the files open (read because the cgroup ran, so likely read again)."""
+    bytes_b, ios_b = d.read_many(_BLKIO_FILES, keep)
     nbytes = parsed(parse_v1_blkio, bytes_b)
     nios = parsed(parse_v1_blkio, ios_b)
     if nbytes is None and nios is None:

@@ -71,18 +71,23 @@ class CgroupDir:
     """A cgroup directory fd; files are read relative to it (openat).
 
     Either opened here (`owned`, closed by close()) or borrowed from OpenDirs, which keeps it
-    open between collection cycles. `missing` records an ENOENT (absent file, or a directory
-    removed meanwhile: the caller decides), `unsupported` an EOPNOTSUPP (PSI disabled).
+    open between collection cycles together with its files' fds (`files`, name -> fd): a kept
+    file is re-read with one pread at offset 0 (kernfs regenerates a seq file read from
+    offset 0) instead of openat + read + close. `missing` records an ENOENT (absent file, or
+    a directory removed meanwhile: the caller decides), `unsupported` an EOPNOTSUPP (PSI
+    disabled).
     """
 
     __slots__ = (
         "emfile",
         "fd",
+        "files",
         "fresh",
         "ino",
         "missing",
         "owned",
         "path",
+        "pool",
         "unsupported",
         "used_ns",
     )
@@ -97,6 +102,9 @@ class CgroupDir:
         #: A file could not be opened for want of fds (the caller should give some back).
         self.emfile = False
         self.used_ns = 0
+        #: Kept file fds by name (only for a directory kept by OpenDirs, which counts them).
+        self.files: dict[str, int] | None = None
+        self.pool: OpenDirs | None = None
         #: Opened for this read (not a kept fd that may be stale).
         self.fresh = fd is None
         if fd is not None:
@@ -113,6 +121,10 @@ class CgroupDir:
 
     def close(self) -> None:
         if self.owned and self.fd >= 0:
+            if self.files:
+                for fd in self.files.values():
+                    os.close(fd)
+                self.files.clear()
             os.close(self.fd)
             self.fd = -1
 
@@ -122,30 +134,41 @@ class CgroupDir:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def read_many(self, names: Sequence[str]) -> list[bytes | None]:
+    def read_many(self, names: Sequence[str], keep: bool = True) -> list[bytes | None]:
         """Each file's bytes, None when absent or unreadable. Raises Vanished on ENODEV.
 
         One call for a controller's files: this loop is the hot path of every collection.
+        A file of a kept directory stays open while the pool has room (one pread per read);
+        `keep` False: files read seldom (limits) are not kept open if they are not already.
         """
         out: list[bytes | None] = []
         dfd = self.fd
-        _open, _read, _close = os.open, os.read, os.close
+        files = self.files
+        pool = self.pool if keep else None
+        _open, _pread, _close = os.open, os.pread, os.close
         for name in names:
+            fd = files.get(name) if files is not None else None
+            keep = fd is not None
+            if fd is None:
+                try:
+                    fd = _open(name, _O_FILE, dir_fd=dfd)
+                except OSError as e:
+                    self._failed(e.errno)
+                    out.append(None)
+                    continue
+                if files is not None and pool is not None and pool.take():
+                    files[name] = fd
+                    keep = True
             try:
-                fd = _open(name, _O_FILE, dir_fd=dfd)
-            except OSError as e:
-                self._failed(e.errno)
-                out.append(None)
-                continue
-            try:
-                data: bytes | None = _read(fd, _BUF)
+                data: bytes | None = _pread(fd, _BUF, 0)
                 if len(data) >= _MAYBE_MORE:  # type: ignore[arg-type]
                     data = _read_rest(fd, data)  # type: ignore[arg-type]
             except OSError as e:
                 self._failed(e.errno)
                 data = None
             finally:
-                _close(fd)
+                if not keep:
+                    _close(fd)
             out.append(data)
         return out
 
@@ -159,23 +182,28 @@ class CgroupDir:
         elif err == _EMFILE:
             self.emfile = True
 
-    def read(self, name: str) -> bytes | None:
-        return self.read_many((name,))[0]
+    def read(self, name: str, keep: bool = True) -> bytes | None:
+        return self.read_many((name,), keep)[0]
 
-    def flat(self, name: str) -> dict[str, int] | None:
-        return flat(self.read_many((name,))[0])
+    def flat(self, name: str, keep: bool = True) -> dict[str, int] | None:
+        return flat(self.read_many((name,), keep)[0])
 
-    def single(self, name: str) -> int | None:
-        return single(self.read_many((name,))[0])
+    def single(self, name: str, keep: bool = True) -> int | None:
+        return single(self.read_many((name,), keep)[0])
 
 
 class OpenDirs:
-    """Directory fds kept open between collection cycles, keyed by absolute path.
+    """Directory fds, and their files' fds, kept open between collection cycles, keyed by
+    the directory's absolute path.
 
     Each cycle reads the same cgroups again; keeping their directories open saves an open
-    (a full path walk) and a close per hierarchy and cgroup. Bounded: at most `max_open` and
-    half of RLIMIT_NOFILE (re-read when full, since a daemon may raise it later); when full,
-    new directories are opened per read instead (evicting would thrash on cyclic scans).
+    (a full path walk) and a close per hierarchy and cgroup, keeping their files open saves
+    an open and a close per file (kernfs answers a pread at offset 0 with fresh content).
+    Bounded: at most `max_open` fds in all (directories and files) and three quarters of
+    RLIMIT_NOFILE (re-read when full, since a daemon may raise it later); when full,
+    directories and files are opened per read instead (evicting would thrash on cyclic scans).
+    A kept cgroup file costs ~6 KB of kernel memory (its seq_file buffer), charged to the
+    agent's cgroup: files read seldom (limits) are not kept.
     Entries unused for IDLE_S are closed, so removed cgroups are not kept pinned. A cached fd
     of a directory that was removed and created again is detected by its inode (callers
     compare) and replaced. Not thread-safe: CgroupReader serialises access.
@@ -184,9 +212,19 @@ class OpenDirs:
     IDLE_S = 120.0
     SWEEP_EVERY_S = 30.0
 
-    def __init__(self, max_open: int) -> None:
+    def __init__(
+        self,
+        max_open: int,
+        on_keep: Callable[[str], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_keep(path)` / `on_drop(path)`: a directory starts / stops being kept."""
         self._max = max_open
+        self._on_keep = on_keep
+        self._on_drop = on_drop
         self._dirs: dict[str, CgroupDir] = {}
+        #: Fds kept: the directories' and their files'.
+        self._n = 0
         self._cap = self._compute_cap()
         self._next_sweep = 0
 
@@ -194,10 +232,22 @@ class OpenDirs:
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return self._max
-        return max(0, min(self._max, soft // 2))
+        return max(0, min(self._max, soft - soft // 4))
 
     def __len__(self) -> int:
+        """Fds kept (directories and files)."""
+        return self._n
+
+    @property
+    def dirs(self) -> int:
         return len(self._dirs)
+
+    def take(self) -> bool:
+        """Room for one more kept fd (counted as taken when True)."""
+        if self._n < self._cap:
+            self._n += 1
+            return True
+        return False
 
     def get(self, path: str, now_ns: int, ino: int | None = None) -> CgroupDir:
         """The directory, from the cache when its inode is still `ino` (None: not checked).
@@ -218,31 +268,39 @@ class OpenDirs:
                 raise
             d = CgroupDir(path)
         d.ino = os.fstat(d.fd).st_ino
-        if len(self._dirs) < self._cap or self._recap():
+        if self.take() or (self._recap() and self.take()):
             d.owned = False  # closed by drop()
             d.used_ns = now_ns
+            d.files = {}
+            d.pool = self
             self._dirs[path] = d
+            if self._on_keep is not None:
+                self._on_keep(path)
         return d
 
     def _recap(self) -> bool:
         self._cap = self._compute_cap()
-        return len(self._dirs) < self._cap
+        return self._n < self._cap
 
     def shrink(self, now_ns: int) -> bool:
         """Out of fds (EMFILE on a directory here, or on a file: CgroupDir.emfile): give back
-        the older half of the kept ones (not those of the read in progress) and stop growing.
-        True when something was closed."""
+        the older half of the kept directories with their files (not those of the read in
+        progress) and stop growing. True when something was closed."""
         idle = sorted((d.used_ns, p) for p, d in self._dirs.items() if d.used_ns != now_ns)
         for _used, path in idle[: max(1, len(idle) // 2)]:
             self.drop(path)
-        self._max = self._cap = len(self._dirs)
+        self._max = self._cap = self._n
         return bool(idle)
 
     def drop(self, path: str) -> None:
+        """Close a kept directory's fd and its files' fds."""
         d = self._dirs.pop(path, None)
         if d is not None:
+            self._n -= 1 + len(d.files or ())
             d.owned = True
             d.close()
+            if self._on_drop is not None:
+                self._on_drop(path)
 
     def sweep(self, now_ns: int) -> None:
         self._next_sweep = now_ns + int(self.SWEEP_EVERY_S * 1e9)
@@ -271,11 +329,13 @@ def read_file(path: str) -> bytes | None:
 
 def _read_rest(fd: int, first: bytes) -> bytes:
     chunks = [first]
+    at = len(first)
     while True:
-        more = os.read(fd, _BUF)
+        more = os.pread(fd, _BUF, at)
         if not more:
             return b"".join(chunks)
         chunks.append(more)
+        at += len(more)
 
 
 def parsed(parse: Callable[[bytes], T], data: bytes | None) -> T | None:
@@ -356,9 +416,14 @@ def cpu_sample(
     )
 
 
-def cpu_limits(d: CgroupDir) -> tuple[int | None, int | None, int | None]:
-    """(quota, period, weight) from cpu.max and cpu.weight (files of the cpu controller)."""
-    max_b, weight_b = d.read_many(("cpu.max", "cpu.weight"))
+def cpu_limits(
+    d: CgroupDir, prev: CpuSample | None = None, *, limits: bool = True
+) -> tuple[int | None, int | None, int | None]:
+    """(quota, period, weight) from cpu.max and cpu.weight (files of the cpu controller);
+    from `prev` unread when `limits` is False."""
+    if not limits and prev is not None:
+        return prev.max_quota_usec, prev.max_period_usec, prev.weight
+    max_b, weight_b = d.read_many(("cpu.max", "cpu.weight"), keep=False)
     quota = period = None
     if max_b is not None:
         with contextlib.suppress(ParseError):
@@ -366,37 +431,47 @@ def cpu_limits(d: CgroupDir) -> tuple[int | None, int | None, int | None]:
     return quota, period, single(weight_b)
 
 
+#: Read at every read (they change without CPU in the cgroup: reclaim, writeback, charges from
+#: outside); memory.events also because the kernel's notification of it is asynchronous.
 _MEMORY_FILES = (
     "memory.current",
     "memory.peak",
-    "memory.min",
-    "memory.low",
-    "memory.high",
-    "memory.max",
     "memory.swap.current",
-    "memory.swap.max",
     "memory.stat",
     "memory.events",
 )
+#: Limits: change only by a write to the directory (see CgroupReader).
+_MEMORY_LIMITS = ("memory.min", "memory.low", "memory.high", "memory.max", "memory.swap.max")
 
 
-def read_memory(d: CgroupDir) -> MemorySample | None:
-    cur, peak, mn, low, high, mx, swc, swm, stat_b, events_b = d.read_many(_MEMORY_FILES)
+def read_memory(
+    d: CgroupDir, prev: MemorySample | None = None, *, limits: bool = True
+) -> MemorySample | None:
+    """`limits` False with a `prev`: the limits are taken from it unread."""
+    read_limits = limits or prev is None
+    datas = d.read_many(_MEMORY_FILES)
+    if read_limits:
+        datas += d.read_many(_MEMORY_LIMITS, keep=False)
+    cur, peak, swc, stat_b, events_b = datas[:5]
     stat = flat(stat_b)
     events = flat(events_b)
     current = single(cur)
-    limit = single(mx)
-    if current is None and stat is None and events is None and limit is None:
+    if read_limits:
+        mn, low, high, mx, swm = (single(b) for b in datas[5:])
+    else:
+        assert prev is not None
+        mn, low, high, mx, swm = prev.min, prev.low, prev.high, prev.max, prev.swap_max
+    if current is None and stat is None and events is None and mx is None:
         return None
     return MemorySample(
         current=current,
         peak=single(peak),
-        min=single(mn),
-        low=single(low),
-        high=single(high),
-        max=limit,
+        min=mn,
+        low=low,
+        high=high,
+        max=mx,
         swap_current=single(swc),
-        swap_max=single(swm),
+        swap_max=swm,
         stat=frozen_map(stat),
         events=frozen_map(events),
     )
@@ -429,23 +504,40 @@ def read_io(d: CgroupDir, devices: BlockDevices) -> tuple[IoDeviceSample, ...] |
     )
 
 
-_PIDS_FILES = ("pids.current", "pids.max", "pids.events", "pids.peak")
+def read_pids(
+    d: CgroupDir, prev: PidsSample | None = None, *, moved: bool = True, limits: bool = True
+) -> PidsSample | None:
+    """pids.current/max/events/peak: the same files in cgroup2 and in the v1 pids hierarchy.
 
-
-def read_pids(d: CgroupDir) -> PidsSample | None:
-    """pids.current/max/events/peak: the same files in cgroup2 and in the v1 pids hierarchy."""
-    cur, mx, events_b, peak = d.read_many(_PIDS_FILES)
-    current = single(cur)
-    limit = single(mx)
-    events = flat(events_b)
-    if current is None and limit is None and events is None:
-        return None
-    return PidsSample(
-        current=current,
-        max=limit,
-        peak=single(peak),
-        events_max=None if events is None else events.get("max"),
+    pids.current is always read (a task moved out changes it without CPU in the cgroup).
+    With a `prev`: pids.events (a refused fork) and pids.peak (a fork, or a task moved in:
+    a write to the directory) are taken from it unread unless `moved` (CPU used since) or
+    the current count exceeds the last peak; pids.max unless `limits`."""
+    read_limits = limits or prev is None
+    current = single(d.read("pids.current"))
+    read_counters = (
+        moved or prev is None or (current or 0) > (prev.peak or prev.current or 0) or limits
     )
+    names = ("pids.events", "pids.peak") if read_counters else ()
+    got = dict(zip(names, d.read_many(names, keep=moved), strict=True))
+    if read_limits:
+        got["pids.max"] = d.read("pids.max", keep=False)
+    if read_limits:
+        limit = single(got["pids.max"])
+    else:
+        assert prev is not None
+        limit = prev.max
+    if read_counters:
+        events = flat(got["pids.events"])
+        events_max = None if events is None else events.get("max")
+        peak = single(got["pids.peak"])
+        found = events is not None
+    else:
+        assert prev is not None
+        events_max, peak, found = prev.events_max, prev.peak, True
+    if current is None and limit is None and not found:
+        return None
+    return PidsSample(current=current, max=limit, peak=peak, events_max=events_max)
 
 
 def pressure_sample(

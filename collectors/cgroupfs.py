@@ -21,11 +21,29 @@ redone when the directory inode changes (a new incarnation), when a different me
 given, and after RESOLVE_TTL_S.
 
 Speed (tests/bench/bench_collectors.py): each controller's files are read in one batch with
-openat() relative to a directory fd, and the directory fds are kept open between reads
-(OpenDirs: bounded, swept when idle, given back on EMFILE). The inode comes from the fstat
+openat() relative to a directory fd, and the directory fds and the files' fds are kept open
+between reads (OpenDirs: bounded, swept when idle, given back on EMFILE, closed by release()):
+a kept file is re-read with one pread at offset 0. The inode comes from the fstat
 done when a directory is opened; a kept fd of a cgroup that was removed since answers
 ENOENT/ENODEV for every file, which triggers one stat and, for a cgroup created again at the
 same path, a second read on a fresh fd. Thread-safe (one lock per reader).
+
+Read only what can have changed (the previous sample's values stand for files not read):
+- always: cgroup.events, cgroup.stat, cpu.stat (usage: the trigger), PSI (a task blocked on
+  IO stalls without CPU), every memory file but the limits (reclaim, writeback and charges
+  from outside, e.g. socket buffers in softirq, move them without CPU in the cgroup), io.stat
+  (v2 charges writeback to the cgroup), pids.current (a task moved out), freezer.state;
+- when usage_usec moved since the last read (a cgroup that ran no task cannot have moved
+  them): v1 cpu.stat throttling, cpuacct.stat, v1 blkio counters (v1 charges IO to the
+  submitting task's cgroup, writeback to the root), memory.oom_control, pids.events, pids.peak
+  (also when pids.current exceeds the last peak);
+- when something was written to the directory (inotify IN_MODIFY on the kept directories of
+  the memory, cpu and pids hierarchies, or of every cgroup2 directory on unified hosts; a
+  directory not watched counts as written): the limits cpu.max, cpu.weight, cfs quota and
+  period, shares, memory.min/low/high/max, swap.max, v1 limit_in_bytes, soft_limit and
+  memsw.limit, pids.max; a write to cgroup.procs (a task moved in) also re-reads pids.peak;
+- everything: on the first read, when `populated` changed, when the v1 paths were resolved
+  again, and at least every FULL_READ_EVERY reads.
 """
 
 from __future__ import annotations
@@ -59,16 +77,27 @@ from collectors.cgroup_v2 import (
     read_memory,
     read_pids,
 )
+from collectors.inotify import IN_IGNORED, IN_MODIFY, IN_ONLYDIR, IN_Q_OVERFLOW, Inotify
 from collectors.layout import CgroupLayout, LayoutKind
 from collectors.parsers import parse_proc_cgroup, parse_procs_first
-from collectors.samples import CgroupSample, CpuSample
+from collectors.samples import CgroupSample, CpuSample, IoDeviceSample
 
 #: Seconds a v1 path resolution is trusted before it is redone.
 RESOLVE_TTL_S = 60.0
+#: Every file of a cgroup is read at least once per this many reads of it.
+FULL_READ_EVERY = 10
 #: Above this many cached resolutions the cache is emptied (paths no longer read linger).
 _CACHE_MAX = 100_000
 _RESOLVE_TTL_NS = int(RESOLVE_TTL_S * 1e9)
 _NO_PATHS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(slots=True)
+class _Last:
+    """A cgroup's last sample, and its reads since everything was read."""
+
+    sample: CgroupSample
+    partial_reads: int
 
 
 @dataclass(slots=True)
@@ -88,7 +117,8 @@ class CgroupReader:
         proc_root: Path = Path("/proc"),
         max_open_dirs: int = 16384,
     ) -> None:
-        """`max_open_dirs`: directory fds kept open between reads (0: none), see OpenDirs."""
+        """`max_open_dirs`: fds kept open between reads, directories and their files
+        (0: none), see OpenDirs."""
         self.layout = layout
         self._kind = layout.kind
         self._ref_root = str(layout.reference_root)
@@ -113,7 +143,19 @@ class CgroupReader:
         )
         self._anchor = self._own_cgroups()
         self._cache: dict[str, _Resolved] = {}
-        self._dirs = OpenDirs(max_open_dirs)
+        self._last: dict[str, _Last] = {}
+        # Written-to tracking of the kept directories whose limits are read only when written.
+        self._notify: Inotify | None = None
+        self._wd_of: dict[str, int] = {}
+        self._path_of: dict[int, str] = {}
+        self._written: set[str] = set()
+        if self._kind is LayoutKind.UNIFIED:
+            self._limit_roots: tuple[str, ...] = (self._ref_root,)
+        else:
+            self._limit_roots = tuple(
+                root for ctrl, root in self._v1_roots.items() if ctrl in ("cpu", "memory", "pids")
+            )
+        self._dirs = OpenDirs(max_open_dirs, on_keep=self._watch, on_drop=self._unwatch)
         # The daemon reads from a worker thread while control code may ask for v1_paths.
         self._lock = threading.Lock()
 
@@ -157,13 +199,17 @@ class CgroupReader:
 
     @property
     def kept_fds(self) -> int:
-        """Directory fds kept open between reads."""
+        """Fds kept open between reads: directories and their files, in every hierarchy."""
         return len(self._dirs)
 
     def close(self) -> None:
-        """Close the directory fds kept between reads (reading again reopens them)."""
+        """Close the fds kept between reads (reading again reopens them)."""
         with self._lock:
             self._dirs.close()
+            self._last.clear()
+            if self._notify is not None:
+                self._notify.close()
+                self._notify = None
 
     def __enter__(self) -> CgroupReader:
         return self
@@ -187,6 +233,7 @@ class CgroupReader:
 
     def _read(self, path: str, member_pid: int | None, mono: int, wall: int) -> CgroupSample:
         ref_path = self._ref_root if path == "/" else self._ref_root + path
+        self._drain()
         # No stat per read: a kept directory fd of a cgroup removed since (and maybe created
         # again at the same path) answers ENOENT/ENODEV for every file, which is checked
         # below; then the read is done once more on a freshly opened directory.
@@ -214,6 +261,8 @@ class CgroupReader:
                         if d is ref:
                             raise Vanished(path)
                         self._cache.pop(path, None)  # resolve the v1 paths again next time
+                for d in used:
+                    self._written.discard(d.path)
                 return sample
             except Vanished:
                 self._forget(path, ref_path)
@@ -227,10 +276,70 @@ class CgroupReader:
     def _forget(self, path: str, ref_path: str) -> None:
         """Drop what is kept about a cgroup that is gone."""
         self._dirs.drop(ref_path)
+        self._last.pop(path, None)
         e = self._cache.pop(path, None)
         if e is not None:
             for ctrl, rel in e.paths.items():
                 self._dirs.drop(self._v1_abs(ctrl, rel))
+
+    # -- what was written to -------------------------------------------------------------
+    def _watch(self, dir_path: str) -> None:
+        """A directory is now kept: watch it for writes if its limits are read only then."""
+        if not dir_path.startswith(self._limit_roots):
+            return
+        try:
+            if self._notify is None:
+                self._notify = Inotify()
+            wd = self._notify.add_watch(dir_path, IN_MODIFY | IN_ONLYDIR)
+        except OSError:  # no inotify, or out of watches: the directory counts as written
+            return
+        self._wd_of[dir_path] = wd
+        self._path_of[wd] = dir_path
+        self._written.add(dir_path)  # its first read as a kept directory reads the limits
+
+    def _unwatch(self, dir_path: str) -> None:
+        wd = self._wd_of.pop(dir_path, None)
+        if wd is not None:
+            self._path_of.pop(wd, None)
+            self._written.discard(dir_path)
+            if self._notify is not None:
+                self._notify.rm_watch(wd)
+
+    def _drain(self) -> None:
+        """Note the directories written to since the last read (one read syscall)."""
+        if self._notify is None:
+            return
+        for ev in self._notify.read_events():
+            if ev.mask & IN_Q_OVERFLOW:
+                self._written.update(self._wd_of)
+                continue
+            dir_path = self._path_of.get(ev.wd)
+            if dir_path is None:
+                continue
+            if ev.mask & IN_IGNORED:  # removed: the kernel dropped the watch
+                del self._path_of[ev.wd]
+                self._wd_of.pop(dir_path, None)
+            self._written.add(dir_path)
+
+    def _limits_stale(self, d: CgroupDir | None) -> bool:
+        """The directory's limits must be read: written to since its last read, or not
+        watched."""
+        return d is not None and (d.path in self._written or d.path not in self._wd_of)
+
+    def _previous(self, path: str, inode: int | None) -> CgroupSample | None:
+        """The last sample, to stand for files not read now; None: read everything."""
+        last = self._last.get(path)
+        if last is None or last.sample.inode != inode or last.partial_reads >= FULL_READ_EVERY:
+            return None
+        return last.sample
+
+    def _remember(self, sample: CgroupSample, prev: CgroupSample | None) -> None:
+        last = self._last.get(sample.path)
+        if prev is None or last is None:
+            self._last[sample.path] = _Last(sample, 0)
+        else:
+            last.sample = sample
+            last.partial_reads += 1
 
     def _v1_abs(self, ctrl: str, rel: str) -> str:
         return self._v1_roots[ctrl] + ("" if rel == "/" else rel)
@@ -242,16 +351,26 @@ class CgroupReader:
         datas = d.read_many(self._unified_files)
         ctrls = parse_controllers(datas[0])
         populated, frozen = events(datas[1])
+        prev = self._previous(path, inode)
+        if prev is not None and prev.populated != populated:
+            prev = None  # a cgroup that filled or emptied is read whole
         pressure = pressure_sample(self._psi, datas[4:], d.unsupported) if self._psi else None
+        prev_cpu = prev.cpu if prev is not None else None
+        stale = self._limits_stale(d)
         quota = period = weight = None
         if ctrls is None or "cpu" in ctrls:
-            quota, period, weight = cpu_limits(d)
+            quota, period, weight = cpu_limits(d, prev_cpu, limits=stale)
         cpu = cpu_sample(flat(datas[3]), quota, period, weight)
-        memory = read_memory(d) if ctrls is None or "memory" in ctrls else None
+        moved = _moved(prev_cpu, cpu)
+        memory = None
+        if ctrls is None or "memory" in ctrls:
+            memory = read_memory(d, prev.memory if prev else None, limits=stale)
         io = read_io(d, self._devices) if ctrls is None or "io" in ctrls else None
-        pids = read_pids(d) if ctrls is None or "pids" in ctrls else None
+        pids = None
+        if ctrls is None or "pids" in ctrls:
+            pids = read_pids(d, prev.pids if prev else None, moved=moved, limits=stale)
         stat = flat(datas[2])
-        return CgroupSample(
+        sample = CgroupSample(
             path=path,
             inode=inode,
             monotonic_ns=mono,
@@ -265,6 +384,8 @@ class CgroupReader:
             frozen=frozen,
             stat=frozen_map(stat),
         )
+        self._remember(sample, prev)
+        return sample
 
     # -- hybrid and legacy ---------------------------------------------------------------
     def _read_v1(
@@ -310,27 +431,41 @@ class CgroupReader:
         else:
             psi = ref.read_many(self._psi)
         pressure = pressure_sample(self._psi, psi, ref.unsupported) if self._psi else None
+        prev = self._previous(path, ref.ino)
+        if prev is not None and (prev.populated != populated or prev.v1_paths is not paths):
+            prev = None  # filled or emptied, or found elsewhere: read whole
 
         cpu_d = open_ctrl("cpu")
         need_acct = v2_cpu is None or "usage_usec" not in v2_cpu
         acct_d = open_ctrl("cpuacct") if need_acct else None
+        prev_cpu = prev.cpu if prev is not None else None
         cpu: CpuSample | None
         if cpu_d is None and acct_d is None:
             cpu = cpu_sample(v2_cpu)
         else:
-            cpu = read_cpu_v1(cpu_d, acct_d, v2_cpu)
+            cpu = read_cpu_v1(cpu_d, acct_d, v2_cpu, prev_cpu, limits=self._limits_stale(cpu_d))
+        moved = _moved(prev_cpu, cpu)
         mem_d = open_ctrl("memory")
-        memory = read_memory_v1(mem_d, self._memsw) if mem_d is not None else None
+        memory = None
+        if mem_d is not None:
+            memory = read_memory_v1(mem_d, self._memsw, prev.memory if prev else None,
+                                    moved=moved, limits=self._limits_stale(mem_d))
         pids_d = open_ctrl("pids")
-        pids = read_pids(pids_d) if pids_d is not None else None
+        pids = None
+        if pids_d is not None:
+            pids = read_pids(pids_d, prev.pids if prev else None, moved=moved,
+                             limits=self._limits_stale(pids_d))
         blk_d = open_ctrl("blkio")
-        io = read_io_v1(blk_d, self._devices) if blk_d is not None else None
+        io: tuple[IoDeviceSample, ...] | None = None
+        if blk_d is not None:
+            io = read_io_v1(blk_d, self._devices, prev is not None) if moved or prev is None \
+                else prev.io
         frz_d = open_ctrl("freezer")
         v1_frozen = read_freezer_v1(frz_d) if frz_d is not None else None
         if v1_frozen is not None:
             # Either freezer freezes the tasks; hybrid hosts have both.
             frozen = v1_frozen or bool(frozen)
-        return CgroupSample(
+        sample = CgroupSample(
             path=path,
             inode=ref.ino,
             monotonic_ns=mono,
@@ -345,6 +480,8 @@ class CgroupReader:
             stat=frozen_map(stat),
             v1_paths=paths,
         )
+        self._remember(sample, prev)
+        return sample
 
     # -- v1 path resolution --------------------------------------------------------------
     def _resolved(
@@ -436,6 +573,13 @@ class CgroupReader:
             return os.stat(dir_path).st_ino != inode
         except OSError:
             return True
+
+
+def _moved(prev: CpuSample | None, cpu: CpuSample | None) -> bool:
+    """The cgroup may have run a task since `prev`: its CPU usage moved, or is not known."""
+    if prev is None or cpu is None or cpu.usage_usec is None:
+        return True
+    return cpu.usage_usec != prev.usage_usec
 
 
 def _legacy_ref_key(layout: CgroupLayout) -> str:

@@ -9,6 +9,7 @@ from dashboards.common import (
     RANGE,
     bars,
     dashboard,
+    increase,
     instance_var,
     kind_var,
     m,
@@ -23,16 +24,16 @@ W = sel(kind=True)
 G = "$group"
 GIB = 1024**3
 
-CPU_HOURS = f"sum by ({G}) (increase({m('cpu_usage_seconds_total', W)}[{RANGE}])) / 3600"
+CPU_HOURS = f"sum by ({G}) ({increase('cpu_usage_seconds_total', W, RANGE)}) / 3600"
 # Average usage over the range times its length: byte-hours, then GiB-hours.
 GIB_HOURS = (
-    f"sum by ({G}) (avg_over_time({m('memory_usage_bytes', W)}[{RANGE}])) "
+    f"sum by ({G}) ({rate('memory_usage_bytes', W, RANGE, 'avg_over_time')}) "
     f"* $__range_s / 3600 / {GIB}"
 )
 
 
 def _bytes(metric: str) -> str:
-    return f"sum by ({G}) (increase({m(metric, W)}[{RANGE}]))"
+    return f"sum by ({G}) ({increase(metric, W, RANGE)})"
 
 
 def group_var() -> Template:

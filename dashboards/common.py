@@ -21,6 +21,8 @@ from grafanalib.core import (
     TimeSeries,
 )
 
+from agent.exporters.metrics import WORKLOAD_SPECS
+
 PREFIX = "container_agent_"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
@@ -43,13 +45,53 @@ def sel(*matchers: str, instance: bool = True, kind: bool = False, container: bo
     return ", ".join(parts)
 
 
+#: Workload series carry `id` alone by default (metrics_identity_labels); these labels are on
+#: container_agent_workload_info, joined in by id.
+IDENTITY = ("name", "kind", "runtime", "cgroup", "pod", "namespace")
+#: The agent's per-workload metrics (not workload_info itself, not the network or agent ones).
+WORKLOAD_METRICS = frozenset(
+    s.name.removeprefix(PREFIX) for s in WORKLOAD_SPECS[1:]
+)
+
+
+def _split(selector: str) -> tuple[str, str]:
+    """(the series' own matchers, the identity matchers with instance) of a selector body."""
+    parts = [p.strip() for p in selector.split(", ") if p.strip()]
+
+    def label(p: str) -> str:
+        return p.split("=")[0].rstrip("!~")
+
+    own = [p for p in parts if label(p) not in IDENTITY]
+    ident = [p for p in parts if label(p) in IDENTITY or label(p) == "instance"]
+    return ", ".join(own), ", ".join(ident)
+
+
+def _joined(series: str, ident: str) -> str:
+    """A workload series with the identity labels of its workload_info (value unchanged)."""
+    return (f"({series} * on(instance, id) group_left({', '.join(IDENTITY)}) "
+            f"{PREFIX}workload_info{{{ident}}})")
+
+
 def m(name: str, selector: str) -> str:
-    """A metric with the agent prefix and a selector."""
-    return f"{PREFIX}{name}{{{selector}}}"
+    """A metric with the agent prefix and a selector (workload metrics: joined by id with
+    workload_info for the identity labels, which the selector may filter on)."""
+    if name not in WORKLOAD_METRICS:
+        return f"{PREFIX}{name}{{{selector}}}"
+    own, ident = _split(selector)
+    return _joined(f"{PREFIX}{name}{{{own}}}", ident)
 
 
-def rate(name: str, selector: str, window: str = RATE) -> str:
-    return f"rate({m(name, selector)}[{window}])"
+def rate(name: str, selector: str, window: str = RATE, func: str = "rate") -> str:
+    """func(metric[window]) (rate, increase, changes, avg_over_time...), joined like m() for
+    workload metrics."""
+    if name not in WORKLOAD_METRICS:
+        return f"{func}({PREFIX}{name}{{{selector}}}[{window}])"
+    own, ident = _split(selector)
+    return _joined(f"{func}({PREFIX}{name}{{{own}}}[{window}])", ident)
+
+
+def increase(name: str, selector: str, window: str = RATE) -> str:
+    return rate(name, selector, window, "increase")
 
 
 def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> Target:

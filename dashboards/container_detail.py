@@ -10,6 +10,7 @@ from dashboards.common import (
     RATE,
     container_var,
     dashboard,
+    increase,
     instance_var,
     kind_var,
     m,
@@ -89,7 +90,7 @@ def build() -> Dashboard:
             "Memory faults and events",
             [
                 (f"sum by (type) ({rate('memory_faults_total', C)})", "{{type}} faults/s"),
-                (f"sum by (event) (increase({m('memory_events_total', C)}[{RATE}]))", "{{event}}"),
+                (f"sum by (event) ({increase('memory_events_total', C, RATE)})", "{{event}}"),
             ],
             "none",
         ),

@@ -14,10 +14,12 @@ from grafanalib.core import Dashboard
 from dashboards.common import (
     RATE,
     dashboard,
+    increase,
     instance_var,
     kind_var,
     m,
     prom_annotation,
+    rate,
     sel,
     timeseries,
 )
@@ -32,7 +34,7 @@ def event_annotations(container: bool = False) -> list[dict[str, Any]]:
     out = [
         prom_annotation(
             "Agent events",
-            f"sum by (instance, type) (increase({m('events_total', sel())}[$__interval])) > 0",
+            f"sum by (instance, type) ({increase('events_total', sel(), '$__interval')}) > 0",
             "{{type}}",
             "instance,type",
             "orange",
@@ -40,14 +42,14 @@ def event_annotations(container: bool = False) -> list[dict[str, Any]]:
         prom_annotation(
             "Memory limit events",
             f"sum by (instance, name, event) "
-            f"(increase({m('memory_events_total', limit_events)}[$__interval])) > 0",
+            f"({increase('memory_events_total', limit_events, '$__interval')}) > 0",
             "{{event}}: {{name}}",
             "instance,name,event",
             "red",
         ),
         prom_annotation(
             "Freeze / thaw",
-            f"changes({m('frozen', w)}[$__interval]) > 0",
+            f"{rate('frozen', w, '$__interval', 'changes')} > 0",
             "frozen state changed: {{name}}",
             "instance,name",
             "blue",
@@ -60,7 +62,7 @@ def build() -> Dashboard:
     rates = [
         timeseries(
             "Agent events by type",
-            [(f"sum by (type) (increase({m('events_total', sel())}[{RATE}]))", "{{type}}")],
+            [(f"sum by (type) ({increase('events_total', sel(), RATE)})", "{{type}}")],
             "none",
             "Events recorded by the agent (start, stop, oom_kill, freeze, checkpoint, ...)",
             drawStyle="bars",
@@ -69,7 +71,7 @@ def build() -> Dashboard:
             "Memory events by workload",
             [(
                 f"sum by (name, event) "
-                f"(increase({m('memory_events_total', sel(kind=True))}[{RATE}]))",
+                f"({increase('memory_events_total', sel(kind=True), RATE)})",
                 "{{name}} {{event}}",
             )],
             "none",

@@ -8,6 +8,7 @@ from dashboards.common import (
     PSI_LEVEL,
     RATE,
     dashboard,
+    increase,
     instance_var,
     kind_var,
     m,
@@ -86,7 +87,7 @@ def build() -> Dashboard:
         timeseries(
             "Memory pressure events (high, max, oom_kill)",
             [(
-                f"sum by (name, id, event) (increase({m('memory_events_total', W)}[{RATE}]))",
+                f"sum by (name, id, event) ({increase('memory_events_total', W, RATE)})",
                 "{{name}} {{event}}",
             )],
             "none",

@@ -71,8 +71,9 @@ def test_metrics_cpu_equals_kernel_counter(cgroups: CgroupFactory) -> None:
         kernel_usec = cg.cpu_usage_usec()  # the burner has exited: the counter is final
         _wait_cycles(agent, 2)
         text = agent.get_text("/metrics")
+        # A plain cgroup's id is its path; the other identity labels are on workload_info.
         got = [s for s in _samples(text, "container_agent_cpu_usage_seconds_total")
-               if s.labels["cgroup"] == cg.rel]
+               if s.labels["id"] == cg.rel]
         assert len(got) == 1
         assert round(got[0].value * 1e6) == kernel_usec
         assert kernel_usec > 300_000
@@ -130,8 +131,8 @@ def test_hostile_cgroup_names_scrape_and_parse(cgroups: CgroupFactory) -> None:
     with running_agent() as agent:
         _wait_cycles(agent, 2)
         text = agent.get_text("/metrics")
-        usage = _samples(text, "container_agent_cpu_usage_seconds_total")
-        cgs = {s.labels["cgroup"] for s in usage}
+        info = _samples(text, "container_agent_workload_info")
+        cgs = {s.labels["cgroup"] for s in info}
         assert made[0].rel in cgs
         assert made[1].rel in cgs
         bad = made[2].rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -100,7 +100,7 @@ def _account_block_io(blkio: Path | None, where: Path) -> None:
 
 
 def _scrapes(prom: RunningPrometheus, name: str) -> int:
-    series = prom.query(f'container_agent_cpu_usage_seconds_total{{name="{name}"}}[1m]')
+    series = prom.query(f'container_agent_workload_info{{name="{name}"}}[1m]')
     return len(series[0]["values"]) if series else 0
 
 

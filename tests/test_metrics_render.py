@@ -54,7 +54,7 @@ def test_hostile_label_values_round_trip_in_both_formats() -> None:
         names = set()
         for fam in parse(body):
             for s in fam.samples:
-                if s.name.startswith("container_agent_cpu_usage_seconds"):
+                if s.name.startswith("container_agent_workload_info"):
                     names.add(s.labels["name"])
         assert names == expected
     assert om.endswith("# EOF\n") and om.count("# EOF") == 1
@@ -94,7 +94,11 @@ def test_direct_rendering_equals_prometheus_client_rendering() -> None:
     """render_workload_families (the scrape path) and snapshot_families (remote write) agree."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from agent.exporters.metrics import render_workload_families, snapshot_families
+    from agent.exporters.metrics import (
+        MetricsOptions,
+        render_workload_families,
+        snapshot_families,
+    )
 
     snap = _snapshot(HOSTILE)
 
@@ -112,7 +116,7 @@ def test_direct_rendering_equals_prometheus_client_rendering() -> None:
                                           "container_agent_workloads", "container_agent_cycle",
                                           "container_agent_snapshot"))}
 
-    rendered = render_workload_families(snap)
+    rendered = render_workload_families(snap, MetricsOptions(identity_labels=True))
     direct = samples(b"".join(f.text_header + f.lines for f in rendered).decode())
     via_client = samples(generate_latest(reg).decode())
     assert direct == via_client
@@ -143,3 +147,64 @@ def test_cadvisor_direct_rendering_equals_prometheus_client_rendering() -> None:
     names = {name for name, _, _ in got}
     assert {"container_cpu_usage_seconds_total", "container_memory_working_set_bytes",
             "container_spec_memory_limit_bytes", "container_last_seen"} <= names
+
+
+def test_rendered_once_per_snapshot_on_first_scrape() -> None:
+    from dataclasses import replace
+
+    snap = _snapshot(["a", "b"])
+    renderer = MetricsRenderer(cadvisor=True)
+    renderer.prepare(snap)
+    assert renderer.renders == 0  # a cycle alone renders nothing
+    first = renderer.scrape(snap, False)
+    assert renderer.scrape(snap, False) == first and renderer.renders == 1
+    renderer.scrape(snap, True)
+    assert renderer.renders == 1  # both formats come from the one rendering
+    nxt = _snapshot(["a", "b", "c"])
+    nxt = replace(nxt, seq=2)
+    renderer.prepare(nxt)
+    renderer.prepare(nxt)
+    assert renderer.renders == 1
+    body = renderer.scrape(nxt, False).decode()
+    assert renderer.renders == 2 and 'name="c"' in body and 'name="c"' not in first.decode()
+
+
+def test_identity_labels_once_groups_and_plain_cgroups() -> None:
+    from dataclasses import replace
+
+    from agent.exporters.metrics import MetricsOptions, render_workload_families
+
+    snap = _snapshot(["web", "db"])
+    # Identities as on a Kubernetes node: a containerd id, a pod, a systemd-style cgroup path.
+    cid = "3f" * 32
+    pod = "kubepods-burstable-pod6b1c2d3e_4f5a_6b7c_8d9e_0f1a2b3c4d5e.slice"
+    web = snap.workloads["id0"]
+    web = replace(web, identity=replace(
+        web.identity, id=cid, pod_name="web-5d9f7c6b8-x2k4q", namespace="shop",
+        cgroup=f"/kubepods.slice/kubepods-burstable.slice/{pod}/cri-containerd-{cid}.scope"))
+    plain = snap.workloads["id1"]
+    plain = replace(plain, identity=replace(plain.identity, kind=WorkloadKind.CGROUP))
+    snap = replace(snap, workloads=MappingProxyType({cid: web, "id1": plain}))
+
+    def text(options: MetricsOptions) -> str:
+        return b"".join(f.text_header + f.lines
+                        for f in render_workload_families(snap, options)).decode()
+
+    def series_bytes(body: str) -> int:
+        return sum(len(ln) + 1 for ln in body.splitlines() if not ln.startswith("#"))
+
+    full = text(MetricsOptions(identity_labels=True))
+    lean = text(MetricsOptions())
+    assert series_bytes(lean) * 2 <= series_bytes(full)  # at most half per workload
+    fams = {f.name: f for f in text_string_to_metric_families(lean)}
+    info = fams["container_agent_workload_info"].samples
+    assert {s.labels["name"] for s in info} == {"web", "db"}
+    assert set(info[0].labels) >= {"id", "name", "runtime", "kind", "cgroup", "pod", "namespace"}
+    usage = fams["container_agent_cpu_usage_seconds"].samples
+    assert [set(s.labels) for s in usage] == [{"id"}, {"id"}]
+    assert {s.labels["id"]: round(s.value * 1e6) for s in usage} == {
+        cid: 1_234_567, "id1": 1_234_568}
+    # Groups left out, and plain cgroups left out (containers stay).
+    no_mem = text(MetricsOptions(groups=frozenset({"cpu"}), plain_cgroups=False))
+    assert "container_agent_memory_usage_bytes" not in no_mem
+    assert f'id="{cid}"' in no_mem and 'id="id1"' not in no_mem

@@ -4,6 +4,7 @@ latest snapshot; nothing here reads the kernel.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -110,7 +111,9 @@ class ReadApi:
         snap = self._snapshot()
         om = wants_openmetrics(request.headers.get("Accept", ""))
 
-        body = self.renderer.scrape(snap, om)
+        # Rendering happens on the first scrape of a snapshot: off the event loop.
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(None, self.renderer.scrape, snap, om)
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = OPENMETRICS if om else TEXT
         return resp

@@ -42,6 +42,19 @@ def _level(v: Any) -> str | None:
     return None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
 
 
+#: The metric groups `metrics_groups` may name (each Spec's group in agent/exporters/metrics.py;
+#: workload_info is always exported).
+METRIC_GROUPS = ("cpu", "cpu_throttling", "memory", "memory_stat", "io", "pids", "pressure",
+                 "state")
+
+
+def _metric_groups(v: Any) -> str | None:
+    unknown = [g for g in v if g not in METRIC_GROUPS]
+    if unknown:
+        return f"unknown metric group {unknown[0]!r} (known: {', '.join(METRIC_GROUPS)})"
+    return None
+
+
 def _default_state_dir() -> str:
     return "/var/lib/container-agent" if os.geteuid() == 0 else "./var"
 
@@ -62,6 +75,14 @@ TOP_LEVEL: Mapping[str, Setting] = MappingProxyType(
         "log_level": Setting(str, "info", "debug, info, warning or error", _level),
         "cadvisor": Setting(bool, False, "also export cAdvisor's metric names and labels"),
         "rescan_interval": Setting((int, float), 60, "seconds between full rescans (safety net)"),
+        # /metrics: what is exported per workload (agent/exporters/metrics.py MetricsOptions).
+        "metrics_identity_labels": Setting(
+            bool, False, "repeat the identity labels on every workload series"
+        ),
+        "metrics_groups": Setting(list, list(METRIC_GROUPS), "metric groups exported",
+                                  _metric_groups),
+        "metrics_plain_cgroups": Setting(bool, True, "export plain cgroups (not containers, "
+                                         "services)"),
     }
 )
 

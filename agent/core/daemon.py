@@ -27,7 +27,7 @@ from agent.core.process_limits import limit_malloc_arenas, raise_nofile_limit, t
 from agent.core.registry import builtin_components
 from agent.core.store import Store
 from agent.events.lifecycle import identify
-from agent.exporters.exposition import MetricsRenderer
+from agent.exporters.exposition import MetricsRenderer, metrics_options
 from agent.identity.discovery import Discovery
 from agent.kernel.cgroup_watch import CgroupWatcher
 from agent.kernel.collection import Collector
@@ -60,7 +60,8 @@ class Agent:
         self.reader = CgroupReader(layout)
         self.collector = Collector(Discovery(layout), self.reader,
                                    enrich=lambda w: self.ctx.enrich_identity(w))
-        self.renderer = MetricsRenderer(bool(config["cadvisor"]), components)
+        self.renderer = MetricsRenderer(bool(config["cadvisor"]), components,
+                                        metrics_options(config.values))
         self.snapshot: Snapshot | None = None
         self.started = time.monotonic()
         self._wake = asyncio.Event()
@@ -221,6 +222,7 @@ class Agent:
         self.ctx.config = self.config.values
         logging.getLogger().setLevel(self.config["log_level"].upper())
         self.renderer.cadvisor = bool(self.config["cadvisor"])
+        self.renderer.options = metrics_options(self.config.values)
         log.info("configuration reloaded (%s)", ", ".join(changed) or "no change")
         self._wake.set()
 

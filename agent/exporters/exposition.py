@@ -1,5 +1,7 @@
-"""Rendering /metrics: the snapshot's families are rendered once per snapshot, in the
-collection thread; a scrape only adds the components' (small, live) families.
+"""Rendering /metrics: the snapshot's families are rendered at most once per snapshot, by the
+first scrape that asks for it (at 1 s cycles and 15 s scrapes most snapshots are never
+scraped, so rendering each cycle would be wasted); later scrapes of the same snapshot reuse
+the bytes and only add the components' (small, live) families.
 
 Content negotiation: OpenMetrics when the client asks for it, Prometheus text otherwise.
 """
@@ -8,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry
@@ -19,7 +22,13 @@ from prometheus_client.openmetrics import exposition as om_format
 
 from agent.core.component import Component
 from agent.exporters.cadvisor import cadvisor_render
-from agent.exporters.metrics import RenderedFamily, agent_families, render_workload_families
+from agent.exporters.metrics import (
+    DEFAULT_OPTIONS,
+    MetricsOptions,
+    RenderedFamily,
+    agent_families,
+    render_workload_families,
+)
 from agent.model.snapshot import Snapshot
 
 log = logging.getLogger("agent.metrics")
@@ -47,26 +56,46 @@ def _render(families: Iterable[Metric], openmetrics: bool) -> bytes:
     return bytes(text_format.generate_latest(reg))
 
 
+def metrics_options(config: Mapping[str, Any]) -> MetricsOptions:
+    """MetricsOptions from the configuration's metrics_* keys."""
+    return MetricsOptions(
+        identity_labels=bool(config["metrics_identity_labels"]),
+        groups=frozenset(config["metrics_groups"]),
+        plain_cgroups=bool(config["metrics_plain_cgroups"]),
+    )
+
+
 def wants_openmetrics(accept: str) -> bool:
     return "application/openmetrics-text" in accept
 
 
 class MetricsRenderer:
-    """Renders each cycle's snapshot once, for both formats; scrapes serve those bytes.
+    """Renders a snapshot once, for both formats, on the first scrape that asks for it.
 
-    Per cycle (collection thread): the workload families, the agent's own, and the families of
-    components whose metrics depend only on the snapshot (`Component.snapshot_metrics`).
-    Per scrape: only the other components' small, live counters (events, deliveries).
-    A snapshot amended between cycles (a cgroup appeared) is not rendered again: /metrics
-    shows the last collection cycle, the JSON API shows amendments at once.
+    Per snapshot (the first scrape, in a worker thread: the API stays responsive): the
+    workload families, the agent's own, and the families of components whose metrics depend
+    only on the snapshot (`Component.snapshot_metrics`). Per scrape: only the other
+    components' small, live counters (events, deliveries). A snapshot amended between cycles
+    (a cgroup appeared) keeps its sequence number and is not rendered again: /metrics shows
+    the last collection cycle, the JSON API shows amendments at once.
     """
 
-    def __init__(self, cadvisor: bool, components: Sequence[Component] = ()) -> None:
+    def __init__(
+        self,
+        cadvisor: bool,
+        components: Sequence[Component] = (),
+        options: MetricsOptions = DEFAULT_OPTIONS,
+    ) -> None:
         self.cadvisor = cadvisor
+        self.options = options
         self.components = list(components)
         self._lock = threading.Lock()
         self._families: list[RenderedFamily] = []
         self._tails: dict[bool, bytes] = {}
+        #: Sequence number of the snapshot rendered (None: nothing rendered).
+        self._seq: int | None = None
+        #: Snapshots rendered (each at most once; tests and benchmarks read it).
+        self.renders = 0
 
     def _component_families(self, snapshot: Snapshot, per_cycle: bool) -> list[Metric]:
         out: list[Metric] = []
@@ -80,25 +109,30 @@ class MetricsRenderer:
         return out
 
     def prepare(self, snapshot: Snapshot) -> None:
-        """Render `snapshot` (call from the collection thread, before publishing it)."""
+        """A new snapshot is about to be published: forget the last rendering (its bytes
+        are not kept until the next scrape). Rendering waits for a scrape."""
+        with self._lock:
+            if self._seq != snapshot.seq:
+                self._families, self._tails, self._seq = [], {}, None
+
+    def _render_snapshot(self, snapshot: Snapshot) -> None:
         others = agent_families(snapshot)
         others.extend(self_families())
         others.extend(self._component_families(snapshot, per_cycle=True))
-        families = render_workload_families(snapshot)
+        families = render_workload_families(snapshot, self.options)
         if self.cadvisor:
             families += cadvisor_render(snapshot)
-        tails = {om: _render(others, om) for om in (False, True)}
-        with self._lock:
-            self._families = families
-            self._tails = tails
+        self._tails = {om: _render(others, om) for om in (False, True)}
+        self._families = families
+        self._seq = snapshot.seq
+        self.renders += 1
 
     def scrape(self, snapshot: Snapshot, openmetrics: bool) -> bytes:
-        with self._lock:
+        """The /metrics body (blocking: call it from a worker thread)."""
+        with self._lock:  # one render per snapshot, also for concurrent scrapes
+            if self._seq != snapshot.seq or not self._tails:
+                self._render_snapshot(snapshot)
             families, tails = self._families, self._tails
-        if not tails:
-            self.prepare(snapshot)
-            with self._lock:
-                families, tails = self._families, self._tails
         live = _render(self._component_families(snapshot, per_cycle=False), openmetrics)
         parts: list[bytes] = []
         for f in families:

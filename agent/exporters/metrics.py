@@ -1,8 +1,11 @@
 """Prometheus metrics from a Snapshot (never from the kernel).
 
 Names follow Prometheus conventions: base units, `_total` for counters, `_seconds`, `_bytes`.
-Every workload series carries id, name, runtime, kind, cgroup, pod, namespace, image and
-container (Kubernetes container name) labels.
+Scrapes (MetricsOptions): the identity labels (name, runtime, kind, cgroup, pod, namespace,
+image, container) are on container_agent_workload_info only, every other workload series
+carries `id` alone (join on `id`), unless `metrics_identity_labels` repeats them on every
+series; metric groups and plain cgroups can be left out. Remote write (snapshot_families)
+keeps every label on every series.
 
 Each metric is declared once in WORKLOAD_SPECS. Two consumers read that table:
 `snapshot_families()` builds prometheus_client Metric objects (remote write, tests), and
@@ -20,7 +23,8 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from agent.model.snapshot import Snapshot, WorkloadState
+from agent.core.config import METRIC_GROUPS
+from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
 from collectors.samples import UNLIMITED, CgroupSample
 
 P = "container_agent_"
@@ -63,6 +67,8 @@ class Spec:
     help: str
     values: Callable[[WorkloadState], Values]
     extra: tuple[str, ...] = ()
+    #: The metric group (MetricsOptions.groups) it belongs to; "" for the cAdvisor table.
+    group: str = ""
 
 
 def _one(get: Callable[[CgroupSample], float | None], scale: float = 1.0) -> Callable[
@@ -160,61 +166,69 @@ def _info(w: WorkloadState) -> Values:
 
 WORKLOAD_SPECS: tuple[Spec, ...] = (
     Spec(P + "workload_info", "gauge", "Identity of a tracked workload (always 1)", _info,
-         ("inode", "init_pid")),
-    Spec(P + "cpu_usage_seconds_total", "counter", "CPU time consumed", _cpu("usage_usec", 1e6)),
+         ("inode", "init_pid"), group="info"),
+    Spec(P + "cpu_usage_seconds_total", "counter", "CPU time consumed", _cpu("usage_usec", 1e6),
+         group="cpu"),
     Spec(P + "cpu_user_seconds_total", "counter", "CPU time in user mode",
-         _cpu("user_usec", 1e6)),
+         _cpu("user_usec", 1e6), group="cpu"),
     Spec(P + "cpu_system_seconds_total", "counter", "CPU time in kernel mode",
-         _cpu("system_usec", 1e6)),
+         _cpu("system_usec", 1e6), group="cpu"),
     Spec(P + "cpu_throttled_seconds_total", "counter", "Time throttled by its own CPU limit",
-         _cpu("throttled_usec", 1e6)),
+         _cpu("throttled_usec", 1e6), group="cpu_throttling"),
     Spec(P + "cpu_burst_seconds_total", "counter", "Time run in burst above quota",
-         _cpu("burst_usec", 1e6)),
-    Spec(P + "cpu_periods_total", "counter", "Enforcement periods elapsed", _cpu("nr_periods")),
+         _cpu("burst_usec", 1e6), group="cpu_throttling"),
+    Spec(P + "cpu_periods_total", "counter", "Enforcement periods elapsed", _cpu("nr_periods"),
+         group="cpu_throttling"),
     Spec(P + "cpu_throttled_periods_total", "counter", "Periods in which it was throttled",
-         _cpu("nr_throttled")),
-    Spec(P + "cpu_bursts_total", "counter", "Periods in which it used burst", _cpu("nr_bursts")),
-    Spec(P + "cpu_quota_cores", "gauge", "CPU limit (cpu.max) in cores", _quota),
-    Spec(P + "cpu_weight", "gauge", "cpu.weight (1-10000)", _cpu("weight")),
+         _cpu("nr_throttled"), group="cpu_throttling"),
+    Spec(P + "cpu_bursts_total", "counter", "Periods in which it used burst", _cpu("nr_bursts"),
+         group="cpu_throttling"),
+    Spec(P + "cpu_quota_cores", "gauge", "CPU limit (cpu.max) in cores", _quota, group="cpu"),
+    Spec(P + "cpu_weight", "gauge", "cpu.weight (1-10000)", _cpu("weight"), group="cpu"),
     Spec(P + "memory_usage_bytes", "gauge", "Memory charged (memory.current)",
-         _mem(lambda s: s.memory.current if s.memory else None)),
+         _mem(lambda s: s.memory.current if s.memory else None), group="memory"),
     Spec(P + "memory_working_set_bytes", "gauge", "Usage minus inactive file cache",
-         _mem(lambda s: s.memory.working_set if s.memory else None)),
+         _mem(lambda s: s.memory.working_set if s.memory else None), group="memory"),
     Spec(P + "memory_peak_bytes", "gauge", "Highest usage recorded",
-         _mem(lambda s: s.memory.peak if s.memory else None)),
+         _mem(lambda s: s.memory.peak if s.memory else None), group="memory"),
     Spec(P + "memory_swap_bytes", "gauge", "Swap used",
-         _mem(lambda s: s.memory.swap_current if s.memory else None)),
+         _mem(lambda s: s.memory.swap_current if s.memory else None), group="memory"),
     Spec(P + "memory_limit_bytes", "gauge", "Memory limits; absent when unlimited", _limits,
-         ("limit",)),
+         ("limit",), group="memory"),
     Spec(P + "memory_stat_bytes", "gauge", "memory.stat amounts",
-         _stat(tuple((k, k) for k in MEMORY_STAT_BYTES)), ("stat",)),
+         _stat(tuple((k, k) for k in MEMORY_STAT_BYTES)), ("stat",), group="memory_stat"),
     Spec(P + "memory_faults_total", "counter", "Page faults (memory.stat pgfault, pgmajfault)",
-         _stat((("pgfault", "minor"), ("pgmajfault", "major"))), ("type",)),
+         _stat((("pgfault", "minor"), ("pgmajfault", "major"))), ("type",), group="memory_stat"),
     Spec(P + "memory_workingset_refaults_total", "counter", "Refaults of evicted pages",
          _stat((("workingset_refault_anon", "anon"), ("workingset_refault_file", "file"))),
-         ("type",)),
-    Spec(P + "memory_events_total", "counter", "memory.events counters", _events, ("event",)),
+         ("type",), group="memory_stat"),
+    Spec(P + "memory_events_total", "counter", "memory.events counters", _events, ("event",),
+         group="memory"),
     Spec(P + "io_read_bytes_total", "counter", "Bytes read per device", _io("rbytes"),
-         ("device",)),
+         ("device",), group="io"),
     Spec(P + "io_write_bytes_total", "counter", "Bytes written per device", _io("wbytes"),
-         ("device",)),
-    Spec(P + "io_reads_total", "counter", "Read operations per device", _io("rios"), ("device",)),
+         ("device",), group="io"),
+    Spec(P + "io_reads_total", "counter", "Read operations per device", _io("rios"), ("device",),
+         group="io"),
     Spec(P + "io_writes_total", "counter", "Write operations per device", _io("wios"),
-         ("device",)),
+         ("device",), group="io"),
     Spec(P + "io_discard_bytes_total", "counter", "Bytes discarded per device", _io("dbytes"),
-         ("device",)),
+         ("device",), group="io"),
     Spec(P + "io_discards_total", "counter", "Discard operations per device", _io("dios"),
-         ("device",)),
-    Spec(P + "pids_current", "gauge", "Tasks (threads) now", _pids("current")),
-    Spec(P + "pids_limit", "gauge", "pids.max; absent when unlimited", _pids("max", True)),
-    Spec(P + "pids_peak", "gauge", "Highest task count", _pids("peak")),
+         ("device",), group="io"),
+    Spec(P + "pids_current", "gauge", "Tasks (threads) now", _pids("current"), group="pids"),
+    Spec(P + "pids_limit", "gauge", "pids.max; absent when unlimited", _pids("max", True),
+         group="pids"),
+    Spec(P + "pids_peak", "gauge", "Highest task count", _pids("peak"), group="pids"),
     Spec(P + "pids_limit_hits_total", "counter", "Forks refused by pids.max",
-         _pids("events_max")),
+         _pids("events_max"), group="pids"),
     Spec(P + "pressure_stalled_seconds_total", "counter",
          "PSI: cumulative time some (or all) tasks stalled on the resource", _psi,
-         ("resource", "level")),
-    Spec(P + "frozen", "gauge", "1 when the cgroup is (effectively) frozen", _flag("frozen")),
-    Spec(P + "populated", "gauge", "1 when processes live in the subtree", _flag("populated")),
+         ("resource", "level"), group="pressure"),
+    Spec(P + "frozen", "gauge", "1 when the cgroup is (effectively) frozen", _flag("frozen"),
+         group="state"),
+    Spec(P + "populated", "gauge", "1 when processes live in the subtree", _flag("populated"),
+         group="state"),
 )
 
 
@@ -293,9 +307,36 @@ class RenderedFamily:
     lines: bytes
 
 
-def render_workload_families(snapshot: Snapshot) -> list[RenderedFamily]:
+@dataclass(frozen=True, slots=True)
+class MetricsOptions:
+    """What a scrape exports of the workloads (config keys metrics_*)."""
+
+    #: Repeat the identity labels on every series (else only on workload_info).
+    identity_labels: bool = False
+    groups: frozenset[str] = frozenset(METRIC_GROUPS)
+    #: Export plain cgroups (containers and services always).
+    plain_cgroups: bool = True
+
+
+DEFAULT_OPTIONS = MetricsOptions()
+
+
+def _id_label(w: WorkloadState) -> list[str]:
+    return [label_value(w.identity.id)]
+
+
+def render_workload_families(
+    snapshot: Snapshot, options: MetricsOptions = DEFAULT_OPTIONS
+) -> list[RenderedFamily]:
     """The workload metrics as exposition lines, straight from WORKLOAD_SPECS."""
-    return render_specs(snapshot.workloads.values(), WORKLOAD_SPECS, LABELS, workload_labels)
+    workloads = [w for w in snapshot.workloads.values()
+                 if options.plain_cgroups or w.identity.kind is not WorkloadKind.CGROUP]
+    info, *rest = WORKLOAD_SPECS
+    specs = [s for s in rest if s.group in options.groups]
+    if options.identity_labels:
+        return render_specs(workloads, [info, *specs], LABELS, workload_labels)
+    return [*render_specs(workloads, [info], LABELS, workload_labels),
+            *render_specs(workloads, specs, ["id"], _id_label)]
 
 
 def render_specs(

@@ -266,3 +266,12 @@ def cgroup_factory(tag: str = "t") -> Iterator[CgroupFactory]:
         yield f
     finally:
         f.close()
+
+
+def open_fd_targets() -> list[str]:
+    """Where this process's open fds point (readlink of /proc/self/fd/*)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return out

@@ -1,0 +1,89 @@
+"""Minimal inotify through ctypes (stdlib only): watches, and parsed events from a read."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import struct
+from dataclasses import dataclass
+
+IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_ONLYDIR = 0x01000000
+IN_IGNORED = 0x00008000
+IN_ISDIR = 0x40000000
+IN_Q_OVERFLOW = 0x00004000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+_HEADER = struct.Struct("iIII")
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.inotify_init1.argtypes = [ctypes.c_int]
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+@dataclass(frozen=True, slots=True)
+class InotifyEvent:
+    wd: int
+    mask: int
+    cookie: int
+    name: str
+
+    @property
+    def overflow(self) -> bool:
+        return bool(self.mask & IN_Q_OVERFLOW)
+
+
+class Inotify:
+    """One inotify instance; `fd` is pollable with EPOLLIN (add_reader is fine here)."""
+
+    def __init__(self) -> None:
+        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self.fd: int = fd
+
+    def add_watch(self, path: str, mask: int) -> int:
+        """Returns the watch descriptor; raises OSError (ENOENT when the path vanished)."""
+        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
+        return int(wd)
+
+    def rm_watch(self, wd: int) -> None:
+        # EINVAL: the kernel already dropped it (directory removed).
+        _libc.inotify_rm_watch(self.fd, wd)
+
+    def read_events(self) -> list[InotifyEvent]:
+        events: list[InotifyEvent] = []
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return events
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                raise
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                wd, mask, cookie, length = _HEADER.unpack_from(data, offset)
+                offset += _HEADER.size
+                raw = data[offset : offset + length].split(b"\0", 1)[0]
+                offset += length
+                events.append(InotifyEvent(wd, mask, cookie, os.fsdecode(raw)))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,176 @@
+"""CgroupReader reads only what can have changed, on real cgroups, and stays exact: a file not
+read stands for a value that has not moved (checked against the kernel's files), limits
+written from outside show at the next read, a cgroup that ran is read again, and everything
+is read at least every FULL_READ_EVERY reads.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pytest
+
+from collectors import cgroup_v2
+from collectors.cgroupfs import FULL_READ_EVERY, CgroupReader
+from collectors.layout import LayoutKind
+from collectors.samples import UNLIMITED, CgroupSample
+from tests.support.cgroups import CgroupFactory, TestCgroup
+
+pytestmark = pytest.mark.root
+
+
+@contextmanager
+def files_read() -> Iterator[list[str]]:
+    """The names of the files read (successfully or not) while inside."""
+    seen: list[str] = []
+    orig = cgroup_v2.CgroupDir.read_many
+
+    def recording(
+        self: cgroup_v2.CgroupDir, names: Sequence[str], keep: bool = True
+    ) -> list[bytes | None]:
+        seen.extend(names)
+        return orig(self, names, keep)
+
+    cgroup_v2.CgroupDir.read_many = recording  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        cgroup_v2.CgroupDir.read_many = orig  # type: ignore[method-assign]
+
+
+def sleeper(cg: TestCgroup) -> subprocess.Popen[bytes]:
+    p = cg.spawn(["sleep", "300"])
+    deadline = time.monotonic() + 5
+    while p.pid not in cg.pids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return p
+
+
+def settle(reader: CgroupReader, cg: TestCgroup) -> CgroupSample:
+    """Read until two reads in a row see the same CPU usage (the cgroup is idle)."""
+    last = reader.read(cg.rel)
+    for _ in range(50):
+        time.sleep(0.02)
+        s = reader.read(cg.rel)
+        if s.cpu is not None and last.cpu is not None and s.cpu.usage_usec == last.cpu.usage_usec:
+            return s
+        last = s
+    raise AssertionError("cgroup did not go idle")
+
+
+def hybrid(cgroups: CgroupFactory) -> bool:
+    return cgroups.layout.kind is not LayoutKind.UNIFIED
+
+
+def idle_with_whole_read(cgroups: CgroupFactory) -> tuple[TestCgroup, CgroupReader, list[str]]:
+    """An idle cgroup (one sleeping process), its reader, and the files a whole read reads."""
+    cg = cgroups.create()
+    sleeper(cg)
+    reader = CgroupReader(cgroups.layout)
+    settle(reader, cg)
+    with files_read() as full:
+        reader._last.clear()  # as on a first read
+        reader.read(cg.rel)
+    return cg, reader, full
+
+
+def test_idle_cgroup_skips_cpu_driven_and_limit_files(cgroups: CgroupFactory) -> None:
+    cg, reader, full = idle_with_whole_read(cgroups)
+    with files_read() as idle:
+        s = reader.read(cg.rel)
+    assert len(idle) < len(full)
+    skipped = set(full) - set(idle)
+    assert {"cgroup.stat", "cpu.stat", "pids.current"} <= set(idle)
+    if hybrid(cgroups):
+        assert {"memory.limit_in_bytes", "pids.max", "cpu.cfs_quota_us",
+                "blkio.throttle.io_serviced_recursive", "pids.peak"} <= skipped
+        assert {"memory.stat", "memory.usage_in_bytes", "pids.current",
+                "freezer.state"} <= set(idle)
+        # The values standing for the unread files are the kernel's.
+        assert s.pids is not None and s.pids.peak == int(cg.read("pids", "pids.peak"))
+        assert s.pids.current == int(cg.read("pids", "pids.current")) == 1
+        assert s.memory is not None and s.memory.max == UNLIMITED  # limit_in_bytes unset
+        assert s.cpu is not None and s.cpu.weight is not None
+
+
+def test_limits_written_while_idle_show_at_the_next_read(cgroups: CgroupFactory) -> None:
+    cg = cgroups.create()
+    sleeper(cg)
+    reader = CgroupReader(cgroups.layout)
+    before = settle(reader, cg)
+    if hybrid(cgroups):
+        cg.write("memory", "memory.limit_in_bytes", str(256 << 20))
+        cg.write("pids", "pids.max", "77")
+        cg.write("cpu", "cpu.cfs_quota_us", "50000")
+    else:
+        cg.write("unified", "pids.max", "77")
+    s = reader.read(cg.rel)
+    assert s.cpu is not None and before.cpu is not None
+    assert s.cpu.usage_usec == before.cpu.usage_usec  # no CPU: only the write tells
+    assert s.pids is not None and s.pids.max == 77
+    if hybrid(cgroups):
+        assert s.memory is not None and s.memory.max == 256 << 20
+        assert s.cpu.max_quota_usec == 50000
+    with files_read() as again:
+        reader.read(cg.rel)
+    assert "pids.max" not in again  # read once per write
+
+
+def test_unwatched_directories_read_limits_every_time(cgroups: CgroupFactory) -> None:
+    cg = cgroups.create()
+    sleeper(cg)
+    reader = CgroupReader(cgroups.layout, max_open_dirs=0)  # nothing kept, nothing watched
+    settle(reader, cg)
+    with files_read() as idle:
+        reader.read(cg.rel)
+    assert "pids.max" in idle
+    key = "pids" if hybrid(cgroups) else "unified"
+    cg.write(key, "pids.max", "33")
+    s = reader.read(cg.rel)
+    assert s.pids is not None and s.pids.max == 33
+
+
+def test_counters_exact_after_the_cgroup_ran(cgroups: CgroupFactory) -> None:
+    cg = cgroups.create()
+    if hybrid(cgroups):
+        cg.write("cpu", "cpu.cfs_quota_us", "20000")  # throttling counters move while it runs
+    reader = CgroupReader(cgroups.layout)
+    first = settle(reader, cg)
+    p = cg.burn(seconds=0.3)
+    assert p.wait(timeout=30) == 0
+    s = reader.read(cg.rel)
+    assert s.cpu is not None and first.cpu is not None
+    assert s.cpu.usage_usec == cg.cpu_usage_usec() > (first.cpu.usage_usec or 0)
+    assert s.pids is not None and s.pids.peak == int(
+        cg.read("pids" if hybrid(cgroups) else "unified", "pids.peak"))
+    if hybrid(cgroups):
+        v1 = dict(ln.split() for ln in cg.read("cpu", "cpu.stat").splitlines())
+        assert s.cpu.nr_periods == int(v1["nr_periods"]) > 0
+        assert s.cpu.nr_throttled == int(v1["nr_throttled"])
+        # Idle again: the unread counters keep the kernel's values.
+        idle = reader.read(cg.rel)
+        assert idle.cpu is not None and idle.cpu.nr_periods == int(v1["nr_periods"])
+
+
+def test_task_moved_in_rereads_peak(cgroups: CgroupFactory) -> None:
+    a = cgroups.create()
+    b = cgroups.create()
+    p = sleeper(a)
+    reader = CgroupReader(cgroups.layout)
+    settle(reader, b)
+    b.add_pid(p.pid)  # a write to b's cgroup.procs; the sleeper does not run
+    s = reader.read(b.rel)
+    assert s.pids is not None and s.pids.current == 1 and s.pids.peak == 1
+
+
+def test_everything_read_every_n_reads(cgroups: CgroupFactory) -> None:
+    cg, reader, full = idle_with_whole_read(cgroups)
+    sizes = []
+    for _ in range(FULL_READ_EVERY + 1):
+        with files_read() as seen:
+            reader.read(cg.rel)
+        sizes.append(len(seen))
+    assert max(sizes) == len(full) and min(sizes) < len(full)
