@@ -13,6 +13,11 @@ from tests.support.agentd import RunningAgent, running_agent
 from tests.support.cgroups import CgroupFactory, TestCgroup
 
 MIB = 1 << 20
+#: 1 s cycles and a 2 min window: every cycle is a chart point (a 15 min window keeps every
+#: 5th at 1 s).
+CONFIG = {"interval": 1, "web": {"history_seconds": 120}}
+#: The first cycle walks every cgroup on the host: slow while other tests load it.
+READY_S = 120
 
 
 def _error(agent: RunningAgent, path: str, method: str = "GET") -> tuple[int, str]:
@@ -32,7 +37,8 @@ def _limits(cg: TestCgroup) -> None:
 
 
 def test_page_assets_and_read_only() -> None:
-    with running_agent() as agent:
+    with running_agent(CONFIG, ready=False) as agent:
+        agent.wait_ready(READY_S)
         req = urllib.request.urlopen(agent.base_url + "/", timeout=10)
         page = req.read().decode()
         assert req.headers["Content-Type"].startswith("text/html")
@@ -56,11 +62,12 @@ def test_history_and_billing_top_of_a_burning_cgroup(cgroups: CgroupFactory) -> 
     cg = cgroups.create(f"web-api-{uuid.uuid4().hex[:6]}")
     _limits(cg)
     cg.burn()
-    with running_agent() as agent:
+    with running_agent(CONFIG, ready=False) as agent:
+        agent.wait_ready(READY_S)
         def burning() -> bool:
             h = agent.get("/api/v1/history/" + cg.rel.lstrip("/"))
             return sum((v or 0) > 0.05 for v in h["series"]["cpu_cores"]) >= 3
-        agent.wait_for(burning, timeout=30, interval=0.3)
+        agent.wait_for(burning, timeout=90, interval=0.3)
         h = agent.get("/api/v1/history/" + cg.rel.lstrip("/"))
         assert h["id"] == cg.rel and h["name"] == cg.name
         assert h["cpu_quota_cores"] == 0.5 and h["memory_limit_bytes"] == 128 * MIB

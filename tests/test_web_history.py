@@ -95,3 +95,15 @@ def test_new_interval_starts_over() -> None:
     assert ring.get("/a") is not None
     ring.resize(1)
     assert ring.capacity == 61 and ring.get("/a") is None and ring.count == 0
+
+
+def test_short_interval_keeps_every_nth_cycle() -> None:
+    """15 min at 1 s would be 901 slots: every 5th cycle is kept, 181 slots at most."""
+    ring = HistoryRing(window_s=900, interval_s=1)
+    assert (ring.every, ring.capacity) == (5, 181)
+    for i in range(1000):
+        ring.record(snap(i, 1000 + i, state("/a", 7, 0.1, i)))
+    h = ring.get("/a")
+    assert h is not None and h["step_s"] == 5
+    assert h["series"]["memory_bytes"] == [float(i) for i in range(95, 1000, 5)]  # type: ignore[index]
+    assert ring.nbytes() == 181 * len(METRICS) * 4 + 181 * 8

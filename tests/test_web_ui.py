@@ -24,6 +24,11 @@ from tests.support.cgroups import CgroupFactory, TestCgroup
 
 PY = sys.executable
 MIB = 1 << 20
+#: 1 s cycles and a 2 min window: every cycle is a chart point (a 15 min window keeps every
+#: 5th at 1 s).
+CONFIG = {"interval": 1, "web": {"history_seconds": 120}}
+#: The first cycle walks every cgroup on the host: slow while other tests load it.
+READY_S = 120
 
 
 def _limit(cg: TestCgroup, ctrl: str, v1_file: str, v2_file: str, value: str) -> None:
@@ -80,7 +85,7 @@ def test_table_charts_and_keyboard(cgroups: CgroupFactory, tmp_path: Path) -> No
             assert "/ 256.0 MiB" in cells[4] and "%" in cells[4]
             assert cells[8] == "running"
             # The burner's CPU shows up: at most its quota (0.5 cores), more than nothing.
-            await page.wait(f"parseFloat({_row(cg)}.cells[3].textContent) > 0.05", timeout=20)
+            await page.wait(f"parseFloat({_row(cg)}.cells[3].textContent) > 0.05", timeout=60)
 
             # Sorting by CPU (descending) puts the burner above the idle cgroup.
             await page.eval("document.getElementById('filter').value = 'web-'; "
@@ -102,7 +107,7 @@ def test_table_charts_and_keyboard(cgroups: CgroupFactory, tmp_path: Path) -> No
             # as many path commands as points (no gap), the quota and limit lines are drawn.
             cpu_path = "document.querySelector('#charts figure:nth-child(1) path.s0')"
             n = await page.wait(f"{cpu_path} && +{cpu_path}.dataset.points >= 3 "
-                                f"&& +{cpu_path}.dataset.points", timeout=20)
+                                f"&& +{cpu_path}.dataset.points", timeout=60)
             d = await page.eval(f"{cpu_path}.getAttribute('d')")
             assert len(re.findall(r"[ML]", d)) == n
             ys = [float(y) for y in re.findall(r"[ML][\d.]+ ([\d.]+)", d)]
@@ -124,6 +129,9 @@ def test_table_charts_and_keyboard(cgroups: CgroupFactory, tmp_path: Path) -> No
             assert ns  # namespaces, or the sentence saying none are known
             _keep(await page.screenshot(tmp_path / "web-detail.png"), "web-detail.png")
 
+            # The view is modal: Tab keeps the focus inside it.
+            await page.key("Tab")
+            assert await page.eval("document.activeElement.id") == "detail-close"
             # Esc closes the view and gives the focus back to the row.
             await page.key("Escape")
             await page.wait("document.getElementById('detail').hidden")
@@ -134,7 +142,8 @@ def test_table_charts_and_keyboard(cgroups: CgroupFactory, tmp_path: Path) -> No
             moved = await page.eval("document.activeElement.dataset.cgroup")
             assert moved != cg.rel and moved is not None
 
-    with running_agent() as agent:
+    with running_agent(CONFIG, ready=False) as agent:
+        agent.wait_ready(READY_S)
         asyncio.run(body(agent))
 
 
@@ -167,5 +176,6 @@ def test_oom_kill_in_events_pane_within_2s(cgroups: CgroupFactory, tmp_path: Pat
             assert proc.returncode == -9
             _keep(await page.screenshot(tmp_path / "web-oom.png"), "web-oom.png")
 
-    with running_agent() as agent:
+    with running_agent(CONFIG, ready=False) as agent:
+        agent.wait_ready(READY_S)
         asyncio.run(body(agent))

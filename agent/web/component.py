@@ -135,6 +135,7 @@ class WebComponent(Component):
                 if not kinds or w.identity.kind.value in kinds]
         return web.json_response({"snapshot_seq": snap.seq, "wall_ns": snap.wall_ns,
                                   "interval_s": self._interval(), "total": len(snap.workloads),
+                                  "snapshot_age_s": (time.time_ns() - snap.wall_ns) / 1e9,
                                   "workloads": rows})
 
     async def _history(self, request: web.Request) -> web.Response:

@@ -1,9 +1,10 @@
 """A bounded in-memory ring of recent per-workload values, for the web UI's charts.
 
 Not snapshots: each cycle adds one float32 per metric per workload, written into fixed-size
-arrays (one slot per cycle, overwritten a lap later). Memory is capacity x metrics x 4 bytes
-per live workload (180 slots x 10 metrics = 7.2 KB at 15 min / 5 s), plus one float64
-timestamp per slot. A workload's series is dropped once it has been absent for the whole
+arrays (one slot per step, overwritten a lap later). A step is one cycle, or several when the
+window holds more than MAX_SLOTS cycles (15 min at 1 s: every 5th cycle), so memory is at most
+(MAX_SLOTS + 1) x metrics x 4 bytes per live workload (7.2 KB), plus one float64 timestamp per
+slot, whatever the interval. A workload's series is dropped once it has been absent for the whole
 window; a recreated cgroup (new inode) starts a fresh series.
 """
 
@@ -47,6 +48,8 @@ METRICS: Mapping[str, Callable[[WorkloadState], float | None]] = {
 _NAMES = tuple(METRICS)
 _READERS = tuple(METRICS.values())
 _M = len(_NAMES)
+#: Slots per window at most: bounds memory at a short interval.
+MAX_SLOTS = 180
 
 
 def cpu_quota_cores(w: WorkloadState) -> float | None:
@@ -84,7 +87,11 @@ class HistoryRing:
 
     def _allocate(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self.capacity = max(2, math.ceil(self.window_s / interval_s) + 1)
+        #: Cycles per slot: 1 unless the window holds more than MAX_SLOTS cycles.
+        self.every = max(1, math.ceil(self.window_s / interval_s / MAX_SLOTS))
+        self.step_s = interval_s * self.every
+        self.capacity = max(2, math.ceil(self.window_s / self.step_s) + 1)
+        self.cycles = 0
         #: Wall time (s) of each slot's cycle; NaN for a slot never written.
         self.times = array("d", [NAN]) * self.capacity
         self.series.clear()
@@ -97,6 +104,9 @@ class HistoryRing:
             self._allocate(interval_s)
 
     def record(self, snapshot: Snapshot) -> None:
+        self.cycles += 1
+        if (self.cycles - 1) % self.every:
+            return
         slot = self.count % self.capacity
         self.count += 1
         self.times[slot] = snapshot.wall_ns / 1e9
@@ -147,6 +157,7 @@ class HistoryRing:
             "id": workload_id,
             "name": s.name,
             "interval_s": self.interval_s,
+            "step_s": self.step_s,
             "window_s": self.window_s,
             "t": [round(self.times[i], 3) for i in slots],
             "series": out,

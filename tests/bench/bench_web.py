@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.model.snapshot import HostInfo, Rates, Snapshot
 from agent.web.history import METRICS, HistoryRing
-from tests.bench.bench_daemon import cpu_seconds
+from tests.bench.bench_daemon import cpu_seconds, rss_kib
 from tests.bench.bench_remote_write import workload
 from tests.support.agentd import RunningAgent, running_agent
 from tests.support.browser import chromium
@@ -133,6 +133,15 @@ async def cpu_with_browser(agent: RunningAgent, seconds: float) -> float:
         return await asyncio.to_thread(agent_cpu, agent, seconds)
 
 
+def settled_rss(agent: RunningAgent) -> tuple[int, int]:
+    """(RSS in bytes, workloads) once three more cycles have run (the ring's arrays are
+    full-size at once)."""
+    seq = agent.get("/healthz")["snapshot_seq"]
+    agent.wait_for(lambda: agent.get("/healthz")["snapshot_seq"] >= seq + 3, timeout=120,
+                   interval=0.2)
+    return rss_kib(agent.proc.pid) * 1024, int(agent.get("/api/v1/host")["workloads"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--count", type=int, default=1000, help="test cgroups the agent tracks")
@@ -151,6 +160,7 @@ def main() -> None:
                            timeout=120, interval=0.2)
             print(f"agent tracks {agent.get('/api/v1/host')['workloads']} workloads, "
                   f"interval {args.interval:g} s")
+            rss_on = settled_rss(agent)  # before any browser: the ring's cost alone
             page_weight(agent)
             browser_cost(agent, args.interval)
             asyncio.run(first_render(agent))
@@ -164,6 +174,12 @@ def main() -> None:
                   f"core): no browser {', '.join(f'{x * 100:.2f}' for x in idle)}; one browser "
                   f"attached {', '.join(f'{x * 100:.2f}' for x in attached)}; medians "
                   f"{i * 100:.2f} vs {a * 100:.2f} (ratio {a / i:.2f})")
+        with running_agent({"interval": args.interval, "web": {"enabled": False}}) as agent:
+            rss_off = settled_rss(agent)
+        (on, n_on), (off, n_off) = rss_on, rss_off
+        print(f"agent RSS after 3 cycles: web on {on / 2**20:.1f} MiB ({n_on} workloads), "
+              f"[web] enabled = false {off / 2**20:.1f} MiB ({n_off} workloads); difference "
+              f"{(on - off) / 1e6:.1f} MB")
     finally:
         factory.close()
 

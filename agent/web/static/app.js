@@ -150,6 +150,7 @@ async function loadWorkloads(force) {
   const kinds = $("kind").value;
   const data = await getJSON("/api/v1/ui/workloads" + (kinds ? "?kind=" + kinds : ""));
   ui.interval = data.interval_s;
+  ui.age = data.snapshot_age_s;
   if (data.snapshot_seq === ui.seq && !force) return false;
   ui.seq = data.snapshot_seq;
   ui.rows = data.workloads;
@@ -306,7 +307,9 @@ async function tick() {
     if (changed) await refreshDetail();
   } catch (e) { /* shown by the health line */ }
   await loadHealth();
-  setTimeout(tick, Math.max(500, ui.interval * 1000));
+  // Next fetch just after the next cycle is due (by the agent's clock, not the browser's).
+  const wait = ui.interval - (ui.age || 0) % ui.interval + 0.3;
+  setTimeout(tick, Math.max(300, wait * 1000));
 }
 
 function wire() {
@@ -328,7 +331,11 @@ function wire() {
     if (ev.key === "ArrowUp" && tr.previousElementSibling) { ev.preventDefault(); tr.previousElementSibling.focus(); }
   });
   $("detail-close").addEventListener("click", closeDetail);
-  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeDetail(); });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") closeDetail();
+    // The view is modal: Tab stays on its one control until Esc or Close.
+    if (ev.key === "Tab" && ui.openId !== null) { ev.preventDefault(); $("detail-close").focus(); }
+  });
 }
 
 wire();
