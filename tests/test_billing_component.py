@@ -28,6 +28,14 @@ async def _scenario(state_dir: Path) -> dict[str, Any]:
     # The events component publishes the read at `populated 0`; the ledger listens.
     ctx.publish_final_sample(a, synth("/a", 5, T0 + 6, cpu=1000))
     assert comp.ledger is not None
+    # Final samples are written by the ledger's own thread (the event loop never waits on the
+    # ledger): wait until it has counted this one.
+    for _ in range(500):
+        fams = comp.metric_families(snapshot([]))
+        if any(s.name == "container_agent_ledger_final_samples_total" and s.value == 1
+               for f in fams for s in f.samples):
+            break
+        await asyncio.sleep(0.01)
     comp.ledger.close_due((T0 + 20) * NS)
     out: dict[str, Any] = {}
     fams = comp.metric_families(snapshot([]))
