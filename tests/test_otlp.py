@@ -184,6 +184,10 @@ def test_requests_split_on_whole_resources_and_kinds_filter() -> None:
     for _ in range(2):
         for body, _n in build_requests(snap, builder, {}, {}, resources_of, per_workload * 3):
             assert _parse(body).SerializeToString() == body
+    # A workload that leaves takes its kept messages with it.
+    assert len(builder._workloads) == len(states)
+    build_requests(_snapshot(*states[:4]), builder, {}, {}, resources_of, 10**9)
+    assert sorted(builder._workloads) == sorted(w.identity.id for w in states[:4])
     comp = OtlpComponent()
     comp.configure({"compression": "none", "kinds": ["service"]})
     (req,) = _encode(comp, snap)
