@@ -210,9 +210,8 @@ class OtlpComponent(PushComponent):
                 uptime_of[wid] = started
         self._starts = starts
         out = []
-        for request, points in build_requests(snapshot, self._builder, start_of, uptime_of,
-                                              resources, self.max_points):
-            body = request.SerializeToString()
+        for body, points in build_requests(snapshot, self._builder, start_of, uptime_of,
+                                           resources, self.max_points):
             out.append(Batch(bytes(cramjam.gzip.compress(body, level=1)) if self.gzip else body,
                              points))
         return out

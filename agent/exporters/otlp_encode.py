@@ -9,12 +9,9 @@ amounts are non-monotonic Sums (UpDownCounters); rates and uptime are Gauges.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AGGREGATION_TEMPORALITY_CUMULATIVE,
@@ -24,6 +21,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 
 from agent import __version__
+from agent.exporters.remote_write_codec import varint
 from agent.model.snapshot import Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from agent.network.component import NetworkSnapshot
 from collectors.samples import UNLIMITED, IoDeviceSample
@@ -269,13 +267,30 @@ def _network(net: NetworkSnapshot, workload_id: str) -> list[Point]:
     return out
 
 
+@dataclass(slots=True)
+class _Cached:
+    """One workload's messages kept between pushes: while its resource and the layout of its
+    points (metrics, attributes) stay the same, a push only assigns values and timestamps."""
+
+    resource: ResourceMetrics  # the prototype it was built from (identity = unchanged)
+    layout: list[tuple[MetricDef, tuple[Attrs, ...]]]
+    rm: ResourceMetrics
+    int_points: list[NumberDataPoint]
+    double_points: list[NumberDataPoint]
+    start_ns: int
+    points: int
+
+
 class RequestBuilder:
-    """Builds ExportMetricsServiceRequests; metric templates are made once and copied."""
+    """Builds each workload's ResourceMetrics once and keeps it while it lives: later pushes
+    assign new values in place (no message construction or template copies). Metric and data
+    point templates are made once and copied."""
 
     def __init__(self, max_cached: int = 20_000) -> None:
         self._templates = {d.name: d.template() for d in ALL_METRICS}
         self._points: dict[Attrs, NumberDataPoint] = {}
         self._max = max_cached
+        self._workloads: dict[str, _Cached] = {}
 
     def _point_template(self, attrs: Attrs) -> NumberDataPoint:
         dp = self._points.get(attrs)
@@ -285,38 +300,69 @@ class RequestBuilder:
             dp = self._points[attrs] = NumberDataPoint(attributes=[kv(k, v) for k, v in attrs])
         return dp
 
-    def resource_metrics(
+    def retain(self, live: Iterable[str]) -> None:
+        """Drop the messages of workloads that are gone."""
+        keep = set(live)
+        for wid in [w for w in self._workloads if w not in keep]:
+            del self._workloads[wid]
+
+    def workload_metrics(
         self,
-        rm: ResourceMetrics,
+        wid: str,
+        resource: ResourceMetrics,
         w: WorkloadState,
         start_ns: int,
         now_ns: int,
         net: NetworkSnapshot | None,
         uptime_s: float | None,
-    ) -> int:
-        """Add one workload's metrics to `rm` (a copy of its resource_prototype); returns the
-        number of data points."""
+    ) -> tuple[ResourceMetrics, int]:
+        """The workload's ResourceMetrics (kept by the builder: do not change it) for this
+        push, and its number of data points."""
+        layout: list[tuple[MetricDef, tuple[Attrs, ...]]] = []
+        ints: list[float] = []
+        doubles: list[float] = []
+        for d, points in workload_points(w, net, uptime_s):
+            layout.append((d, tuple([a for a, _ in points])))
+            (doubles if d.double else ints).extend([v for _, v in points])
+        c = self._workloads.get(wid)
+        if c is None or c.resource is not resource or c.layout != layout:
+            c = self._workloads[wid] = self._build(resource, layout, start_ns)
+        if c.start_ns != start_ns:
+            for dp in c.int_points + c.double_points:
+                dp.start_time_unix_nano = start_ns
+            c.start_ns = start_ns
+        for dp, value in zip(c.int_points, ints, strict=True):
+            dp.time_unix_nano = now_ns
+            dp.as_int = value  # type: ignore[assignment]  # int by construction
+        for dp, value in zip(c.double_points, doubles, strict=True):
+            dp.time_unix_nano = now_ns
+            dp.as_double = value
+        return c.rm, c.points
+
+    def _build(
+        self,
+        resource: ResourceMetrics,
+        layout: list[tuple[MetricDef, tuple[Attrs, ...]]],
+        start_ns: int,
+    ) -> _Cached:
+        rm = ResourceMetrics()
+        rm.CopyFrom(resource)
         metrics = rm.scope_metrics[0].metrics
         templates = self._templates
-        cached = self._points
-        n = 0
-        for d, points in workload_points(w, net, uptime_s):
+        int_points: list[NumberDataPoint] = []
+        double_points: list[NumberDataPoint] = []
+        for d, attrs_of in layout:
             m = metrics.add()
             m.CopyFrom(templates[d.name])
             dps = m.gauge.data_points if d.kind == GAUGE else m.sum.data_points
-            double = d.double
-            for attrs, value in points:
+            for attrs in attrs_of:
                 dp = dps.add()
                 if attrs:
-                    dp.CopyFrom(cached.get(attrs) or self._point_template(attrs))
+                    dp.CopyFrom(self._point_template(attrs))
                 dp.start_time_unix_nano = start_ns
-                dp.time_unix_nano = now_ns
-                if double:
-                    dp.as_double = value
-                else:
-                    dp.as_int = value  # int by construction: int() per point costs ~1 ms
-            n += len(points)
-        return n
+                (double_points if d.double else int_points).append(dp)
+        return _Cached(resource, layout, rm, int_points, double_points, start_ns,
+                       len(int_points) + len(double_points))
 
 
 def resource_prototype(attributes: Sequence[KeyValue]) -> ResourceMetrics:
@@ -330,6 +376,18 @@ def resource_prototype(attributes: Sequence[KeyValue]) -> ResourceMetrics:
     return rm
 
 
+#: ExportMetricsServiceRequest.resource_metrics: field 1, length-delimited (wire type 2).
+_RESOURCE_METRICS_TAG = b"\x0a"
+
+
+def request_body(resource_metrics: Sequence[bytes]) -> bytes:
+    """A serialized ExportMetricsServiceRequest from serialized ResourceMetrics: the bytes
+    SerializeToString() gives for the same message, without copying each kept ResourceMetrics
+    into a request first (that copy cost more than building the messages)."""
+    return b"".join([part for rm in resource_metrics
+                     for part in (_RESOURCE_METRICS_TAG, varint(len(rm)), rm)])
+
+
 def build_requests(
     snapshot: Snapshot,
     builder: RequestBuilder,
@@ -337,16 +395,16 @@ def build_requests(
     uptime_start_of: Mapping[str, int],
     resources: Mapping[str, ResourceMetrics],
     max_points: int,
-) -> list[tuple[ExportMetricsServiceRequest, int]]:
-    """(request, data points) pairs, each request holding whole workloads and, unless one
-    workload alone exceeds it, at most max_points points. `start_of` gives each workload's
-    counter start time, `uptime_start_of` when it started (where known), `resources` its
-    resource_prototype()."""
+) -> list[tuple[bytes, int]]:
+    """(serialized ExportMetricsServiceRequest, data points) pairs, each request holding whole
+    workloads and, unless one workload alone exceeds it, at most max_points points. `start_of`
+    gives each workload's counter start time, `uptime_start_of` when it started (where known),
+    `resources` its resource_prototype()."""
     net = snapshot.extras.get("network")
     network = net if isinstance(net, NetworkSnapshot) else None
     now = snapshot.wall_ns
-    out: list[tuple[ExportMetricsServiceRequest, int]] = []
-    req = ExportMetricsServiceRequest()
+    out: list[tuple[bytes, int]] = []
+    req: list[bytes] = []
     points = 0
     for wid, w in snapshot.workloads.items():
         resource = resources.get(wid)
@@ -356,19 +414,15 @@ def build_requests(
         read_ns = w.sample.wall_ns or now
         started = uptime_start_of.get(wid)
         uptime = (read_ns - started) / 1e9 if started is not None and started <= read_ns else None
-        rm = req.resource_metrics.add()
-        rm.CopyFrom(resource)
-        n = builder.resource_metrics(rm, w, min(start_of.get(wid, now), read_ns), read_ns,
-                                     network, uptime)
+        rm, n = builder.workload_metrics(wid, resource, w, min(start_of.get(wid, now), read_ns),
+                                         read_ns, network, uptime)
         if points and points + n > max_points:
-            # Move this workload to a new request: whole resources per request.
-            moved = ResourceMetrics()
-            moved.CopyFrom(rm)
-            del req.resource_metrics[-1]
-            out.append((req, points))
-            req, points = ExportMetricsServiceRequest(), 0
-            req.resource_metrics.append(moved)
+            # Start a new request: whole resources per request.
+            out.append((request_body(req), points))
+            req, points = [], 0
+        req.append(rm.SerializeToString())
         points += n
     if points:
-        out.append((req, points))
+        out.append((request_body(req), points))
+    builder.retain(snapshot.workloads)
     return out

@@ -55,9 +55,8 @@ def main() -> None:
     start_of = {w.identity.id: comp._starts[w.identity.incarnation][0] for w in states.values()}
     t0 = time.process_time()
     requests = build_requests(snap, comp._builder, start_of, {}, resources, comp.max_points)
-    t1 = time.process_time()
-    bodies = [r.SerializeToString() for r, _ in requests]
     t2 = time.process_time()
+    bodies = [body for body, _ in requests]
     for body in bodies:
         cramjam.gzip.compress(body, level=1)
     t3 = time.process_time()
@@ -66,7 +65,7 @@ def main() -> None:
     print(f"CPU per push: first {first * 1e3:.1f} ms; later (n={len(later)}) median "
           f"{statistics.median(later) * 1e3:.1f} ms, min {min(later) * 1e3:.1f} ms, "
           f"max {max(later) * 1e3:.1f} ms (target <= 50 ms)")
-    print(f"phases: build messages {(t1 - t0) * 1e3:.1f} ms, serialize {(t2 - t1) * 1e3:.1f} ms, "
+    print(f"phases: build messages and serialize {(t2 - t0) * 1e3:.1f} ms, "
           f"gzip {(t3 - t2) * 1e3:.1f} ms")
 
 
