@@ -398,6 +398,10 @@ class EventsComponent(Component):
         if pending:
             self._gone_pending.add(key)  # the final read's result decides: see _after_final
             return
+        if self.final_reads is not None:
+            # The final read may have reopened files after the tree watch let them go: release
+            # again once it is done, so no fd pins the removed cgroup (idempotent).
+            self.final_reads.reader.release(cg.path)
         if self._running.get(key):
             # Removed before we could read it (or while we were not told): last cycle's data.
             self._stopped(cg.identity, self._last_sample(cg.identity), final=False)
