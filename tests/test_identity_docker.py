@@ -73,15 +73,18 @@ def test_name_image_and_compose_labels_everywhere(dockerd: PrivateDockerd,
     assert w["image"] == "local/busybox:1"
     assert w["labels"]["com.docker.compose.project"] == "shop"
     assert w["labels"]["image_id"].startswith("sha256:")
-    # /metrics: the agent's own series and cAdvisor's, with the compose label allowlisted.
-    def own_series() -> list[str]:
+    # /metrics: the identity labels once on workload_info (the other series carry the id to
+    # join on), and cAdvisor's series with the compose label allowlisted.
+    def info_series() -> list[str]:
         return [x for x in agent.get_text("/metrics").splitlines()
-                if x.startswith("container_agent_cpu_usage_seconds_total{") and cid in x
+                if x.startswith("container_agent_workload_info{") and f'id="{cid}"' in x
                 and 'name="web-1"' in x]
 
-    own = agent.wait_for(own_series, 15)  # rendered once per cycle
-    assert 'image="local/busybox:1"' in own[0]
+    info = agent.wait_for(info_series, 15)  # rendered once per cycle
+    assert 'image="local/busybox:1"' in info[0] and 'runtime="docker"' in info[0]
     text = agent.get_text("/metrics")
+    assert any(x.startswith(f'container_agent_cpu_usage_seconds_total{{id="{cid}"')
+               for x in text.splitlines())
     ca = [x for x in text.splitlines()
           if x.startswith("container_memory_usage_bytes{") and 'name="web-1"' in x]
     assert ca, "no cAdvisor series for web-1"
