@@ -27,7 +27,6 @@ from agent.core.config import METRIC_GROUPS
 from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
 from collectors.samples import UNLIMITED, CgroupSample
 
-P = "container_agent_"
 LABELS = ["id", "name", "runtime", "kind", "cgroup", "pod", "namespace", "image", "container"]
 
 MEMORY_STAT_BYTES = (
@@ -165,69 +164,88 @@ def _info(w: WorkloadState) -> Values:
 
 
 WORKLOAD_SPECS: tuple[Spec, ...] = (
-    Spec(P + "workload_info", "gauge", "Identity of a tracked workload (always 1)", _info,
+    Spec("container_agent_workload_info",
+         "gauge", "Identity of a tracked workload (always 1)", _info,
          ("inode", "init_pid"), group="info"),
-    Spec(P + "cpu_usage_seconds_total", "counter", "CPU time consumed", _cpu("usage_usec", 1e6),
+    Spec("container_agent_cpu_usage_seconds_total",
+         "counter", "CPU time consumed", _cpu("usage_usec", 1e6),
          group="cpu"),
-    Spec(P + "cpu_user_seconds_total", "counter", "CPU time in user mode",
+    Spec("container_agent_cpu_user_seconds_total", "counter", "CPU time in user mode",
          _cpu("user_usec", 1e6), group="cpu"),
-    Spec(P + "cpu_system_seconds_total", "counter", "CPU time in kernel mode",
+    Spec("container_agent_cpu_system_seconds_total", "counter", "CPU time in kernel mode",
          _cpu("system_usec", 1e6), group="cpu"),
-    Spec(P + "cpu_throttled_seconds_total", "counter", "Time throttled by its own CPU limit",
+    Spec("container_agent_cpu_throttled_seconds_total",
+         "counter", "Time throttled by its own CPU limit",
          _cpu("throttled_usec", 1e6), group="cpu_throttling"),
-    Spec(P + "cpu_burst_seconds_total", "counter", "Time run in burst above quota",
+    Spec("container_agent_cpu_burst_seconds_total", "counter", "Time run in burst above quota",
          _cpu("burst_usec", 1e6), group="cpu_throttling"),
-    Spec(P + "cpu_periods_total", "counter", "Enforcement periods elapsed", _cpu("nr_periods"),
+    Spec("container_agent_cpu_periods_total",
+         "counter", "Enforcement periods elapsed", _cpu("nr_periods"),
          group="cpu_throttling"),
-    Spec(P + "cpu_throttled_periods_total", "counter", "Periods in which it was throttled",
+    Spec("container_agent_cpu_throttled_periods_total",
+         "counter", "Periods in which it was throttled",
          _cpu("nr_throttled"), group="cpu_throttling"),
-    Spec(P + "cpu_bursts_total", "counter", "Periods in which it used burst", _cpu("nr_bursts"),
+    Spec("container_agent_cpu_bursts_total",
+         "counter", "Periods in which it used burst", _cpu("nr_bursts"),
          group="cpu_throttling"),
-    Spec(P + "cpu_quota_cores", "gauge", "CPU limit (cpu.max) in cores", _quota, group="cpu"),
-    Spec(P + "cpu_weight", "gauge", "cpu.weight (1-10000)", _cpu("weight"), group="cpu"),
-    Spec(P + "memory_usage_bytes", "gauge", "Memory charged (memory.current)",
+    Spec("container_agent_cpu_quota_cores",
+         "gauge", "CPU limit (cpu.max) in cores", _quota, group="cpu"),
+    Spec("container_agent_cpu_weight",
+         "gauge", "cpu.weight (1-10000)", _cpu("weight"), group="cpu"),
+    Spec("container_agent_memory_usage_bytes", "gauge", "Memory charged (memory.current)",
          _mem(lambda s: s.memory.current if s.memory else None), group="memory"),
-    Spec(P + "memory_working_set_bytes", "gauge", "Usage minus inactive file cache",
+    Spec("container_agent_memory_working_set_bytes", "gauge", "Usage minus inactive file cache",
          _mem(lambda s: s.memory.working_set if s.memory else None), group="memory"),
-    Spec(P + "memory_peak_bytes", "gauge", "Highest usage recorded",
+    Spec("container_agent_memory_peak_bytes", "gauge", "Highest usage recorded",
          _mem(lambda s: s.memory.peak if s.memory else None), group="memory"),
-    Spec(P + "memory_swap_bytes", "gauge", "Swap used",
+    Spec("container_agent_memory_swap_bytes", "gauge", "Swap used",
          _mem(lambda s: s.memory.swap_current if s.memory else None), group="memory"),
-    Spec(P + "memory_limit_bytes", "gauge", "Memory limits; absent when unlimited", _limits,
+    Spec("container_agent_memory_limit_bytes",
+         "gauge", "Memory limits; absent when unlimited", _limits,
          ("limit",), group="memory"),
-    Spec(P + "memory_stat_bytes", "gauge", "memory.stat amounts",
+    Spec("container_agent_memory_stat_bytes", "gauge", "memory.stat amounts",
          _stat(tuple((k, k) for k in MEMORY_STAT_BYTES)), ("stat",), group="memory_stat"),
-    Spec(P + "memory_faults_total", "counter", "Page faults (memory.stat pgfault, pgmajfault)",
+    Spec("container_agent_memory_faults_total",
+         "counter", "Page faults (memory.stat pgfault, pgmajfault)",
          _stat((("pgfault", "minor"), ("pgmajfault", "major"))), ("type",), group="memory_stat"),
-    Spec(P + "memory_workingset_refaults_total", "counter", "Refaults of evicted pages",
+    Spec("container_agent_memory_workingset_refaults_total", "counter", "Refaults of evicted pages",
          _stat((("workingset_refault_anon", "anon"), ("workingset_refault_file", "file"))),
          ("type",), group="memory_stat"),
-    Spec(P + "memory_events_total", "counter", "memory.events counters", _events, ("event",),
+    Spec("container_agent_memory_events_total",
+         "counter", "memory.events counters", _events, ("event",),
          group="memory"),
-    Spec(P + "io_read_bytes_total", "counter", "Bytes read per device", _io("rbytes"),
+    Spec("container_agent_io_read_bytes_total", "counter", "Bytes read per device", _io("rbytes"),
          ("device",), group="io"),
-    Spec(P + "io_write_bytes_total", "counter", "Bytes written per device", _io("wbytes"),
+    Spec("container_agent_io_write_bytes_total",
+         "counter", "Bytes written per device", _io("wbytes"),
          ("device",), group="io"),
-    Spec(P + "io_reads_total", "counter", "Read operations per device", _io("rios"), ("device",),
+    Spec("container_agent_io_reads_total",
+         "counter", "Read operations per device", _io("rios"), ("device",),
          group="io"),
-    Spec(P + "io_writes_total", "counter", "Write operations per device", _io("wios"),
+    Spec("container_agent_io_writes_total", "counter", "Write operations per device", _io("wios"),
          ("device",), group="io"),
-    Spec(P + "io_discard_bytes_total", "counter", "Bytes discarded per device", _io("dbytes"),
+    Spec("container_agent_io_discard_bytes_total",
+         "counter", "Bytes discarded per device", _io("dbytes"),
          ("device",), group="io"),
-    Spec(P + "io_discards_total", "counter", "Discard operations per device", _io("dios"),
+    Spec("container_agent_io_discards_total",
+         "counter", "Discard operations per device", _io("dios"),
          ("device",), group="io"),
-    Spec(P + "pids_current", "gauge", "Tasks (threads) now", _pids("current"), group="pids"),
-    Spec(P + "pids_limit", "gauge", "pids.max; absent when unlimited", _pids("max", True),
+    Spec("container_agent_pids_current",
+         "gauge", "Tasks (threads) now", _pids("current"), group="pids"),
+    Spec("container_agent_pids_limit",
+         "gauge", "pids.max; absent when unlimited", _pids("max", True),
          group="pids"),
-    Spec(P + "pids_peak", "gauge", "Highest task count", _pids("peak"), group="pids"),
-    Spec(P + "pids_limit_hits_total", "counter", "Forks refused by pids.max",
+    Spec("container_agent_pids_peak", "gauge", "Highest task count", _pids("peak"), group="pids"),
+    Spec("container_agent_pids_limit_hits_total", "counter", "Forks refused by pids.max",
          _pids("events_max"), group="pids"),
-    Spec(P + "pressure_stalled_seconds_total", "counter",
+    Spec("container_agent_pressure_stalled_seconds_total", "counter",
          "PSI: cumulative time some (or all) tasks stalled on the resource", _psi,
          ("resource", "level"), group="pressure"),
-    Spec(P + "frozen", "gauge", "1 when the cgroup is (effectively) frozen", _flag("frozen"),
+    Spec("container_agent_frozen",
+         "gauge", "1 when the cgroup is (effectively) frozen", _flag("frozen"),
          group="state"),
-    Spec(P + "populated", "gauge", "1 when processes live in the subtree", _flag("populated"),
+    Spec("container_agent_populated",
+         "gauge", "1 when processes live in the subtree", _flag("populated"),
          group="state"),
 )
 
@@ -375,22 +393,25 @@ def render_specs(
 
 
 def agent_families(snapshot: Snapshot) -> list[Metric]:
-    up = GaugeMetricFamily(P + "up", "1 while the agent publishes snapshots")
+    up = GaugeMetricFamily("container_agent_up", "1 while the agent publishes snapshots")
     up.add_metric([], 1)
-    info = GaugeMetricFamily(P + "build_info", "Agent version and host facts",
+    info = GaugeMetricFamily("container_agent_build_info", "Agent version and host facts",
                              labels=["version", "cgroup_layout", "kernel", "hostname"])
     h = snapshot.host
     info.add_metric([h.agent_version, h.cgroup_layout, h.kernel, label_value(h.hostname)], 1)
-    count = GaugeMetricFamily(P + "workloads", "Tracked workloads by kind", labels=["kind"])
+    count = GaugeMetricFamily("container_agent_workloads",
+                              "Tracked workloads by kind", labels=["kind"])
     kinds: dict[str, int] = {}
     for w in snapshot.workloads.values():
         kinds[w.identity.kind.value] = kinds.get(w.identity.kind.value, 0) + 1
     for k, n in sorted(kinds.items()):
         count.add_metric([k], n)
-    cycle = GaugeMetricFamily(P + "cycle_cpu_seconds", "CPU time the last collection cycle cost")
+    cycle = GaugeMetricFamily("container_agent_cycle_cpu_seconds",
+                              "CPU time the last collection cycle cost")
     cycle.add_metric([], snapshot.cycle_cpu_ns / 1e9)
-    ts = GaugeMetricFamily(P + "snapshot_timestamp_seconds", "When the snapshot was taken")
+    ts = GaugeMetricFamily("container_agent_snapshot_timestamp_seconds",
+                           "When the snapshot was taken")
     ts.add_metric([], snapshot.wall_ns / 1e9)
-    seq = CounterMetricFamily(P + "cycles", "Collection cycles completed")
+    seq = CounterMetricFamily("container_agent_cycles_total", "Collection cycles completed")
     seq.add_metric([], snapshot.seq)
     return [up, info, count, cycle, ts, seq]

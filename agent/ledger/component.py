@@ -133,21 +133,25 @@ class LedgerComponent(Component):
         led = self.ledger
         if led is None:
             return []
-        p = "container_agent_ledger_"
         out: list[Metric] = []
-        for key, doc in (
-            ("cycles", "Collection cycles recorded in the ledger"),
-            ("final_samples", "Final samples (read at populated 0) recorded"),
-            ("commit_failures", "Cycles whose ledger transaction failed (retried next cycle)"),
-            ("resets", "Counters seen going backwards within one incarnation"),
+        for name, key, doc in (
+            ("container_agent_ledger_cycles_total", "cycles",
+             "Collection cycles recorded in the ledger"),
+            ("container_agent_ledger_final_samples_total", "final_samples",
+             "Final samples (read at populated 0) recorded"),
+            ("container_agent_ledger_commit_failures_total", "commit_failures",
+             "Cycles whose ledger transaction failed (retried next cycle)"),
+            ("container_agent_ledger_resets_total", "resets",
+             "Counters seen going backwards within one incarnation"),
         ):
-            fam = CounterMetricFamily(f"{p}{key}", doc)
+            fam = CounterMetricFamily(name, doc)
             fam.add_metric([], led.stats[key])
             out.append(fam)
-        out.append(GaugeMetricFamily(f"{p}open_rows", "Usage rows of periods not closed yet",
+        out.append(GaugeMetricFamily("container_agent_ledger_open_rows",
+                                     "Usage rows of periods not closed yet",
                                      value=led.open_row_count))
         out.append(GaugeMetricFamily(
-            f"{p}closed_before_seconds",
+            "container_agent_ledger_closed_before_seconds",
             "Periods ending at or before this Unix time are closed", value=led.closed_before))
         return out
 

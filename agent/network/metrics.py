@@ -27,19 +27,22 @@ from agent.exporters.metrics import LABELS, label_value, workload_labels
 from agent.model.snapshot import Snapshot, WorkloadKind
 from agent.network.component import IFF_UP, InterfaceView, NamespaceView, NetworkSnapshot, PeerRef
 
-P = "container_agent_network_"
 IFACE_LABELS = ["netns", "interface", "scope", "id", "name", "runtime"]
-#: (metric stem, LinkStats field, help)
+#: (metric name, LinkStats field, help)
 COUNTERS = (
-    ("receive_bytes", "rx_bytes", "Bytes received by the interface"),
-    ("transmit_bytes", "tx_bytes", "Bytes transmitted by the interface"),
-    ("receive_packets", "rx_packets", "Packets received"),
-    ("transmit_packets", "tx_packets", "Packets transmitted"),
-    ("receive_errors", "rx_errors", "Receive errors"),
-    ("transmit_errors", "tx_errors", "Transmit errors"),
-    ("receive_packets_dropped", "rx_dropped", "Received packets dropped"),
-    ("transmit_packets_dropped", "tx_dropped", "Packets dropped on transmit"),
-    ("receive_multicast_packets", "multicast", "Multicast packets received"),
+    ("container_agent_network_receive_bytes_total", "rx_bytes", "Bytes received by the interface"),
+    ("container_agent_network_transmit_bytes_total",
+     "tx_bytes", "Bytes transmitted by the interface"),
+    ("container_agent_network_receive_packets_total", "rx_packets", "Packets received"),
+    ("container_agent_network_transmit_packets_total", "tx_packets", "Packets transmitted"),
+    ("container_agent_network_receive_errors_total", "rx_errors", "Receive errors"),
+    ("container_agent_network_transmit_errors_total", "tx_errors", "Transmit errors"),
+    ("container_agent_network_receive_packets_dropped_total",
+     "rx_dropped", "Received packets dropped"),
+    ("container_agent_network_transmit_packets_dropped_total",
+     "tx_dropped", "Packets dropped on transmit"),
+    ("container_agent_network_receive_multicast_packets_total",
+     "multicast", "Multicast packets received"),
 )
 CADVISOR = (
     ("container_network_receive_bytes_total", "rx_bytes", "Cumulative count of bytes received"),
@@ -72,19 +75,21 @@ def scope_labels(ns: NamespaceView) -> list[str]:
 
 def metric_families(net: NetworkSnapshot, snapshot: Snapshot, cadvisor: bool) -> Iterator[Metric]:
     counters = {
-        field: CounterMetricFamily(f"{P}{stem}_total", doc, labels=IFACE_LABELS)
-        for stem, field, doc in COUNTERS
+        field: CounterMetricFamily(name, doc, labels=IFACE_LABELS)
+        for name, field, doc in COUNTERS
     }
     info = GaugeMetricFamily(
-        f"{P}interface_info", "Interface facts (value 1)",
+        "container_agent_network_interface_info", "Interface facts (value 1)",
         labels=["netns", "interface", "kind", "mac", "operstate", "master", "peer_netns",
                 "peer_interface"])
-    up = GaugeMetricFamily(f"{P}interface_up", "1 when the interface's operstate is up",
+    up = GaugeMetricFamily("container_agent_network_interface_up",
+                           "1 when the interface's operstate is up",
                            labels=["netns", "interface"])
-    mtu = GaugeMetricFamily(f"{P}interface_mtu_bytes", "Interface MTU",
+    mtu = GaugeMetricFamily("container_agent_network_interface_mtu_bytes", "Interface MTU",
                             labels=["netns", "interface"])
     member = GaugeMetricFamily(
-        f"{P}namespace_member", "Workloads using a network namespace (value 1); role is owner "
+        "container_agent_network_namespace_member",
+        "Workloads using a network namespace (value 1); role is owner "
         "(traffic counted on it), member or host_network",
         labels=["netns", "id", "name", "runtime", "role"])
     for ino, ns in net.namespaces.items():
@@ -109,10 +114,10 @@ def metric_families(net: NetworkSnapshot, snapshot: Snapshot, cadvisor: bool) ->
             up.add_metric([netns, name], 1 if i.operstate == "up" else 0)
             if i.mtu is not None:
                 mtu.add_metric([netns, name], i.mtu)
-    sockets = GaugeMetricFamily(f"{P}netlink_sockets",
+    sockets = GaugeMetricFamily("container_agent_network_netlink_sockets",
                                 "Netlink sockets the agent holds, one per readable namespace")
     sockets.add_metric([], net.open_sockets)
-    namespaces = GaugeMetricFamily(f"{P}namespaces", "Network namespaces found")
+    namespaces = GaugeMetricFamily("container_agent_network_namespaces", "Network namespaces found")
     namespaces.add_metric([], len(net.namespaces))
     yield from counters.values()
     yield from (info, up, mtu, member, sockets, namespaces)
@@ -122,13 +127,13 @@ def metric_families(net: NetworkSnapshot, snapshot: Snapshot, cadvisor: bool) ->
 
 
 def _workload_families(net: NetworkSnapshot, snapshot: Snapshot) -> Iterator[Metric]:
-    rx = CounterMetricFamily(f"{P}workload_receive_bytes_total",
+    rx = CounterMetricFamily("container_agent_network_workload_receive_bytes_total",
                              "Bytes received by the workload's namespace, loopback excluded; a "
                              "shared namespace is counted on its owner only", labels=LABELS)
-    tx = CounterMetricFamily(f"{P}workload_transmit_bytes_total",
+    tx = CounterMetricFamily("container_agent_network_workload_transmit_bytes_total",
                              "Bytes transmitted by the workload's namespace, loopback excluded",
                              labels=LABELS)
-    host = GaugeMetricFamily(f"{P}host_network",
+    host = GaugeMetricFamily("container_agent_network_host_network",
                              "1 for workloads on the host's network namespace (no traffic is "
                              "attributed to them)", labels=LABELS)
     for wid, (r, t) in net.totals_by_workload.items():
