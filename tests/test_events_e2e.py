@@ -147,7 +147,7 @@ def test_pids_max_through_agentd_with_poll_scope(cgroups: CgroupFactory) -> None
 def test_limited_subtrees() -> None:
     from types import MappingProxyType
 
-    from agent.events.component import limited_subtrees
+    from agent.events.poll_scope import limited_subtrees
     from agent.model.snapshot import (
         HostInfo,
         Snapshot,

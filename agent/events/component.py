@@ -32,6 +32,7 @@ from agent.events.lifecycle import (
     throttled_share,
 )
 from agent.events.model import Event, EventContainer, EventType, severity_for
+from agent.events.poll_scope import limited_subtrees
 from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
 from agent.kernel.cgroup_watch import CgroupWatcher
@@ -39,7 +40,7 @@ from agent.kernel.final_read import FinalReadThread, latency_family
 from agent.kernel.watched import NoListener, PollScope, PsiTrigger, WatchedCgroup
 from agent.model.snapshot import Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from collectors.cgroupfs import CgroupReader
-from collectors.samples import UNLIMITED, CgroupSample
+from collectors.samples import CgroupSample
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -490,25 +491,3 @@ class EventsComponent(Component):
             await asyncio.sleep(60)
             self._prune()
 
-
-def limited_subtrees(snapshot: Snapshot) -> tuple[frozenset[str], frozenset[str]]:
-    """Cgroup paths that have, or descend from, a finite pids limit; and a finite memory limit."""
-    pids_limited: set[str] = set()
-    mem_limited: set[str] = set()
-    for w in snapshot.workloads.values():
-        s = w.sample
-        if s.pids is not None and s.pids.max not in (None, UNLIMITED):
-            pids_limited.add(w.identity.cgroup)
-        if s.memory is not None and s.memory.max not in (None, UNLIMITED):
-            mem_limited.add(w.identity.cgroup)
-
-    def under(path: str, limited: set[str]) -> bool:
-        while path:
-            if path in limited:
-                return True
-            path = path.rsplit("/", 1)[0]
-        return False
-
-    paths = [w.identity.cgroup for w in snapshot.workloads.values()]
-    return (frozenset(p for p in paths if under(p, pids_limited)),
-            frozenset(p for p in paths if under(p, mem_limited)))
