@@ -56,7 +56,9 @@ def _churn(factory: CgroupFactory, delay_s: float) -> tuple[list[Life], list[str
         lives = Churn(factory, RATE, delay_s, workers=16).run(SECONDS)
         print(f"{len(lives)} lives in {time.monotonic() - t0:.1f} s")
         # Let the agent digest the tail of the churn and run a cycle.
-        seq = agent.get("/healthz")["snapshot_seq"]
+        # A cycle slowed by the churn can leave the snapshot stale (/healthz 503, as it should):
+        # wait_for retries until the agent answers healthy again.
+        seq = agent.wait_for(lambda: agent.get("/healthz")["snapshot_seq"], timeout=30)
         agent.wait_for(lambda: agent.get("/healthz")["snapshot_seq"] >= seq + 2, timeout=30)
         time.sleep(1)
         after = agent_fds(pid)
