@@ -16,6 +16,7 @@ from aiohttp import web
 from agent.api.errors import json_error
 from agent.core.component import Component
 from agent.core.exit_codes import ExitCode
+from agent.core.health import ComponentHealth
 from agent.exporters.exposition import OPENMETRICS, TEXT, MetricsRenderer, wants_openmetrics
 from agent.exporters.metrics import label_value
 from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
@@ -89,8 +90,10 @@ class ReadApi:
         components: list[Component],
         started: float,
         interval: Callable[[], float] | None = None,
+        health: ComponentHealth | None = None,
     ) -> None:
         self.latest = latest
+        self.health = health
         self.renderer = renderer
         self.components = components
         self.started = started
@@ -137,6 +140,8 @@ class ReadApi:
         body["workloads"] = len(snap.workloads)
         body["snapshot_seq"] = snap.seq
         body["cycle_cpu_seconds"] = snap.cycle_cpu_ns / 1e9
+        if self.health is not None:
+            body["components"] = self.health.as_json()
         return web.json_response(body)
 
     async def containers(self, request: web.Request) -> web.Response:

@@ -175,8 +175,15 @@ def cmd_host(args: argparse.Namespace, client: AgentClient) -> int:
         json.dump(data, sys.stdout, indent=2)
         print()
     else:
+        parts = data.pop("components", None)
         for k, v in data.items():
             print(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+        if parts is not None:
+            print("components:")
+            for p in parts:
+                why = "; ".join(p["faults"])
+                print(f"  {p['component']}: {'up' if p['up'] else 'DOWN'}"
+                      + (f" ({why})" if why else ""))
     return 0
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import Metric
 
+from agent.core.health import ComponentHealth
 from agent.model.snapshot import Snapshot, WorkloadIdentity
 from collectors.layout import CgroupLayout
 from collectors.samples import CgroupSample
@@ -92,6 +93,9 @@ class AgentContext:
     #: Adds what the runtimes say (name, image, labels) to a discovered identity; read by the
     #: collection cycle, so it must not block (the identity component sets a cache lookup).
     enrich_identity: Callable[[WorkloadIdentity], WorkloadIdentity] = lambda w: w
+    #: Which parts work (`container_agent_component_up`): components run their background
+    #: tasks through `health.spawn` and report their threads with `health.watch_thread`.
+    health: ComponentHealth = field(default_factory=ComponentHealth)
 
     def publish_final_sample(self, who: WorkloadIdentity, sample: CgroupSample) -> None:
         for listener in list(self.final_sample_listeners):

@@ -93,15 +93,22 @@ class Agent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.ctx.loop = loop
+        health = self.ctx.health
         for comp in list(self.components):
+            health.register(comp.name)
             try:
                 await comp.start(self.ctx)
             except Exception as e:
                 # One capability failing (no netlink, no PSI...) must not take the agent down.
                 log.error("component %s disabled: failed to start: %s", comp.name, e)
+                health.fault(comp.name, "start", str(e) or repr(e))
                 self.components.remove(comp)
                 self.ctx.components.pop(comp.name, None)
+        health.register("collection")
+        health.watch_thread("kernel_watch", "kernel-watch", self.watcher.alive)
+        health.watch_thread("kernel_watch", "psi-triggers", self.watcher.psi_waiter.alive)
         self.renderer.components = list(self.components)
+        self.renderer.live_families = lambda: [health.metric_family()]
         self._host = read_host_info(self.layout, self.ctx.host_facts)
         # Watches go on before the scan lists: a cgroup made meanwhile is listed or reported.
         self.watcher.start(loop)
@@ -159,9 +166,11 @@ class Agent:
 
         try:
             snap = await loop.run_in_executor(None, work)
-        except Exception:
+        except Exception as e:
             log.exception("collection cycle failed")
+            self.ctx.health.fault("collection", "cycle", repr(e))
             return False
+        self.ctx.health.clear("collection", "cycle")
         # A cgroup created while the cycle ran was added to the previous snapshot: keep it.
         missing = [w for w in self._added_during_cycle if w.id not in snap.workloads]
         if missing:
@@ -171,8 +180,11 @@ class Agent:
         for comp in self.components:
             try:
                 await comp.on_snapshot(snap)
-            except Exception:
+            except Exception as e:
                 log.exception("component %s failed on snapshot %d", comp.name, snap.seq)
+                self.ctx.health.fault(comp.name, "on_snapshot", repr(e))
+            else:
+                self.ctx.health.clear(comp.name, "on_snapshot")
         # After the components have digested the snapshot: hand freed memory back.
         await loop.run_in_executor(None, trim_malloc)
         return True
@@ -229,7 +241,7 @@ class Agent:
     # -- HTTP --------------------------------------------------------------------------
     async def _serve(self) -> None:
         api = ReadApi(lambda: self.snapshot, self.renderer, self.components, self.started,
-                      lambda: float(self.config["interval"]))
+                      lambda: float(self.config["interval"]), self.ctx.health)
         read_routes = api.routes()
         for comp in self.components:
             read_routes.extend(comp.routes())
@@ -258,6 +270,7 @@ class Agent:
         log.info("listening on unix:%s (API and control)", sock)
 
     async def _shutdown(self) -> None:
+        self.ctx.health.stopping = True
         for comp in reversed(self.components):
             try:
                 # A sink that will not drain must not keep the agent from exiting.

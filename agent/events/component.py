@@ -192,7 +192,8 @@ class EventsComponent(Component):
         self.watcher = watcher
         if self._own_watcher:
             watcher.start(self.loop)
-        self._tasks.append(self.loop.create_task(self._prune_forever()))
+        self._tasks.append(ctx.health.spawn(self.name, self._prune_forever(), name="prune"))
+        ctx.health.watch_thread(self.name, "final-read", self.final_reads.alive)
         self.emit(EventType.AGENT_STARTED, None, "", {"pid": os.getpid()})
 
     async def stop(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -96,6 +96,8 @@ class MetricsRenderer:
         self._seq: int | None = None
         #: Snapshots rendered (each at most once; tests and benchmarks read it).
         self.renders = 0
+        #: The agent's live families (component health), rendered at every scrape.
+        self.live_families: Callable[[], list[Metric]] = lambda: []
 
     def _component_families(self, snapshot: Snapshot, per_cycle: bool) -> list[Metric]:
         out: list[Metric] = []
@@ -133,7 +135,8 @@ class MetricsRenderer:
             if self._seq != snapshot.seq or not self._tails:
                 self._render_snapshot(snapshot)
             families, tails = self._families, self._tails
-        live = _render(self._component_families(snapshot, per_cycle=False), openmetrics)
+        live = _render(self._component_families(snapshot, per_cycle=False)
+                       + self.live_families(), openmetrics)
         parts: list[bytes] = []
         for f in families:
             parts += (f.om_header if openmetrics else f.text_header, f.lines)

@@ -151,8 +151,8 @@ class PushComponent(Component):
 
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         self._tasks = [
-            asyncio.create_task(self._encoder(), name=f"{self.name}.encoder"),
-            asyncio.create_task(self._sender(), name=f"{self.name}.sender"),
+            ctx.health.spawn(self.name, self._encoder(), name=f"{self.name}.encoder"),
+            ctx.health.spawn(self.name, self._sender(), name=f"{self.name}.sender"),
         ]
         log.info("%s to %s every %.1fs", self.name, self.url, self.interval)
 

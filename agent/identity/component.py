@@ -224,8 +224,8 @@ class IdentityComponent(Component):
         self.lxc_paths = tuple(Path(p) for p in conf.get("lxc_paths", ["/var/lib/lxc"]))
         cadvisor.set_label_keys(conf.get("cadvisor_labels", DEFAULT_CADVISOR_LABELS))
         ctx.enrich_identity = self.cache.enrich
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(w.run()) for w in self.watches.values()]
+        self._tasks = [ctx.health.spawn(self.name, w.run(), name=f"{runtime} events")
+                       for runtime, w in self.watches.items()]
 
     async def stop(self) -> None:
         for t in self._tasks:

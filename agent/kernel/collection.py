@@ -151,9 +151,11 @@ class Collector:
         for comp in components:
             try:
                 result = comp.collect(ctx, snap)
-            except Exception:
+            except Exception as e:
                 log.exception("component %s failed to collect", comp.name)
+                ctx.health.fault(comp.name, "collect", repr(e))
                 continue
+            ctx.health.clear(comp.name, "collect")
             if result is not None:
                 extras[comp.name] = result
         snap = replace(snap, extras=MappingProxyType(extras))

@@ -87,6 +87,9 @@ class FinalReadThread:
                deliver: Callable[[CgroupSample], None]) -> None:
         self._queue.put(FinalRead(path, notified_ns, deliver))
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self) -> None:
         # Reads still queued at shutdown are dropped: their cgroups get final: false.
         with contextlib.suppress(queue.Empty):

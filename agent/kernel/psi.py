@@ -95,6 +95,9 @@ class PsiWaiter:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def close(self) -> None:
         if self._thread is not None:
             os.eventfd_write(self._wake, 1)

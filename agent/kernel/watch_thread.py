@@ -51,6 +51,9 @@ class WatchThread:
         self._thread = threading.Thread(target=self._run, name="kernel-watch", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def close(self) -> None:
         self.closing = True
         if self._thread is not None:
@@ -90,6 +93,10 @@ class LoopBridge:
         #: Held by whoever changes what is watched: the watch thread or the event loop.
         self.lock = threading.RLock()
         self._thread = WatchThread()
+
+    def alive(self) -> bool:
+        """Whether the watch thread runs (it stops only at close, or on a bug)."""
+        return self._thread.alive()
 
     def _tell(self, fn: Callable[..., None], *args: object) -> None:
         """Listeners live on the event loop: called there, from the watch thread too."""

@@ -88,6 +88,7 @@ class LedgerComponent(Component):
         self._final_writer = threading.Thread(target=self._write_finals, name="ledger-finals",
                                               daemon=True)
         self._final_writer.start()
+        ctx.health.watch_thread(self.name, "ledger-finals", self._final_writer.is_alive)
         ctx.final_sample_listeners.append(self._on_final)
 
     def _on_final(self, who: WorkloadIdentity, sample: CgroupSample) -> None:
