@@ -162,7 +162,7 @@ class StoreWriter:
             # One statement is atomic by itself: a failing INSERT leaves the others.
             try:
                 return int(db.execute(job.sql, job.params).lastrowid or 0)
-            except sqlite3.Error as e:
+            except Exception as e:  # sqlite3.Error, or a value SQLite cannot bind
                 if not db.in_transaction:
                     raise  # the error rolled the whole transaction back
                 return e

@@ -8,7 +8,9 @@ Tables (component "ledger"):
 
 `commit()` writes the counters and the usage they produced in the same transaction, so a
 crash (kill -9) leaves either both or neither: after a restart the next sample's delta starts
-exactly where the stored counters stop, and nothing is counted twice.
+exactly where the stored counters stop, and nothing is counted twice. The transaction is the
+store's writer thread's (agent/core/store_writer.py; the batch in a SAVEPOINT of it, events
+maybe committed alongside); reads use the store's read connections, from worker threads.
 """
 
 from __future__ import annotations

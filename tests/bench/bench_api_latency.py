@@ -125,6 +125,11 @@ def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interva
             measure(label, agent, factory, seconds, rate)
         finally:
             agent.stop(timeout=120)
+        errors = sorted({line for line in agent.log().splitlines()
+                         if line.startswith(("ERROR", "CRITICAL"))})
+        print(f"  {len(errors)} distinct error lines in the agent's log" + (":" if errors else ""))
+        for line in errors[:5]:
+            print("  " + line[:200])
         if debug_loop:
             slow_callbacks(agent.log())
 
