@@ -98,6 +98,7 @@ class Store:
             db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                  timeout=30.0)
             db.execute("PRAGMA query_only=ON")
+            db.execute("PRAGMA temp_store=MEMORY")  # sorts without temp files (fds)
         try:
             yield db
         finally:

@@ -64,6 +64,9 @@ def connect(path: Path) -> sqlite3.Connection:
     # only an OS crash can lose the last commits.
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA foreign_keys=ON")
+    # Statement journals (a multi-row UPDATE inside a SAVEPOINT) in memory, not temp files: a
+    # transaction does not fail when the agent is short of fds (thousands kept for cgroups).
+    db.execute("PRAGMA temp_store=MEMORY")
     return db
 
 
