@@ -27,7 +27,9 @@ class Harness:
     finals: list[tuple[WorkloadIdentity, CgroupSample]] = field(default_factory=list)
 
     def events(self, etype: str | None = None, container: str | None = None) -> list[Event]:
+        """Every event emitted so far (waits for the store's writer to commit them)."""
         assert self.comp.log is not None
+        self.ctx.store.flush()
         return self.comp.log.query(0, (etype,) if etype else (), container, 10_000)
 
     async def wait_for(self, pred: Callable[[], Any], timeout: float = 10.0) -> Any:

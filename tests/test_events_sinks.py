@@ -76,6 +76,7 @@ def test_dead_webhook_drops_and_never_blocks(tmp_path: Path) -> None:
             for i in range(50):
                 h.ctx.emit("killed", WHO, "", {"seq": i})
             # Every emit returned (and was stored) while the first delivery still hangs.
+            await asyncio.to_thread(h.ctx.store.flush)
             assert h.comp.log is not None and h.comp.log.count() == 51
             assert sink.delivered == 0 and sink.attempts <= 1
             await h.wait_for(lambda: sink.dropped >= 45)

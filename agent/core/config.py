@@ -83,6 +83,10 @@ TOP_LEVEL: Mapping[str, Setting] = MappingProxyType(
                                   _metric_groups),
         "metrics_plain_cgroups": Setting(bool, True, "export plain cgroups (not containers, "
                                          "services)"),
+        # The store's writer thread (agent/core/store_writer.py).
+        "store_queue_size": Setting(int, 10_000, "events queued for the SQLite writer before "
+                                    "new ones are dropped",
+                                    lambda v: None if v > 0 else "must be > 0"),
     }
 )
 

@@ -56,7 +56,7 @@ class Agent:
         self.config = config
         self.layout = layout
         self.components = components
-        self.store = Store(config.state_dir / "agent.db")
+        self.store = Store(config.state_dir / "agent.db", int(config["store_queue_size"]))
         self.reader = CgroupReader(layout)
         self.collector = Collector(Discovery(layout), self.reader,
                                    enrich=lambda w: self.ctx.enrich_identity(w))

@@ -3,7 +3,9 @@
 The stream subscribes first, then replays the store from the client's last id
 (`Last-Event-ID` or `since`), then forwards live events, skipping ids already sent: a client that
 reconnects misses nothing still retained and gets nothing twice. A subscriber that falls more
-than its queue behind is not cut off; it is refilled from the store.
+than its queue behind is not cut off; it is refilled from the store. Events are published only
+once committed, so the store always holds what the live queue carries; store reads run in
+worker threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -60,8 +62,12 @@ class Hub:
 
     def __init__(self) -> None:
         self.subscribers: set[Subscriber] = set()
+        #: The id of the last event published (set from the store at start): a stream that
+        #: starts "from now" starts after it, with no store read on the event loop.
+        self.last_id = 0
 
     def publish(self, event: Event) -> None:
+        self.last_id = max(self.last_id, event.id)
         for sub in self.subscribers:
             if sub.overflowed:
                 continue
@@ -128,10 +134,13 @@ class EventsApi:
         if limit > MAX_LIMIT:
             return json_error(f"limit must be <= {MAX_LIMIT}, got {limit}", ExitCode.USAGE)
         log = self._log()
-        events = log.query(since, filters.types, filters.container, limit)
-        return web.json_response(
-            {"events": [e.to_json() for e in events], "last_id": log.last_id()}
-        )
+
+        def page() -> bytes:  # SQLite reads and the JSON of up to 10,000 events: off the loop
+            events = log.query(since, filters.types, filters.container, limit)
+            return json.dumps({"events": [e.to_json() for e in events],
+                               "last_id": log.last_id()}).encode()
+
+        return web.Response(body=await asyncio.to_thread(page), content_type="application/json")
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -154,7 +163,7 @@ class EventsApi:
         log = self._log()
         try:
             if last is None:
-                last = log.last_id()  # no position given: from now on
+                last = self.hub.last_id  # no position given: from now on
             await resp.write(b"retry: 2000\n\n")
             last = await self._replay(resp, log, last, filters)
             quiet_since = time.monotonic()
@@ -193,7 +202,8 @@ class EventsApi:
         self, resp: web.StreamResponse, log: EventLog, last: int, filters: Filters
     ) -> int:
         while True:
-            page: Sequence[Event] = log.query(last, filters.types, filters.container, _PAGE)
+            page: Sequence[Event] = await asyncio.to_thread(
+                log.query, last, filters.types, filters.container, _PAGE)
             for event in page:
                 await resp.write(sse_frame(event))
                 last = event.id

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent.core.component import AgentContext, Component, Setting
+from agent.core.store_writer import StoreClosed, store_families
 from agent.events.api import EventsApi, Hub
 from agent.events.lifecycle import (
     final_fields,
@@ -149,7 +150,6 @@ class EventsComponent(Component):
         self._gone_pending: set[tuple[str, int]] = set()
         self._pending_lock = threading.Lock()
         self.counts: Counter[str] = Counter()
-        self._emit_lock = threading.Lock()
         self._running: dict[tuple[str, int], bool] = {}
         self._usage: dict[tuple[str, int], int] = {}
         self._throttled: set[tuple[str, int]] = set()
@@ -168,7 +168,8 @@ class EventsComponent(Component):
         cfg = ctx.section(self.name)
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
-        self.log = EventLog(ctx.store)
+        self.log = await asyncio.to_thread(EventLog, ctx.store)
+        self.hub.last_id = await asyncio.to_thread(self.log.last_id)
         self._api.heartbeat_s = float(cfg.get("heartbeat_s", 15))
         self.final_reads = FinalReadThread(ctx.reader or CgroupReader(ctx.layout))
         self._prune()
@@ -198,7 +199,9 @@ class EventsComponent(Component):
 
     async def stop(self) -> None:
         self.emit(EventType.AGENT_STOPPED, None, "", {"pid": os.getpid()})
-        await asyncio.sleep(0)  # let the fan-out of agent_stopped run
+        if self.log is not None:  # committed, then its fan-out (queued by the writer) runs
+            await asyncio.to_thread(self.log.store.flush)
+        await asyncio.sleep(0)
         for task in self._tasks:
             task.cancel()
         if self.watcher is not None:
@@ -233,6 +236,8 @@ class EventsComponent(Component):
         for sink in self.sinks:
             dropped.add_metric([sink.kind], sink.dropped)
         out: list[Metric] = [events, dropped]
+        if self.log is not None:  # the store's writer carries the events: its health here
+            out.extend(store_families(self.log.store.writer))
         if self.final_reads is not None:
             out.append(latency_family(self.final_reads.latency))
         return out
@@ -251,22 +256,25 @@ class EventsComponent(Component):
         if who is not None and self.ctx is not None:
             who = self.ctx.enrich_identity(who)  # the runtime's name, even before a cycle ran
         container = EventContainer.of(who) if who is not None else None
-        with self._emit_lock:
-            try:
-                event = self.log.append(
-                    str(etype), container, severity_for(etype, severity), fields, time.time_ns()
-                )
-            except Exception:
-                log.exception("cannot store event %s", etype)
-                return
-            self.counts[event.type] += 1
-            loop = self.loop
-            if loop is None or loop.is_closed():
-                return
-            with contextlib.suppress(RuntimeError):  # loop closed at shutdown
-                loop.call_soon_threadsafe(self._fanout, event)
-                if event.id % _PRUNE_EVERY == 0:  # a storm between two periodic prunes
-                    loop.call_soon_threadsafe(self._prune)
+        # Queued to the store's writer: never waits here (often the event loop). Published
+        # once committed, with its row id, in id order (see _committed).
+        if not self.log.enqueue(str(etype), container, severity_for(etype, severity), fields,
+                                time.time_ns(), self._committed):
+            n = self.log.store.writer.dropped
+            if n & (n - 1) == 0:  # the 1st, 2nd, 4th... drop: no log storm under overload
+                log.warning("event %s dropped: the store's write queue is full (%d so far)",
+                            etype, n)
+
+    def _committed(self, event: Event) -> None:
+        """In the store's writer thread, after the commit: count and publish the event."""
+        self.counts[event.type] += 1
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed at shutdown
+            loop.call_soon_threadsafe(self._fanout, event)
+            if event.id % _PRUNE_EVERY == 0:  # a storm between two periodic prunes
+                loop.call_soon_threadsafe(self._prune)
 
     def _fanout(self, event: Event) -> None:
         self.hub.publish(event)
@@ -483,9 +491,8 @@ class EventsComponent(Component):
         cfg = self.ctx.section(self.name)
         days = float(cfg.get("retention_days", 14))
         count = int(cfg.get("retention_count", 100_000))
-        n = self.log.prune(days * 86400, count, time.time_ns())
-        if n:
-            log.info("event retention removed %d events", n)
+        with contextlib.suppress(StoreClosed):  # a storm's prune at shutdown
+            self.log.prune_soon(days * 86400, count, time.time_ns())  # in the store's writer
 
     async def _prune_forever(self) -> None:
         while True:

@@ -1,9 +1,16 @@
-"""The event log: one SQLite table in the agent's store, with retention by age and count."""
+"""The event log: one SQLite table in the agent's store, with retention by age and count.
+
+Writes go through the store's writer thread (queued, committed in batches); reads (`query`,
+`last_id`, `count`) block on SQLite: call them from a worker thread, never the event loop.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import logging
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from types import MappingProxyType
 from typing import Any
 
@@ -29,6 +36,9 @@ _INSERT_COLUMNS = (
     "ts_ns, type, severity, container_id, container_name, runtime, cgroup, inode, kind, fields"
 )
 _COLUMNS = "id, " + _INSERT_COLUMNS
+_INSERT_SQL = f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+
+log = logging.getLogger("agent.events")
 
 #: The most rows one query returns.
 MAX_LIMIT = 10_000
@@ -44,27 +54,52 @@ def _row_event(row: tuple[Any, ...]) -> Event:
                  MappingProxyType(json.loads(fields)))
 
 
+def _row(ts_ns: int, etype: str, severity: str, c: EventContainer | None,
+         doc: str) -> tuple[Any, ...]:
+    return (ts_ns, etype, severity, c.id if c else None, c.name if c else None,
+            c.runtime if c else None, c.cgroup if c else None, c.inode if c else None,
+            c.kind if c else None, doc)
+
+
+def _log_pruned(done: Future[int]) -> None:
+    if done.exception() is not None:
+        log.error("event retention failed: %s", done.exception())
+    elif done.result():
+        log.info("event retention removed %d events", done.result())
+
+
 class EventLog:
     def __init__(self, store: Store) -> None:
         self.store = store
         store.migrate("events", 1, _DDL_V1)
 
-    def append(
+    def enqueue(
         self,
         etype: str,
         container: EventContainer | None,
         severity: str,
         fields: Mapping[str, Any],
         ts_ns: int,
-    ) -> Event:
-        c = container
+        on_commit: Callable[[Event], None],
+    ) -> bool:
+        """Queue the event for the store's writer (never blocks): on_commit(event, with its row
+        id) runs in the writer thread once it is committed, in id order. False: dropped (the
+        writer's queue is full; counted in the store's metrics)."""
         doc = json.dumps(dict(fields), default=str, sort_keys=False)
-        eid = self.store.execute(
-            f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (ts_ns, etype, severity, c.id if c else None, c.name if c else None,
-             c.runtime if c else None, c.cgroup if c else None, c.inode if c else None,
-             c.kind if c else None, doc),
-        )
+
+        def committed(eid: int) -> None:
+            on_commit(Event(eid, ts_ns, etype, severity, container,
+                            MappingProxyType(json.loads(doc))))
+
+        return self.store.insert(_INSERT_SQL, _row(ts_ns, etype, severity, container, doc),
+                                 committed)
+
+    def append(self, etype: str, container: EventContainer | None, severity: str,
+               fields: Mapping[str, Any], ts_ns: int) -> Event:
+        """Store one event and wait for its commit (tools and tests; the agent enqueues)."""
+        doc = json.dumps(dict(fields), default=str, sort_keys=False)
+        row = _row(ts_ns, etype, severity, container, doc)
+        eid = self.store.write(lambda db: int(db.execute(_INSERT_SQL, row).lastrowid or 0))
         return Event(eid, ts_ns, etype, severity, container, MappingProxyType(json.loads(doc)))
 
     def last_id(self) -> int:
@@ -110,9 +145,14 @@ class EventLog:
         return [_row_event(r) for r in rows]
 
     def prune(self, max_age_s: float, max_count: int, now_ns: int) -> int:
-        """Delete events older than `max_age_s` and all but the newest `max_count`."""
-        deleted = 0
-        with self.store.transaction() as db:
+        """Delete events older than `max_age_s` and all but the newest `max_count`; waits."""
+        return self.prune_soon(max_age_s, max_count, now_ns).result()
+
+    def prune_soon(self, max_age_s: float, max_count: int, now_ns: int) -> Future[int]:
+        """The same, queued to the store's writer (the event loop does not wait)."""
+
+        def prune(db: sqlite3.Connection) -> int:
+            deleted = 0
             if max_age_s > 0:
                 cutoff = now_ns - int(max_age_s * 1e9)
                 deleted += db.execute("DELETE FROM events WHERE ts_ns < ?", (cutoff,)).rowcount
@@ -122,7 +162,11 @@ class EventLog:
                 ).fetchone()
                 if row is not None:
                     deleted += db.execute("DELETE FROM events WHERE id <= ?", (row[0],)).rowcount
-        return deleted
+            return deleted
+
+        done = self.store.write_soon(prune)
+        done.add_done_callback(_log_pruned)
+        return done
 
     def count(self) -> int:
         return int(self.store.query("SELECT COUNT(*) FROM events")[0][0])

@@ -8,7 +8,9 @@ Tables (component "ledger"):
 
 `commit()` writes the counters and the usage they produced in the same transaction, so a
 crash (kill -9) leaves either both or neither: after a restart the next sample's delta starts
-exactly where the stored counters stop, and nothing is counted twice.
+exactly where the stored counters stop, and nothing is counted twice. The transaction is the
+store's writer thread's (agent/core/store_writer.py; the batch in a SAVEPOINT of it, events
+maybe committed alongside); reads use the store's read connections, from worker threads.
 """
 
 from __future__ import annotations
@@ -154,42 +156,48 @@ class LedgerStorage:
 
     # -- the cycle's transaction ----------------------------------------------------------
     def commit(self, batch: Batch) -> None:
-        with self.store.transaction() as db:
-            db.executemany(
-                "INSERT INTO ledger_incarnation (boot_id, inode, host_id, cgroup, identity_json,"
-                " state_json) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(boot_id, inode) DO UPDATE SET"
-                " host_id = excluded.host_id, cgroup = excluded.cgroup,"
-                " identity_json = excluded.identity_json, state_json = excluded.state_json",
-                [(b, i, *v) for (b, i), v in batch.incarnations.items()],
-            )
-            db.executemany(
-                "INSERT INTO ledger_netns (boot_id, netns, state_json) VALUES (?, ?, ?)"
-                " ON CONFLICT(boot_id, netns) DO UPDATE SET state_json = excluded.state_json",
-                [(b, n, s) for (b, n), s in batch.netns.items()],
-            )
-            db.executemany(
-                "INSERT INTO ledger_usage (boot_id, inode, subject, meter, period_start,"
-                " period_end, revision, quantity, n_samples, n_resets, closed)"
-                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0)"
-                " ON CONFLICT(boot_id, inode, subject, meter, period_start, revision)"
-                " DO UPDATE SET quantity = excluded.quantity, n_samples = excluded.n_samples,"
-                " n_resets = excluded.n_resets WHERE closed = 0",
-                [(*k, a.period_end, a.quantity, a.n_samples, a.n_resets)
-                 for k, a in batch.open_rows.items()],
-            )
-            touched: set[tuple[int, int]] = set()
-            for key, acc in sorted(batch.late.items()):
-                if _write_correction(db, key, acc):
-                    touched.add((key[4], acc.period_end))
-            db.executemany(
-                "INSERT INTO ledger_meta (key, value) VALUES (?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                sorted(batch.meta.items()),
-            )
-            if batch.close_before is not None:
-                touched |= _close(db, batch.close_before)
-            for period in sorted(touched):
-                _reconcile(db, *period)
+        """Write the batch in one transaction of the store's writer and wait for the commit:
+        the next observation reads what this one stored (call it from a worker thread)."""
+        self.store.write(lambda db: _write_batch(db, batch))
+
+
+def _write_batch(db: sqlite3.Connection, batch: Batch) -> None:
+    """The counters and the usage they produced, together (inside the writer's transaction)."""
+    db.executemany(
+        "INSERT INTO ledger_incarnation (boot_id, inode, host_id, cgroup, identity_json,"
+        " state_json) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(boot_id, inode) DO UPDATE SET"
+        " host_id = excluded.host_id, cgroup = excluded.cgroup,"
+        " identity_json = excluded.identity_json, state_json = excluded.state_json",
+        [(b, i, *v) for (b, i), v in batch.incarnations.items()],
+    )
+    db.executemany(
+        "INSERT INTO ledger_netns (boot_id, netns, state_json) VALUES (?, ?, ?)"
+        " ON CONFLICT(boot_id, netns) DO UPDATE SET state_json = excluded.state_json",
+        [(b, n, s) for (b, n), s in batch.netns.items()],
+    )
+    db.executemany(
+        "INSERT INTO ledger_usage (boot_id, inode, subject, meter, period_start,"
+        " period_end, revision, quantity, n_samples, n_resets, closed)"
+        " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0)"
+        " ON CONFLICT(boot_id, inode, subject, meter, period_start, revision)"
+        " DO UPDATE SET quantity = excluded.quantity, n_samples = excluded.n_samples,"
+        " n_resets = excluded.n_resets WHERE closed = 0",
+        [(*k, a.period_end, a.quantity, a.n_samples, a.n_resets)
+         for k, a in batch.open_rows.items()],
+    )
+    touched: set[tuple[int, int]] = set()
+    for key, acc in sorted(batch.late.items()):
+        if _write_correction(db, key, acc):
+            touched.add((key[4], acc.period_end))
+    db.executemany(
+        "INSERT INTO ledger_meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        sorted(batch.meta.items()),
+    )
+    if batch.close_before is not None:
+        touched |= _close(db, batch.close_before)
+    for period in sorted(touched):
+        _reconcile(db, *period)
 
 
 def _write_correction(db: sqlite3.Connection, key: RowKey, acc: RowAcc) -> bool:

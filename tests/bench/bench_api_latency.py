@@ -1,0 +1,186 @@
+"""/healthz and /metrics latency while agentd is busy: 1,000 real cgroups, a churn of cgroup
+lives (events and ledger final samples written), billing exports back to back, and /metrics and
+/healthz each fetched 20 times a second. Prints p50/p99/max of each (target: /healthz p99 <= 10
+ms) and the store writer's figures. Asserts nothing.
+
+`--compare DIR` runs the same load a second time on the same tree with the agent code of another
+checkout (e.g. main: `git archive main | tar -x -C /tmp/main`), for a before/after in one run.
+Run as root: `.venv/bin/python tests/bench/bench_api_latency.py [--compare DIR]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support.agentd import RunningAgent
+from tests.support.cgroups import CgroupFactory, cgroup_factory
+from tests.support.churn import Churn
+
+_STORE = re.compile(r"^(container_agent_store_\w+) (\S+)$", re.M)
+_SLOW = re.compile(r"Executing (.*) took (\d+\.\d+) seconds")
+_CALLBACK = re.compile(r"(?:coro=<|Handle (?:when=\S+ )?)([\w.]+)\(")
+
+
+class Fetcher:
+    """GET one path at a fixed rate in a thread, recording each answer's latency (s)."""
+
+    def __init__(self, agent: RunningAgent, path: str, rate: float) -> None:
+        self.url, self.period = agent.base_url + path, 1.0 / rate
+        self.latency: list[float] = []
+        self.errors = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        due = time.monotonic()
+        while not self.stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url, timeout=30) as resp:
+                    resp.read()
+            except urllib.error.HTTPError as e:  # a 503 (stale snapshot) is still an answer
+                e.read()
+            except OSError:
+                self.errors += 1
+                continue
+            self.latency.append(time.perf_counter() - t0)
+            due += self.period
+            self.stop.wait(max(0.0, due - time.monotonic()))
+
+
+class Exporter:
+    """Billing exports of everything (open periods too), one after the other."""
+
+    def __init__(self, agent: RunningAgent) -> None:
+        self.url = agent.base_url + "/api/v1/billing?from=0&open=1&format=csv"
+        self.done = 0
+        self.bytes = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=120) as resp:
+                    self.bytes += len(resp.read())
+                self.done += 1
+            except OSError:
+                self.stop.wait(0.5)
+
+
+def quantiles(values: list[float]) -> str:
+    if not values:
+        return "no answers"
+    v = sorted(values)
+
+    def q(p: float) -> float:
+        return v[min(len(v) - 1, int(p * len(v)))] * 1e3
+
+    return f"p50 {q(0.5):.1f} ms, p99 {q(0.99):.1f} ms, max {v[-1] * 1e3:.1f} ms (n={len(v)})"
+
+
+def slow_callbacks(log: str) -> None:
+    """What held the event loop: asyncio debug mode logs every callback over 100 ms; grouped
+    by the function (or task) that ran."""
+    groups: dict[str, list[float]] = {}
+    for what, took in _SLOW.findall(log):
+        name = _CALLBACK.search(what)
+        groups.setdefault(name.group(1) if name else what[:60], []).append(float(took))
+    total = sum(len(v) for v in groups.values())
+    print(f"  {total} event loop callbacks over 100 ms" + (", by function:" if total else ""))
+    for name, took in sorted(groups.items(), key=lambda kv: -max(kv[1])):
+        print(f"  {len(took):4d} x {name}: max {max(took) * 1e3:.0f} ms, "
+              f"total {sum(took) * 1e3:.0f} ms")
+
+
+def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interval: float,
+        code: str | None, debug_loop: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="ca-bench-api-") as tmp:
+        saved = dict(os.environ)
+        if code:
+            os.environ["PYTHONPATH"] = code  # agentd imports `agent` from that checkout
+        if debug_loop:
+            os.environ["PYTHONASYNCIODEBUG"] = "1"
+        try:
+            agent = RunningAgent(Path(tmp), {"interval": interval}, [])
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        try:
+            agent.wait_ready(timeout=300)
+            seq = agent.get("/healthz")["snapshot_seq"]
+            agent.wait_for(lambda: agent.get("/healthz")["snapshot_seq"] >= seq + 3,
+                           timeout=300, interval=0.2)
+            measure(label, agent, factory, seconds, rate)
+        finally:
+            agent.stop(timeout=120)
+        errors = sorted({line for line in agent.log().splitlines()
+                         if line.startswith(("ERROR", "CRITICAL"))})
+        print(f"  {len(errors)} distinct error lines in the agent's log" + (":" if errors else ""))
+        for line in errors[:5]:
+            print("  " + line[:200])
+        if debug_loop:
+            slow_callbacks(agent.log())
+
+
+def measure(label: str, agent: RunningAgent, factory: CgroupFactory, seconds: float,
+            rate: float) -> None:
+    health = Fetcher(agent, "/healthz", 20)
+    metrics = Fetcher(agent, "/metrics", 20)
+    exporter = Exporter(agent)
+    workers = (health, metrics, exporter)
+    for w in workers:
+        w.thread.start()
+    t0 = time.monotonic()
+    lives = Churn(factory, rate, 0.01, workers=8).run(seconds)
+    took = time.monotonic() - t0
+    for w in workers:
+        w.stop.set()
+    for w in workers:
+        w.thread.join(timeout=130)
+    host = agent.get("/api/v1/host")
+    store = dict(_STORE.findall(agent.get_text("/metrics")))
+    print(f"[{label}] {host['workloads']} workloads; {len(lives)} lives in {took:.0f} s; "
+          f"{exporter.done} billing exports ({exporter.bytes / 1e6:.1f} MB)")
+    print(f"[{label}] /healthz {quantiles(health.latency)}, {health.errors} errors")
+    print(f"[{label}] /metrics {quantiles(metrics.latency)}, {metrics.errors} errors")
+    if store:
+        print(f"[{label}] store: " + ", ".join(f"{k.removeprefix('container_agent_store_')} "
+                                               f"{float(v):.0f}" for k, v in sorted(store.items())))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cgroups", type=int, default=1000)
+    p.add_argument("--seconds", type=float, default=30.0, help="seconds of churn (30)")
+    p.add_argument("--rate", type=float, default=20.0, help="cgroup lives per second (20)")
+    p.add_argument("--interval", type=float, default=1.0, help="agentd --interval (1)")
+    p.add_argument("--compare", default="", help="another checkout to run the same load with")
+    p.add_argument("--debug-loop", action="store_true",
+                   help="asyncio debug mode: print the callbacks that held the loop > 100 ms "
+                        "(slows the agent: latencies are then not comparable)")
+    args = p.parse_args()
+    with cgroup_factory("bench") as factory:
+        t0 = time.monotonic()
+        for i in range(args.cgroups):
+            factory.create(f"c{i:04d}")
+        print(f"created {args.cgroups} cgroups in {time.monotonic() - t0:.1f} s")
+        run("this", factory, args.seconds, args.rate, args.interval, None, args.debug_loop)
+        if args.compare:
+            run(Path(args.compare).name or args.compare, factory, args.seconds, args.rate,
+                args.interval, str(Path(args.compare).resolve()), args.debug_loop)
+
+
+if __name__ == "__main__":
+    main()
