@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from agent.identity.classify import classify
@@ -44,8 +45,12 @@ def nothing_ran(at_empty: CgroupSample | None, usage_before: int) -> bool:
 def final_of(full: CgroupSample, at_empty: CgroupSample | None) -> tuple[CgroupSample, bool]:
     """The final sample and whether it is partial: the full read, or, when the cgroup was
     removed before it, the CPU counter read from the kept fd the moment it emptied."""
-    if full.vanished and at_empty is not None:
+    no_cpu = full.cpu is None or full.cpu.usage_usec is None
+    if (full.vanished or no_cpu) and at_empty is not None:
         return at_empty, True
+    if no_cpu and full.memory is None and full.io is None and full.pids is None:
+        # Removed during the read (every file answered ENODEV): nothing final in it.
+        return replace(full, vanished=True), False
     return full, False
 
 

@@ -56,6 +56,11 @@ log = logging.getLogger("agent.kernel.watch")
 _DIR_MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR | IN_MODIFY
 #: Files kept open for as long as a cgroup2 cgroup is followed.
 _KEPT = ("cgroup.events", "cpu.stat")
+#: A cgroup that just filled has its cgroup.events re-read this often, for this long: the
+#: kernel sends at most one notice per 10 ms per file (the rest later, by a timer) and inotify
+#: hears of it through a work item, so the end of a life of a few ms is told too late to read
+#: it before a prompt rmdir. A pread on the kept fd costs microseconds.
+_YOUNG_POLL_S, _YOUNG_FOR_NS = 0.002, 250_000_000
 
 
 class CgroupWatcher(SlowSources, LoopBridge):
@@ -77,6 +82,8 @@ class CgroupWatcher(SlowSources, LoopBridge):
         self.follow_new = listener is not None
         #: fs.inotify.max_user_watches reached: new cgroups are then found by the rescan.
         self.watches_exhausted = False
+        #: The fd limit was reached: kept files are skipped (said once).
+        self.fds_exhausted = False
         self._created: list[str] = []
         self._deleted: list[str] = []
         self.identify = identify
@@ -95,6 +102,8 @@ class CgroupWatcher(SlowSources, LoopBridge):
         self._file_wds: dict[int, WatchedCgroup] = {}
         self._psi_fds: dict[int, WatchedCgroup] = {}
         self._poll_handle: asyncio.TimerHandle | None = None
+        #: Cgroups that filled less than _YOUNG_FOR_NS ago -> until when they are polled.
+        self._young: dict[str, tuple[WatchedCgroup, int]] = {}
         self.psi_error: str | None = None
         #: Which polled v1 counters can move (PollScope); all until told.
         self.poll_scope = PollScope()
@@ -235,18 +244,23 @@ class CgroupWatcher(SlowSources, LoopBridge):
         return self.cgroups.get(cg.path)
 
     def _keep_files(self, cg: WatchedCgroup, d: Path, dir_fd: int | None) -> bool:
-        """Open the kept files; False when the cgroup is already gone."""
+        """Open the kept files; False when the cgroup is already gone. Out of fds (EMFILE),
+        the files are read by path instead (slower under churn, still right)."""
+        cg.files["cgroup.events"] = d / "cgroup.events"
         for name in _KEPT:
             try:
                 cg.fds[name] = os.open(name if dir_fd is not None else d / name,
                                        os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
             except OSError as e:
-                if e.errno not in GONE:
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    if not self.fds_exhausted:
+                        log.warning("out of file descriptors: cgroup files are read by path")
+                    self.fds_exhausted = True
+                elif e.errno not in GONE:
                     self._close_kept(cg)
                     raise
-                if name == "cgroup.events":
+                elif name == "cgroup.events":
                     return False
-        cg.files["cgroup.events"] = d / "cgroup.events"
         return True
 
     def _close_kept(self, cg: WatchedCgroup) -> None:
@@ -324,6 +338,9 @@ class CgroupWatcher(SlowSources, LoopBridge):
             cg.v1_tries = 0
             self._defer_v1(cg)
         changed = populated != cg.populated
+        if populated and changed and "cgroup.events" in cg.fds:
+            self._young[cg.path] = (cg, time.monotonic_ns() + _YOUNG_FOR_NS)
+            self._thread.tick(self._poll_young, _YOUNG_POLL_S)
         # An old cgroup's first read is its state, not a change; a new one's is a start, or,
         # new and already empty, maybe a whole life that ended before the watch. Told something
         # changed, yet still empty: a short life (populated 1 then 0) fell between two reads
@@ -343,9 +360,27 @@ class CgroupWatcher(SlowSources, LoopBridge):
         if tell:
             self._tell(self.listener.on_populated, cg, populated)
 
+    @locked
+    def _poll_young(self) -> bool:
+        """In the watch thread: re-read the young cgroups' cgroup.events; False when none."""
+        now = time.monotonic_ns()
+        for path, (cg, until) in list(self._young.items()):
+            if self.cgroups.get(path) is not cg or now > until or cg.populated is False:
+                del self._young[path]
+            else:
+                self._reread(cg, "cgroup.events")
+        return bool(self._young)
+
     def _cpu_now(self, cg: WatchedCgroup) -> CgroupSample | None:
+        """The CPU counter, read the moment a cgroup2 cgroup is seen empty."""
+        if self.layout.unified is None:
+            return None
         mono, wall = time.monotonic_ns(), time.time_ns()
-        data = self._read_kept(cg, "cpu.stat")
+        if "cpu.stat" in cg.fds:
+            data = self._read_kept(cg, "cpu.stat")
+        else:  # not kept (out of fds): by path
+            text = read_text(self.abs_path(cg.path) / "cpu.stat")
+            data = None if text is None else text.encode()
         cpu = cpu_sample(flat(data)) if data is not None else None
         if cpu is None or cpu.usage_usec is None:
             return None
