@@ -389,11 +389,14 @@ class CgroupWatcher(SlowSources, LoopBridge):
     @locked
     def rescan(self) -> None:
         """After a full discovery scan: forget removed directories, watch new ones."""
+        self._forget_removed()
+        self._watch_subtree("/", report_new=True)
+        self._tell_tree(overflow=False)
+
+    def _forget_removed(self) -> None:
         for rel in [r for r in self._dir_by_path if not os.path.isdir(self.abs_path(r))]:
             if rel in self._dir_by_path:
                 self._dir_gone(rel)
-        self._watch_subtree("/", report_new=True)
-        self._tell_tree(overflow=False)
 
     def _tell_tree(self, overflow: bool) -> None:
         created, deleted = self._created, self._deleted
@@ -417,9 +420,10 @@ class CgroupWatcher(SlowSources, LoopBridge):
             if ev.overflow:
                 log.warning("inotify queue overflow: rescanning the cgroup tree")
                 overflow = True
+                self._forget_removed()  # their IN_DELETE may be among the lost events
                 self._watch_subtree("/", report_new=True)
                 for cg in list(self.cgroups.values()):
-                    for source in cg.wds.values():
+                    for source in {*cg.wds.values(), *cg.names.values()}:
                         todo[(id(cg), source)] = cg
                 continue
             parent = self._dir_wds.get(ev.wd)
