@@ -1,7 +1,13 @@
 """Container churn through a real agentd on real cgroups (cgroup2 and the v1 hierarchies).
 
 50 lives a second, each a shell CPU burner in its own cgroup, removed 10 ms after it empties or
-at once. The host is shared with other test runs, so fds are judged by what they point to: none
+at once. Asserted: closed ledger periods balance the parent's kernel counter (billed +
+unattributed == its delta), nothing is billed twice, and every life the agent read at its end has
+the kernel's last usage_usec as its final CPU and its bill. Printed, not yet asserted: how many
+lives got a final read (issue 11 asks for all of them at 10 ms and 95 % at once; a cgroup's
+`populated 0` notice is rate-limited to one per 10 ms per file and reaches inotify through a
+kernel work item, so a life of a few ms can be removed before the notice exists).
+The host is shared with other test runs, so fds are judged by what they point to: none
 may point to one of our removed lives or to a removed directory of our prefix, and the count of
 the rest (sockets, the state db; other tests' live cgroups left out) comes back within 64 of the
 start.
@@ -15,14 +21,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import needs_root
-from tests.support.agentd import RunningAgent, running_agent
+from tests.support.agentd import running_agent
 from tests.support.cgroups import CgroupFactory
 from tests.support.churn import Churn, Life, agent_fds
+from tests.support.churn_checks import Verdict, settle_and_judge, usage_usec
 
 pytestmark = needs_root
 
 RATE = 50
 SECONDS = 20
+#: Short periods, so the run's periods close (and balance) within the test.
+CONFIG: dict[str, Any] = {"interval": 1, "ledger": {"period_seconds": 5, "grace_seconds": 1}}
 
 
 def _ours(fds: list[str], factory: CgroupFactory) -> list[str]:
@@ -32,26 +41,20 @@ def _ours(fds: list[str], factory: CgroupFactory) -> list[str]:
 
 
 def _own_fd_count(fds: list[str], factory: CgroupFactory) -> int:
-    """fds that are not directories of other tests' live cgroups (the host is shared)."""
-    return sum(1 for f in fds if not f.startswith("/sys/fs/cgroup/") or factory.prefix_name in f)
-
-
-def _events(agent: RunningAgent, etype: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    since = 0
-    while True:
-        page = agent.get(f"/api/v1/events?type={etype}&since={since}&limit=10000")["events"]
-        out.extend(page)
-        if len(page) < 10000:
-            return out
-        since = page[-1]["id"]
+    """fds that are not on other tests' live cgroups (the host is shared): their files, and the
+    v1 OOM eventfd that goes with each of their memory.oom_control fds."""
+    others = [f for f in fds if f.startswith("/sys/fs/cgroup/") and factory.prefix_name not in f]
+    oom = sum(1 for f in others if f.endswith("/memory.oom_control"))
+    return len(fds) - len(others) - oom
 
 
 def _churn(factory: CgroupFactory, delay_s: float) -> tuple[list[Life], list[str], list[str],
-                                                          dict[str, list[dict[str, Any]]]]:
-    with running_agent({"interval": 1}) as agent:
+                                                          Verdict]:
+    parent = factory.bases[factory.ref_key] / factory.prefix_name
+    with running_agent(CONFIG) as agent:
         pid = agent.proc.pid
         before = agent_fds(pid)
+        usage0 = usage_usec(parent)
         t0 = time.monotonic()
         lives = Churn(factory, RATE, delay_s, workers=16).run(SECONDS)
         print(f"{len(lives)} lives in {time.monotonic() - t0:.1f} s")
@@ -62,14 +65,25 @@ def _churn(factory: CgroupFactory, delay_s: float) -> tuple[list[Life], list[str
         agent.wait_for(lambda: agent.get("/healthz")["snapshot_seq"] >= seq + 2, timeout=30)
         time.sleep(1)
         after = agent_fds(pid)
-        events = {t: _events(agent, t) for t in ("container_started", "container_stopped")}
-    return lives, before, after, events
+        verdict = settle_and_judge(agent, lives, factory.prefix_rel,
+                                   usage_usec(parent) - usage0)
+    print(verdict.summary())
+    print("\n".join(verdict.misses))
+    return lives, before, after, verdict
 
 
 @pytest.mark.parametrize("delay_s", [0.01, 0.0], ids=["rmdir-10ms", "rmdir-at-once"])
-def test_churn_leaves_no_fd_behind(cgroups: CgroupFactory, delay_s: float) -> None:
-    lives, before, after, _ = _churn(cgroups, delay_s)
+def test_churn_exact_and_leaves_no_fd_behind(cgroups: CgroupFactory, delay_s: float) -> None:
+    lives, before, after, v = _churn(cgroups, delay_s)
     assert len(lives) == RATE * SECONDS
+    # Closed periods balance the parent's kernel counter: what its children were billed plus
+    # what no child was billed for is exactly what the kernel counted for it.
+    assert v.parent_self == v.parent_delta > 0, v.summary()
+    assert v.billed + v.unattributed == v.parent_delta, v.summary()
+    assert v.duplicate_rows == 0 and v.over_billed == 0, v.summary()
+    # Every life the agent saw end: its final CPU is the kernel's last value, billed exactly.
+    assert v.final_exact == v.finals and v.final_not_billed == 0, v.summary()
+    assert v.started == v.stopped, v.summary()
     assert _ours(after, cgroups) == []
     # Other tests on this host remove cgroups too: shown, not judged (their removals race).
     print("fds on other removed directories:", sum(1 for f in after if "(deleted)" in f))

@@ -27,8 +27,11 @@ from agent.core.store_writer import StoreClosed, store_families
 from agent.events.api import EventsApi, Hub
 from agent.events.lifecycle import (
     final_fields,
+    final_of,
     identify,
+    mirrors_children,
     net_totals,
+    nothing_ran,
     pressure_fields,
     throttled_share,
 )
@@ -39,7 +42,7 @@ from agent.events.store import EventLog
 from agent.kernel.cgroup_watch import CgroupWatcher
 from agent.kernel.final_read import FinalReadThread, latency_family
 from agent.kernel.watched import NoListener, PollScope, PsiTrigger, WatchedCgroup
-from agent.model.snapshot import Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
+from agent.model.snapshot import Snapshot, WorkloadIdentity, WorkloadState
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
 
@@ -69,14 +72,6 @@ _DEDUPE_S = 5.0
 _FREEZE_GRACE_S = 0.5
 #: Retention also runs every this many events.
 _PRUNE_EVERY = 5000
-
-
-def _mirror(cg: WatchedCgroup) -> bool:
-    """A plain cgroup with child cgroups (a slice, a test prefix): its lifecycle is theirs.
-
-    Containers and services keep their events even with children (init.scope inside one).
-    """
-    return cg.has_children and cg.identity.kind == WorkloadKind.CGROUP
 
 
 def _inode(watcher: CgroupWatcher | None, path: str) -> int | None:
@@ -284,7 +279,7 @@ class EventsComponent(Component):
     # -- watcher callbacks (event loop) --------------------------------------------------
     def on_populated(self, cg: WatchedCgroup, populated: bool) -> None:
         key = (cg.path, cg.inode)
-        if _mirror(cg):
+        if mirrors_children(cg):
             return
         if populated:
             if not self._running.get(key):
@@ -297,9 +292,12 @@ class EventsComponent(Component):
         """In the watch thread, the moment the cgroup is seen empty: the runtime may rmdir it
         any moment now, so the read goes to the final-read thread at once."""
         reads, loop = self.final_reads, self.loop
-        if reads is None or loop is None or _mirror(cg):
+        if reads is None or loop is None or mirrors_children(cg):
             return
         key = (cg.path, cg.inode)
+        at_empty = cg.at_empty
+        if nothing_ran(at_empty, self._usage.get(key, 0)) and not self._running.get(key):
+            return  # empty since it was made (or since its last stop): nothing to read
         # Every notification gets its read (a later one may see a life the earlier missed);
         # a read with nothing new behind it is dropped in _emptied.
         with self._pending_lock:
@@ -307,25 +305,28 @@ class EventsComponent(Component):
 
         def deliver(sample: CgroupSample) -> None:
             with contextlib.suppress(RuntimeError):  # loop closed at shutdown
-                loop.call_soon_threadsafe(self._after_final, cg, sample)
+                loop.call_soon_threadsafe(self._after_final, cg, sample, at_empty)
 
         reads.submit(cg.path, cg.notified_ns or time.monotonic_ns(), deliver)
 
-    def _after_final(self, cg: WatchedCgroup, sample: CgroupSample) -> None:
+    def _after_final(self, cg: WatchedCgroup, sample: CgroupSample,
+                     at_empty: CgroupSample | None) -> None:
         key = (cg.path, cg.inode)
         with self._pending_lock:
             self._final_pending[key] -= 1
             if self._final_pending[key] <= 0:
                 del self._final_pending[key]
         try:
-            self._emptied(cg, sample)
+            self._emptied(cg, *final_of(sample, at_empty))
         finally:
             if key in self._gone_pending and not self._final_pending[key]:
                 self._gone_pending.discard(key)
                 self.on_gone(cg)
 
-    def _emptied(self, cg: WatchedCgroup, sample: CgroupSample) -> None:
+    def _emptied(self, cg: WatchedCgroup, sample: CgroupSample, partial: bool = False) -> None:
         key = (cg.path, cg.inode)
+        if sample.populated:
+            return  # a process came (back) before the read: not its end
         if sample.vanished:
             # Removed before the read: the last cycle's data, marked not final.
             last = self._last_sample(cg.identity)
@@ -339,14 +340,17 @@ class EventsComponent(Component):
             # It ran and emptied between two reads (a life shorter than our reaction).
             self.emit(EventType.CONTAINER_STARTED, cg.identity, "",
                       {"source": "kernel", "coalesced": True})
-        self._stopped(cg.identity, sample, final=True)
+        self._stopped(cg.identity, sample, final=True, partial=partial)
 
-    def _stopped(self, who: WorkloadIdentity, sample: CgroupSample | None, final: bool) -> None:
+    def _stopped(self, who: WorkloadIdentity, sample: CgroupSample | None, final: bool,
+                 partial: bool = False) -> None:
         key = who.incarnation
         self._running[key] = False
         if sample is not None and sample.cpu is not None and sample.cpu.usage_usec is not None:
             self._usage[key] = sample.cpu.usage_usec
         fields: dict[str, object] = {"final": final}
+        if partial:
+            fields["final_partial"] = True  # removed before the full read: CPU only
         if sample is not None:
             fields.update(final_fields(sample))
         snapshot = self.ctx.latest() if self.ctx else None
@@ -446,7 +450,7 @@ class EventsComponent(Component):
                     self._running.setdefault(key, True)  # running before we started
             elif not self._running.get(key) and key not in prev_states and (
                 state.sample.populated is not False and key not in self._running
-            ) and not (watched is not None and _mirror(watched)):
+            ) and not (watched is not None and mirrors_children(watched)):
                 self._running[key] = True
                 self.emit(EventType.CONTAINER_STARTED, who, "", {"source": "discovery"})
             self._check_throttled(state, prev_states.get(key))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from agent.identity.classify import classify
-from agent.model.snapshot import WorkloadIdentity
+from agent.model.snapshot import WorkloadIdentity, WorkloadKind
 from collectors.samples import CgroupSample
 
 if TYPE_CHECKING:
+    from agent.kernel.watched import WatchedCgroup
     from agent.model.snapshot import Snapshot
 
 log = logging.getLogger("agent.events")
@@ -24,6 +26,32 @@ def identify(path: str, inode: int) -> WorkloadIdentity:
         id=c.id or path, kind=c.kind, runtime=c.runtime, name=c.name or name, cgroup=path,
         inode=inode, pod_uid=c.pod_uid, qos_class=c.qos_class,
     )
+
+
+def mirrors_children(cg: WatchedCgroup) -> bool:
+    """A plain cgroup with child cgroups (a slice, a test prefix): its lifecycle is theirs.
+
+    Containers and services keep their events even with children (init.scope inside one).
+    """
+    return cg.has_children and cg.identity.kind == WorkloadKind.CGROUP
+
+
+def nothing_ran(at_empty: CgroupSample | None, usage_before: int) -> bool:
+    """Read at `populated 0`: the CPU counter did not move, so no process ran since."""
+    cpu = at_empty.cpu if at_empty is not None else None
+    return cpu is not None and cpu.usage_usec is not None and cpu.usage_usec <= usage_before
+
+
+def final_of(full: CgroupSample, at_empty: CgroupSample | None) -> tuple[CgroupSample, bool]:
+    """The final sample and whether it is partial: the full read, or, when the cgroup was
+    removed before it, the CPU counter read from the kept fd the moment it emptied."""
+    no_cpu = full.cpu is None or full.cpu.usage_usec is None
+    if (full.vanished or no_cpu) and at_empty is not None:
+        return at_empty, True
+    if no_cpu and full.memory is None and full.io is None and full.pids is None:
+        # Removed during the read (every file answered ENODEV): nothing final in it.
+        return replace(full, vanished=True), False
+    return full, False
 
 
 def final_fields(sample: CgroupSample) -> dict[str, object]:

@@ -11,18 +11,16 @@ coalesce): listeners get deltas."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import functools
 import logging
 import os
-import select
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agent.core.process_limits import raise_nofile_limit
+from agent.kernel.deferred import DeferredWork
 from agent.kernel.inotify import (
     IN_CREATE,
     IN_DELETE,
@@ -34,15 +32,9 @@ from agent.kernel.inotify import (
     IN_ONLYDIR,
     Inotify,
 )
-from agent.kernel.kernfs import (
-    GONE,
-    counter_values,
-    has_subdir,
-    oom_eventfd,
-    read_text,
-    v1_dir,
-)
-from agent.kernel.psi import PsiRefused, PsiWaiter, open_trigger
+from agent.kernel.kernfs import GONE, counter_values, has_subdir, read_text
+from agent.kernel.psi import PsiWaiter
+from agent.kernel.watch_sources import PSI_DELAY_S, SlowSources
 from agent.kernel.watch_thread import LoopBridge, locked
 from agent.kernel.watched import (
     NoListener,
@@ -53,20 +45,25 @@ from agent.kernel.watched import (
     WatchListener,
 )
 from agent.model.snapshot import WorkloadIdentity
+from collectors.cgroup_v2 import cpu_sample, flat
 from collectors.layout import CgroupLayout
+from collectors.samples import CgroupSample
 
 log = logging.getLogger("agent.kernel.watch")
 
-_DIR_MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR
-#: v1 controllers whose files the watcher reads.
-_V1_USED = ("memory", "pids")
-#: How often, and how long, to wait for a new process to reach its v1 cgroups.
-_V1_RETRY_S, _V1_RETRIES = 0.05, 40
-#: Re-reads after an OOM eventfd wake-up (s).
-_OOM_REREAD_S = (0.02, 0.1, 0.5)
+#: IN_MODIFY on a directory reports its files' notices by name (cgroup.events, ...): one watch
+#: per cgroup instead of one per file, each of which is a path lookup that waits behind churn.
+_DIR_MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR | IN_MODIFY
+#: Files kept open for as long as a cgroup2 cgroup is followed.
+_KEPT = ("cgroup.events", "cpu.stat")
+#: A cgroup that just filled has its cgroup.events re-read this often, for this long: the
+#: kernel sends at most one notice per 10 ms per file (the rest later, by a timer) and inotify
+#: hears of it through a work item, so the end of a life of a few ms is told too late to read
+#: it before a prompt rmdir. A pread on the kept fd costs microseconds.
+_YOUNG_POLL_S, _YOUNG_FOR_NS = 0.002, 250_000_000
 
 
-class CgroupWatcher(LoopBridge):
+class CgroupWatcher(SlowSources, LoopBridge):
     def __init__(
         self,
         layout: CgroupLayout,
@@ -85,6 +82,8 @@ class CgroupWatcher(LoopBridge):
         self.follow_new = listener is not None
         #: fs.inotify.max_user_watches reached: new cgroups are then found by the rescan.
         self.watches_exhausted = False
+        #: The fd limit was reached: kept files are skipped (said once).
+        self.fds_exhausted = False
         self._created: list[str] = []
         self._deleted: list[str] = []
         self.identify = identify
@@ -95,6 +94,7 @@ class CgroupWatcher(LoopBridge):
         #: anything else: the final read must not wait (the events component submits it).
         self.on_emptied: Callable[[WatchedCgroup], None] | None = None
         self.ino = Inotify()
+        self.deferred = DeferredWork()
         self.psi_waiter = PsiWaiter(self._on_psi)
         self.cgroups: dict[str, WatchedCgroup] = {}
         self._dir_wds: dict[int, str] = {}
@@ -102,6 +102,8 @@ class CgroupWatcher(LoopBridge):
         self._file_wds: dict[int, WatchedCgroup] = {}
         self._psi_fds: dict[int, WatchedCgroup] = {}
         self._poll_handle: asyncio.TimerHandle | None = None
+        #: Cgroups that filled less than _YOUNG_FOR_NS ago -> until when they are polled.
+        self._young: dict[str, tuple[WatchedCgroup, int]] = {}
         self.psi_error: str | None = None
         #: Which polled v1 counters can move (PollScope); all until told.
         self.poll_scope = PollScope()
@@ -121,6 +123,7 @@ class CgroupWatcher(LoopBridge):
 
     def close(self) -> None:
         self._thread.close()  # first: nothing runs in the watch thread from here on
+        self.deferred.close()
         with self.lock:
             for path in list(self.cgroups):
                 self.unwatch(path)
@@ -135,47 +138,54 @@ class CgroupWatcher(LoopBridge):
     # -- the directory tree: IN_CREATE reports new cgroups at once -----------------------
     def _watch_subtree(self, top: str, report_new: bool) -> None:
         # The watch goes on before the listing: a child made meanwhile is listed or reported.
+        # One path lookup per directory (its fd); the rest goes through the fd, since each
+        # cgroupfs lookup may wait behind the runtime's mkdir/rmdir.
         stack = [top]
         while stack:
             rel = stack.pop()
-            if rel not in self._dir_by_path:
-                try:
-                    wd = self.ino.add_watch(str(self.abs_path(rel)), _DIR_MASK)
-                except OSError as e:
-                    if e.errno in GONE:
-                        continue
-                    if e.errno != errno.ENOSPC:
-                        raise
-                    # The watch table is full: this directory is found by the periodic
-                    # rescan instead of at once. Said once, not per directory.
-                    if not self.watches_exhausted:
-                        log.warning("inotify watch limit reached (fs.inotify.max_user_watches):"
-                                    " new cgroups below %s are found by the periodic rescan", rel)
-                    self.watches_exhausted = True
-                else:
-                    self._dir_wds[wd] = rel
-                    self._dir_by_path[rel] = wd
-                    if report_new:
-                        self._created.append(rel)
-            if rel != "/" and (parent := self.cgroups.get(rel.rsplit("/", 1)[0] or "/")):
-                parent.has_children = True
-            if report_new and self.follow_new and rel not in self.cgroups:
-                self._new_cgroup(rel)
             try:
-                with os.scandir(self.abs_path(rel)) as it:
+                dfd = os.open(self.abs_path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as e:
+                if e.errno in GONE:
+                    continue
+                raise
+            try:
+                self._watch_dir(rel, dfd, report_new)
+                if rel != "/" and (parent := self.cgroups.get(rel.rsplit("/", 1)[0] or "/")):
+                    parent.has_children = True
+                if report_new and self.follow_new and rel not in self.cgroups:
+                    self.watch(self.identify(rel, os.fstat(dfd).st_ino), new=True, dir_fd=dfd)
+                with os.scandir(dfd) as it:
                     for entry in it:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(f"{rel.rstrip('/')}/{entry.name}")
             except OSError as e:
                 if e.errno not in GONE:
                     raise
+            finally:
+                os.close(dfd)
 
-    def _new_cgroup(self, rel: str) -> None:
-        try:
-            inode = os.stat(self.abs_path(rel)).st_ino
-        except OSError:
+    def _watch_dir(self, rel: str, dfd: int, report_new: bool) -> None:
+        if rel in self._dir_by_path:
             return
-        self.watch(self.identify(rel, inode), new=True)
+        try:
+            wd = self.ino.add_watch(f"/proc/self/fd/{dfd}", _DIR_MASK)
+        except OSError as e:
+            if e.errno in GONE:
+                return
+            if e.errno != errno.ENOSPC:
+                raise
+            # The watch table is full: this directory is found by the periodic
+            # rescan instead of at once. Said once, not per directory.
+            if not self.watches_exhausted:
+                log.warning("inotify watch limit reached (fs.inotify.max_user_watches):"
+                            " new cgroups below %s are found by the periodic rescan", rel)
+            self.watches_exhausted = True
+            return
+        self._dir_wds[wd] = rel
+        self._dir_by_path[rel] = wd
+        if report_new:
+            self._created.append(rel)
 
     def _dir_gone(self, rel: str) -> None:
         prefix = rel.rstrip("/") + "/"
@@ -195,7 +205,8 @@ class CgroupWatcher(LoopBridge):
     # -- one cgroup ----------------------------------------------------------------------
     @locked
     def watch(
-        self, identity: WorkloadIdentity, new: bool, v1_paths: Mapping[str, str] | None = None
+        self, identity: WorkloadIdentity, new: bool, v1_paths: Mapping[str, str] | None = None,
+        dir_fd: int | None = None,
     ) -> WatchedCgroup | None:
         """Follow one cgroup; None when it is already gone. Idempotent per path and inode."""
         old = self.cgroups.get(identity.cgroup)
@@ -207,126 +218,90 @@ class CgroupWatcher(LoopBridge):
             self._tell(self.listener.on_gone, old)
         d = self.abs_path(identity.cgroup)
         cg = WatchedCgroup(identity.cgroup, identity.inode, identity, new)
-        cg.has_children = has_subdir(d)
+        # Made a moment ago: no child yet (IN_CREATE tells of any).
+        cg.has_children = not new and has_subdir(d)
         self.cgroups[cg.path] = cg
         if self.layout.unified is not None:
-            self._add_file(cg, "cgroup.events", d / "cgroup.events")
-            for source in ("memory.events", "pids.events"):
-                local = d / f"{source}.local"
-                self._add_file(cg, source, local if local.exists() else d / source)
+            if not self._keep_files(cg, d, dir_fd):
+                self.cgroups.pop(cg.path, None)
+                return None
+            if cg.path in self._dir_by_path:
+                cg.names["cgroup.events"] = "cgroup.events"
+            else:
+                self._add_file(cg, "cgroup.events", d / "cgroup.events")
+            self.deferred.call(0.0, self._event_sources, cg)
             if self.psi is not None and cg.path != "/":
-                for res in self.psi.resources:
-                    self._add_psi(cg, res, d / f"{res}.pressure")
+                self.deferred.call(PSI_DELAY_S if new else 0.0, self._arm_psi, cg)
         else:
             # Legacy v1: no cgroup.events; emptiness is polled from cgroup.procs.
             cg.files["cgroup.procs"] = d / "cgroup.procs"
             cg.polled.add("cgroup.procs")
-        if cg.path in self.cgroups:
-            self._setup_v1(cg, v1_paths, retry=False)
-        for source in list(cg.files):
-            if cg.path in self.cgroups:
+        if not new:
+            self._defer_v1(cg, v1_paths=v1_paths, retry=False)
+        for source in ("cgroup.events", "cgroup.procs"):
+            if source in cg.files and self.cgroups.get(cg.path) is cg:
                 self._reread(cg, source)
         return self.cgroups.get(cg.path)
+
+    def _keep_files(self, cg: WatchedCgroup, d: Path, dir_fd: int | None) -> bool:
+        """Open the kept files; False when the cgroup is already gone. Out of fds (EMFILE),
+        the files are read by path instead (slower under churn, still right)."""
+        cg.files["cgroup.events"] = d / "cgroup.events"
+        for name in _KEPT:
+            try:
+                cg.fds[name] = os.open(name if dir_fd is not None else d / name,
+                                       os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    if not self.fds_exhausted:
+                        log.warning("out of file descriptors: cgroup files are read by path")
+                    self.fds_exhausted = True
+                elif e.errno not in GONE:
+                    self._close_kept(cg)
+                    raise
+                elif name == "cgroup.events":
+                    return False
+        return True
+
+    def _close_kept(self, cg: WatchedCgroup) -> None:
+        for fd in cg.fds.values():
+            os.close(fd)
+        cg.fds.clear()
+
+    def _read_kept(self, cg: WatchedCgroup, name: str) -> bytes | None:
+        fd = cg.fds.get(name)
+        if fd is None:
+            return None
+        try:
+            return os.pread(fd, 4096, 0)
+        except OSError as e:
+            if e.errno in GONE:
+                return None
+            raise
+
     @locked
     def unwatch(self, path: str) -> None:
         cg = self.cgroups.pop(path, None)
         if cg is None:
             return
-        for wd in cg.wds:
-            self._file_wds.pop(wd, None)
-            self.ino.rm_watch(wd)
-        cg.wds.clear()
-        for fd in list(cg.psi):
-            self._psi_fds.pop(fd, None)
-            self.psi_waiter.discard(fd)
-        cg.psi.clear()
-        self._close_oom(cg)
-
-    def _add_file(self, cg: WatchedCgroup, source: str, path: Path) -> None:
-        try:
-            wd = self.ino.add_watch(str(path), IN_MODIFY)
-        except OSError as e:
-            if e.errno in GONE:
-                return  # absent on this kernel or controller
-            raise
-        cg.files[source] = path
-        cg.wds[wd] = source
-        self._file_wds[wd] = cg
-
-    def _add_psi(self, cg: WatchedCgroup, res: str, path: Path) -> None:
-        assert self.psi is not None
-        try:
-            fd = open_trigger(path, self.psi.stall_us, self.psi.window_us)
-        except PsiRefused as e:
-            self.psi_error = str(e)
-            log.warning("%s; pressure events are off", e)
-            self.psi = None
-            return
-        if fd is None:
-            return
-        self.psi_waiter.register(fd)
-        cg.psi[fd] = res
-        self._psi_fds[fd] = cg
-
-    # -- v1 memory and pids hierarchies --------------------------------------------------
-    def _setup_v1(self, cg: WatchedCgroup, v1_paths: Mapping[str, str] | None, retry: bool) -> None:
-        wanted = [c for c in _V1_USED if self.layout.v1_root(c) is not None and c not in cg.v1_dirs]
-        for ctrl in wanted:
-            d = v1_dir(self.layout, cg.path, ctrl, (v1_paths or {}).get(ctrl))
-            if d is None:
-                continue
-            cg.v1_dirs[ctrl] = d
-            if ctrl == "memory":
-                self._add_v1_source(cg, "memory.failcnt", d / "memory.failcnt")
-                self._add_oom_eventfd(cg, d / "memory.oom_control")
-            else:
-                self._add_v1_source(cg, "pids.events", d / "pids.events")
-        missing = [c for c in wanted if c not in cg.v1_dirs]
-        if retry and missing and not cg.v1_pending and cg.v1_tries < _V1_RETRIES and self.loop:
-            # A runtime moves a new process into each hierarchy in turn: ask again shortly.
-            cg.v1_tries += 1
-            cg.v1_pending = True
-            self._later(_V1_RETRY_S, self._retry_v1, cg)
-
-    @locked
-    def _retry_v1(self, cg: WatchedCgroup) -> None:
-        cg.v1_pending = False
-        if self.cgroups.get(cg.path) is cg:
-            self._setup_v1(cg, None, retry=True)
-
-    def _add_v1_source(self, cg: WatchedCgroup, source: str, path: Path) -> None:
-        if path.exists():
-            cg.files[source] = path
-            cg.polled.add(source)
-            self._reread(cg, source)
-
-    def _add_oom_eventfd(self, cg: WatchedCgroup, control: Path) -> None:
-        fds = oom_eventfd(control)
-        if fds is None:
-            return
-        cg.oom_fds = fds
-        cg.files["memory.oom_control"] = control
-        cg.polled.add("memory.oom_control")  # safety net: see _on_oom_eventfd
-        self._reread(cg, "memory.oom_control")
-        self._thread.add(fds[0], functools.partial(self._on_oom_eventfd, cg))
-
-    def _close_oom(self, cg: WatchedCgroup) -> None:
-        if cg.oom_fds is None:
-            return
-        efd, cfd = cg.oom_fds
-        cg.oom_fds = None
-        self._thread.remove(efd)
-        os.close(efd)
-        os.close(cfd)
+        self._release_sources(cg)
+        self._close_kept(cg)
 
     # -- reacting ------------------------------------------------------------------------
-    def _reread(self, cg: WatchedCgroup, source: str, notified: bool = False) -> None:
+    def _reread(self, cg: WatchedCgroup, source: str, notified: bool = False,
+                text: str | bool | None = False) -> None:
+        """Re-read one source and tell what changed; `text`: already read (None: gone)."""
         path = cg.files.get(source)
         if path is None:
             return
         if not notified:
             cg.notified_ns = time.monotonic_ns()
-        text = read_text(path)
+        if isinstance(text, bool):
+            if source in cg.fds:
+                data = self._read_kept(cg, source)
+                text = None if data is None else data.decode(errors="replace")
+            else:
+                text = read_text(path)
         if text is None:
             if source in ("cgroup.events", "cgroup.procs") and self.cgroups.get(cg.path) is cg:
                 self.unwatch(cg.path)
@@ -361,18 +336,24 @@ class CgroupWatcher(LoopBridge):
         first = cg.populated is None
         if populated and cg.populated is not True:
             cg.v1_tries = 0
-            self._setup_v1(cg, None, retry=True)
+            self._defer_v1(cg)
         changed = populated != cg.populated
+        if populated and changed and "cgroup.events" in cg.fds:
+            self._young[cg.path] = (cg, time.monotonic_ns() + _YOUNG_FOR_NS)
+            self._thread.tick(self._poll_young, _YOUNG_POLL_S)
         # An old cgroup's first read is its state, not a change; a new one's is a start, or,
         # new and already empty, maybe a whole life that ended before the watch. Told something
         # changed, yet still empty: a short life (populated 1 then 0) fell between two reads
         # (the listener checks the CPU counter to tell).
         tell = (changed and (not first or cg.new)) or (notified and not populated)
         if tell and not populated and self.on_emptied is not None:
+            # The CPU counter first, from the kept fd: the runtime may remove the cgroup any
+            # moment now, and the full final read (its own thread) may come too late.
+            cg.at_empty = self._cpu_now(cg)
             self.on_emptied(cg)
-        if not populated:
+        if not populated and cg.files.keys() - {"cgroup.events", "cgroup.procs"}:
             # Count what happened up to the end (an OOM kill emptying it) before the stop.
-            self._refresh_counters(cg)
+            self.deferred.call(0.0, self._refresh_counters, cg)
         if changed:
             cg.populated = populated
             cg.seen_populated |= populated
@@ -380,13 +361,42 @@ class CgroupWatcher(LoopBridge):
             self._tell(self.listener.on_populated, cg, populated)
 
     @locked
+    def _poll_young(self) -> bool:
+        """In the watch thread: re-read the young cgroups' cgroup.events; False when none."""
+        now = time.monotonic_ns()
+        for path, (cg, until) in list(self._young.items()):
+            if self.cgroups.get(path) is not cg or now > until or cg.populated is False:
+                del self._young[path]
+            else:
+                self._reread(cg, "cgroup.events")
+        return bool(self._young)
+
+    def _cpu_now(self, cg: WatchedCgroup) -> CgroupSample | None:
+        """The CPU counter, read the moment a cgroup2 cgroup is seen empty."""
+        if self.layout.unified is None:
+            return None
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        if "cpu.stat" in cg.fds:
+            data = self._read_kept(cg, "cpu.stat")
+        else:  # not kept (out of fds): by path
+            text = read_text(self.abs_path(cg.path) / "cpu.stat")
+            data = None if text is None else text.encode()
+        cpu = cpu_sample(flat(data)) if data is not None else None
+        if cpu is None or cpu.usage_usec is None:
+            return None
+        return CgroupSample(cg.path, cg.inode, mono, wall, cpu=cpu, populated=False)
+
+    @locked
     def rescan(self) -> None:
         """After a full discovery scan: forget removed directories, watch new ones."""
+        self._forget_removed()
+        self._watch_subtree("/", report_new=True)
+        self._tell_tree(overflow=False)
+
+    def _forget_removed(self) -> None:
         for rel in [r for r in self._dir_by_path if not os.path.isdir(self.abs_path(r))]:
             if rel in self._dir_by_path:
                 self._dir_gone(rel)
-        self._watch_subtree("/", report_new=True)
-        self._tell_tree(overflow=False)
 
     def _tell_tree(self, overflow: bool) -> None:
         created, deleted = self._created, self._deleted
@@ -410,9 +420,10 @@ class CgroupWatcher(LoopBridge):
             if ev.overflow:
                 log.warning("inotify queue overflow: rescanning the cgroup tree")
                 overflow = True
+                self._forget_removed()  # their IN_DELETE may be among the lost events
                 self._watch_subtree("/", report_new=True)
                 for cg in list(self.cgroups.values()):
-                    for source in cg.wds.values():
+                    for source in {*cg.wds.values(), *cg.names.values()}:
                         todo[(id(cg), source)] = cg
                 continue
             parent = self._dir_wds.get(ev.wd)
@@ -423,6 +434,11 @@ class CgroupWatcher(LoopBridge):
                     if self._dir_by_path.get(parent) == ev.wd:
                         del self._dir_by_path[parent]
                         self._dir_gone(parent)
+                elif ev.mask & IN_MODIFY and ev.name and not ev.mask & IN_ISDIR:
+                    notice_of = self.cgroups.get(parent)
+                    name = notice_of.names.get(ev.name) if notice_of is not None else None
+                    if notice_of is not None and name is not None:
+                        todo[(id(notice_of), name)] = notice_of
                 elif ev.mask & IN_ISDIR and ev.name:
                     child = f"{parent.rstrip('/')}/{ev.name}"
                     if ev.mask & (IN_CREATE | IN_MOVED_TO):
@@ -441,47 +457,6 @@ class CgroupWatcher(LoopBridge):
                 cg.notified_ns = now
                 self._reread(cg, source, notified=True)
         self._tell_tree(overflow)
-
-    @locked
-    def _on_oom_eventfd(self, cg: WatchedCgroup) -> None:
-        if cg.oom_fds is None:
-            return
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(cg.oom_fds[0])
-        # Also signalled when the cgroup goes away: the re-read then finds nothing.
-        self._refresh_counters(cg)
-        # The eventfd fires when the OOM starts, the kill is counted a moment later.
-        for delay in _OOM_REREAD_S:
-            self._later(delay, self._refresh_if_watched, cg)
-
-    @locked
-    def _refresh_if_watched(self, cg: WatchedCgroup) -> None:
-        if self.cgroups.get(cg.path) is cg:
-            self._refresh_counters(cg)
-
-    def _refresh_counters(self, cg: WatchedCgroup) -> None:
-        for source in [s for s in cg.files if s not in ("cgroup.events", "cgroup.procs")]:
-            if self.cgroups.get(cg.path) is cg or source == "memory.oom_control":
-                self._reread(cg, source)
-
-    @locked
-    def _on_psi(self, fd: int, mask: int) -> None:
-        cg = self._psi_fds.get(fd)
-        if cg is None:
-            return
-        res = cg.psi.get(fd, "")
-        if mask & select.EPOLLERR:
-            # The cgroup was removed: the trigger is dead (read gives ENODEV).
-            self._psi_fds.pop(fd, None)
-            cg.psi.pop(fd, None)
-            self.psi_waiter.discard(fd)
-            return
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            text = os.read(fd, 4096).decode(errors="replace")
-        except OSError:
-            text = ""
-        self._tell(self.listener.on_pressure, cg, res, text)
 
     def _schedule_poll(self) -> None:
         if self.loop is not None:

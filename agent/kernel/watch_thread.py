@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -27,7 +28,13 @@ class WatchThread:
         self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wake, select.EPOLLIN)
+        self._wake_tick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake_tick, select.EPOLLIN)
         self._handlers: dict[int, Callable[[], None]] = {}
+        #: Called every `tick_s` while it returns True (set and cleared in this thread only).
+        self._ticker: Callable[[], bool] | None = None
+        self._tick_s = 0.002
+        self._ticking = False
         self._thread: threading.Thread | None = None
         #: Set at close: a handler in the middle of a burst stops early.
         self.closing = False
@@ -40,6 +47,12 @@ class WatchThread:
         """Call `handler()` in this thread whenever `fd` is readable (any thread may add)."""
         self._handlers[fd] = handler
         self._epoll.register(fd, select.EPOLLIN)
+
+    def tick(self, ticker: Callable[[], bool], every_s: float) -> None:
+        """Start calling `ticker()` in this thread every `every_s` until it returns False
+        (any thread may call; it wakes the thread)."""
+        self._ticker, self._tick_s = ticker, every_s
+        os.eventfd_write(self._wake_tick, 1)
 
     def remove(self, fd: int) -> None:
         """Stop waiting on `fd`: call before closing it."""
@@ -63,18 +76,34 @@ class WatchThread:
             self._thread = None
         self._epoll.close()
         os.close(self._wake)
+        os.close(self._wake_tick)
 
     def _run(self) -> None:
+        next_tick = 0.0
         while True:
+            timeout = max(0.0, next_tick - time.monotonic()) if self._ticking else -1
             try:
-                ready = self._epoll.poll()
+                ready = self._epoll.poll(timeout)
             except InterruptedError:
                 continue
             except (OSError, ValueError):
                 return  # closed
+            if self._ticking and time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + self._tick_s
+                ticker = self._ticker
+                try:
+                    self._ticking = ticker is not None and ticker()
+                except Exception:
+                    log.exception("kernel watch ticker failed")
+                    self._ticking = False
             for fd, _mask in ready:
                 if fd == self._wake:
                     return
+                if fd == self._wake_tick:
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(fd)
+                    self._ticking = True  # only this thread sets it: no lost wake-up
+                    continue
                 handler = self._handlers.get(fd)
                 if handler is None:
                     continue

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.model.snapshot import WorkloadIdentity
+from collectors.samples import CgroupSample
 
 
 class TreeListener(Protocol):
@@ -48,6 +49,13 @@ class WatchedCgroup:
     v1_dirs: dict[str, Path] = field(default_factory=dict)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    #: File name -> source for files whose notices come through the directory's own watch.
+    names: dict[str, str] = field(default_factory=dict)
+    #: Kept open from the start: cgroup.events (re-read on each notice) and cpu.stat (read the
+    #: moment it empties), so neither needs a path lookup, which waits behind churn.
+    fds: dict[str, int] = field(default_factory=dict)
+    #: CPU read from the kept fd at the last `populated 0`, before anything else.
+    at_empty: CgroupSample | None = None
     polled: set[str] = field(default_factory=set)
     wds: dict[int, str] = field(default_factory=dict)
     psi: dict[int, str] = field(default_factory=dict)

@@ -26,9 +26,11 @@ BURN = "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done"
 @dataclass(frozen=True)
 class Life:
     rel: str
-    #: The kernel's usage_usec read after the burner exited, just before rmdir.
+    #: The kernel's usage_usec read after the burner exited and the delay, just before rmdir.
     usage_usec: int
     removed_at: float
+    #: Directory inode in the reference hierarchy: with the boot id, the incarnation key.
+    inode: int = 0
 
 
 def agent_fds(pid: int) -> list[str]:
@@ -106,17 +108,26 @@ class Churn:
                 with open(t, "w") as f:
                     f.write("0")
 
+        ref = self.factory.bases[self.factory.ref_key] / self.factory.prefix_name / name
+        inode = ref.stat().st_ino
         try:
             proc = subprocess.Popen(["/bin/sh", "-c", BURN], preexec_fn=enter)
             proc.wait()
-            ref = self.factory.bases[self.factory.ref_key] / self.factory.prefix_name / name
-            usage = usage_usec(ref, self.factory.ref_key, dirs)
             if self.rmdir_delay_s:
                 time.sleep(self.rmdir_delay_s)
+            # The last value the kernel will ever show: read right before the directory goes.
+            # wait() returns at the child's exit_notify; its last slice of CPU is charged at
+            # its final schedule a moment later (on the other core): read until it holds.
+            usage = usage_usec(ref, self.factory.ref_key, dirs)
+            for _ in range(3):
+                again = usage_usec(ref, self.factory.ref_key, dirs)
+                if again == usage:
+                    break
+                usage = again
         finally:
             for d in dirs:
                 rmdir_retry(d)
-        return Life(f"{self.factory.prefix_rel}/{name}", usage, time.monotonic())
+        return Life(f"{self.factory.prefix_rel}/{name}", usage, time.monotonic(), inode)
 
 
 def usage_usec(ref: Path, ref_key: str, dirs: list[Path]) -> int:
