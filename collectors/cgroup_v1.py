@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from collectors.blockdev import BlockDevices
-from collectors.cgroup_v2 import CgroupDir, cpu_sample, flat, frozen_map, parsed, single
+from collectors.cgroup_dir import CgroupDir, flat, frozen_map, parsed, single
+from collectors.cgroup_v2 import cpu_sample
 from collectors.parsers import (
     parse_freezer_state,
     parse_v1_blkio,

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from collectors import cgroup_v2
+from collectors import cgroup_dir
 from collectors.cgroupfs import FULL_READ_EVERY, CgroupReader
 from collectors.layout import LayoutKind
 from collectors.samples import UNLIMITED, CgroupSample
@@ -26,19 +26,19 @@ pytestmark = pytest.mark.root
 def files_read() -> Iterator[list[str]]:
     """The names of the files read (successfully or not) while inside."""
     seen: list[str] = []
-    orig = cgroup_v2.CgroupDir.read_many
+    orig = cgroup_dir.CgroupDir.read_many
 
     def recording(
-        self: cgroup_v2.CgroupDir, names: Sequence[str], keep: bool = True
+        self: cgroup_dir.CgroupDir, names: Sequence[str], keep: bool = True
     ) -> list[bytes | None]:
         seen.extend(names)
         return orig(self, names, keep)
 
-    cgroup_v2.CgroupDir.read_many = recording  # type: ignore[method-assign]
+    cgroup_dir.CgroupDir.read_many = recording  # type: ignore[method-assign]
     try:
         yield seen
     finally:
-        cgroup_v2.CgroupDir.read_many = orig  # type: ignore[method-assign]
+        cgroup_dir.CgroupDir.read_many = orig  # type: ignore[method-assign]
 
 
 def sleeper(cg: TestCgroup) -> subprocess.Popen[bytes]:

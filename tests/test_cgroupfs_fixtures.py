@@ -11,9 +11,9 @@ from types import MappingProxyType
 import pytest
 
 from collectors.cgroup_v1 import CLK_TCK
-from collectors.cgroup_v2 import OpenDirs
 from collectors.cgroupfs import CgroupReader
 from collectors.layout import CgroupLayout, LayoutKind
+from collectors.open_dirs import OpenDirs
 from collectors.samples import UNLIMITED, CgroupSample
 from tests.conftest import FIXTURES
 
@@ -413,7 +413,7 @@ def test_open_dirs_bounded_idle_and_stale(tmp_path: Path) -> None:
 
 SHRINK = """
 import os, resource, sys
-from collectors.cgroup_v2 import OpenDirs
+from collectors.open_dirs import OpenDirs
 base = sys.argv[1]
 limit = len(os.listdir("/proc/self/fd")) + 8
 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
