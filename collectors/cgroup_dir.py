@@ -41,6 +41,7 @@ _EMFILE = errno.EMFILE
 DIR_VANISHED = frozenset({errno.ENOENT, errno.ENODEV, errno.ENOTDIR})
 
 T = TypeVar("T")
+B = TypeVar("B", bytes | None, tuple[bytes | None, ...])
 
 
 class Vanished(Exception):
@@ -64,6 +65,7 @@ class CgroupDir:
         "files",
         "fresh",
         "ino",
+        "memos",
         "missing",
         "owned",
         "path",
@@ -84,6 +86,8 @@ class CgroupDir:
         self.used_ns = 0
         #: Kept file fds by name (only for a directory kept by OpenDirs, which counts them).
         self.files: dict[str, int] | None = None
+        #: The last bytes of a file and what they parsed to (kept directories only).
+        self.memos: dict[str, tuple[object, object]] | None = None
         self.pool: OpenDirs | None = None
         #: Opened for this read (not a kept fd that may be stale).
         self.fresh = fd is None
@@ -151,6 +155,22 @@ class CgroupDir:
                     _close(fd)
             out.append(data)
         return out
+
+    def memo(self, key: str, data: B, parse: Callable[[B], T]) -> T:
+        """parse(data), or the previous result when `data` equals the bytes it came from: an
+        idle cgroup's memory.stat and PSI files read the same from cycle to cycle, and an
+        equality test is far cheaper than a parse. `data` is bytes, None, or a tuple of them;
+        parse results are immutable, so samples may share them. Exact: equal input, same
+        output."""
+        memos = self.memos
+        if memos is None:
+            return parse(data)
+        last = memos.get(key)
+        if last is not None and last[0] == data:
+            return last[1]  # type: ignore[return-value]
+        value = parse(data)
+        memos[key] = (data, value)
+        return value
 
     def _failed(self, err: int | None) -> None:
         if err == _ENOENT:
@@ -226,3 +246,9 @@ def single(data: bytes | None) -> int | None:
 
 def frozen_map(d: dict[str, int] | None) -> Mapping[str, int]:
     return EMPTY if not d else MappingProxyType(d)
+
+
+def frozen_flat(data: bytes | None) -> Mapping[str, int] | None:
+    """flat(data) as a read-only mapping (it may be shared through CgroupDir.memo)."""
+    d = flat(data)
+    return None if d is None else frozen_map(d)

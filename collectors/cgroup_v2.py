@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from collectors.cgroup_dir import flat, frozen_map, parsed, single
+from collectors.cgroup_dir import flat, frozen_flat, parsed, single
 from collectors.parsers import (
     ParseError,
     parse_cpu_max,
@@ -113,8 +113,8 @@ def read_memory(
     if read_limits:
         datas += d.read_many(_MEMORY_LIMITS, keep=False)
     cur, peak, swc, stat_b, events_b = datas[:5]
-    stat = flat(stat_b)
-    events = flat(events_b)
+    stat = d.memo("memory.stat", stat_b, frozen_flat)
+    events = d.memo("memory.events", events_b, frozen_flat)
     current = single(cur)
     if read_limits:
         mn, low, high, mx, swm = (single(b) for b in datas[5:])
@@ -132,8 +132,8 @@ def read_memory(
         max=mx,
         swap_current=single(swc),
         swap_max=swm,
-        stat=frozen_map(stat),
-        events=frozen_map(events),
+        stat=stat or EMPTY,
+        events=events or EMPTY,
     )
 
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collectors.blockdev import BlockDevices
-from collectors.cgroup_dir import DIR_VANISHED, CgroupDir, Vanished, flat, frozen_map
+from collectors.cgroup_dir import DIR_VANISHED, CgroupDir, Vanished, frozen_flat
 from collectors.cgroup_v1 import read_cpu_v1, read_freezer_v1, read_io_v1, read_memory_v1
 from collectors.cgroup_v2 import (
     cpu_limits,
@@ -65,7 +65,13 @@ from collectors.cgroup_v2 import (
 )
 from collectors.layout import CgroupLayout, LayoutKind
 from collectors.open_dirs import OpenDirs
-from collectors.samples import CgroupSample, CpuSample, IoDeviceSample
+from collectors.samples import (
+    EMPTY,
+    CgroupSample,
+    CpuSample,
+    IoDeviceSample,
+    PressureSample,
+)
 from collectors.v1_paths import RESOLVE_TTL_S, V1Paths
 from collectors.written_dirs import WrittenDirs
 
@@ -73,6 +79,7 @@ __all__ = ["FULL_READ_EVERY", "RESOLVE_TTL_S", "CgroupReader"]
 
 #: Every file of a cgroup is read at least once per this many reads of it.
 FULL_READ_EVERY = 10
+_PSI_OFF = PressureSample(supported=False)
 
 
 @dataclass(slots=True)
@@ -267,23 +274,34 @@ class CgroupReader:
             last.sample = sample
             last.partial_reads += 1
 
+    def _pressure(self, d: CgroupDir, datas: list[bytes | None]) -> PressureSample | None:
+        """The PSI files' sample; parsed only when their bytes changed since the last read."""
+        if not self._psi:
+            return None
+        if d.unsupported:
+            return _PSI_OFF
+        return d.memo("psi", tuple(datas), self._parse_pressure)
+
+    def _parse_pressure(self, datas: tuple[bytes | None, ...]) -> PressureSample | None:
+        return pressure_sample(self._psi, datas, False)
+
     # -- unified -------------------------------------------------------------------------
     def _read_unified(
         self, path: str, inode: int, mono: int, wall: int, d: CgroupDir
     ) -> CgroupSample:
         datas = d.read_many(self._unified_files)
         ctrls = parse_controllers(datas[0])
-        populated, frozen = events(datas[1])
+        populated, frozen = d.memo("cgroup.events", datas[1], events)
         prev = self._previous(path, inode)
         if prev is not None and prev.populated != populated:
             prev = None  # a cgroup that filled or emptied is read whole
-        pressure = pressure_sample(self._psi, datas[4:], d.unsupported) if self._psi else None
+        pressure = self._pressure(d, datas[4:])
         prev_cpu = prev.cpu if prev is not None else None
         stale = self._limits_stale(d)
         quota = period = weight = None
         if ctrls is None or "cpu" in ctrls:
             quota, period, weight = cpu_limits(d, prev_cpu, limits=stale)
-        cpu = cpu_sample(flat(datas[3]), quota, period, weight)
+        cpu = cpu_sample(d.memo("cpu.stat", datas[3], frozen_flat), quota, period, weight)
         moved = _moved(prev_cpu, cpu)
         memory = None
         if ctrls is None or "memory" in ctrls:
@@ -292,7 +310,7 @@ class CgroupReader:
         pids = None
         if ctrls is None or "pids" in ctrls:
             pids = read_pids(d, prev.pids if prev else None, moved=moved, limits=stale)
-        stat = flat(datas[2])
+        stat = d.memo("cgroup.stat", datas[2], frozen_flat)
         sample = CgroupSample(
             path=path,
             inode=inode,
@@ -305,7 +323,7 @@ class CgroupReader:
             pressure=pressure,
             populated=populated,
             frozen=frozen,
-            stat=frozen_map(stat),
+            stat=stat or EMPTY,
         )
         self._remember(sample, prev)
         return sample
@@ -347,13 +365,13 @@ class CgroupReader:
         stat = v2_cpu = None
         if self._kind is LayoutKind.HYBRID:
             datas = ref.read_many(self._hybrid_files)
-            populated, frozen = events(datas[0])
-            stat = flat(datas[1])
-            v2_cpu = flat(datas[2])
+            populated, frozen = ref.memo("cgroup.events", datas[0], events)
+            stat = ref.memo("cgroup.stat", datas[1], frozen_flat)
+            v2_cpu = ref.memo("cpu.stat", datas[2], frozen_flat)
             psi = datas[3:]
         else:
             psi = ref.read_many(self._psi)
-        pressure = pressure_sample(self._psi, psi, ref.unsupported) if self._psi else None
+        pressure = self._pressure(ref, psi)
         prev = self._previous(path, ref.ino)
         if prev is not None and (prev.populated != populated or prev.v1_paths is not paths):
             prev = None  # filled or emptied, or found elsewhere: read whole
@@ -409,7 +427,7 @@ class CgroupReader:
             pressure=pressure,
             populated=populated,
             frozen=frozen,
-            stat=frozen_map(stat),
+            stat=stat or EMPTY,
             v1_paths=paths,
         )
         self._remember(sample, prev)

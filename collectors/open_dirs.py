@@ -90,6 +90,7 @@ class OpenDirs:
             d.owned = False  # closed by drop()
             d.used_ns = now_ns
             d.files = {}
+            d.memos = {}
             d.pool = self
             self._dirs[path] = d
             if self._on_keep is not None:
