@@ -18,7 +18,8 @@ class OpenDirs:
     (a full path walk) and a close per hierarchy and cgroup, keeping their files open saves
     an open and a close per file (kernfs answers a pread at offset 0 with fresh content).
     Bounded: at most `max_open` fds in all (directories and files) and three quarters of
-    RLIMIT_NOFILE (re-read when full, since a daemon may raise it later); when full,
+    RLIMIT_NOFILE (re-read when full, since a daemon may raise it later), and after an EMFILE
+    also net of the fds the rest of the process holds (see REGROW_AFTER_S); when full,
     directories and files are opened per read instead (evicting would thrash on cyclic scans).
     A kept cgroup file costs ~6 KB of kernel memory (its seq_file buffer), charged to the
     agent's cgroup: files read seldom (limits) are not kept.
@@ -29,6 +30,10 @@ class OpenDirs:
 
     IDLE_S = 120.0
     SWEEP_EVERY_S = 30.0
+    #: After running out of fds (shrink), the pool grows again no sooner than this, and then
+    #: only into the fds the rest of the process leaves free (counted at that moment): one
+    #: EMFILE must not leave every later read opening its files (3x the CPU) for good.
+    REGROW_AFTER_S = 60.0
 
     def __init__(
         self,
@@ -45,12 +50,16 @@ class OpenDirs:
         self._n = 0
         self._cap = self._compute_cap()
         self._next_sweep = 0
+        #: Set by shrink(): the cap then also leaves room for the fds others hold.
+        self._squeezed = False
+        self._regrow_ns = 0
 
-    def _compute_cap(self) -> int:
+    def _compute_cap(self, others: int = 0) -> int:
+        """`others`: fds the rest of the process holds, left to it as well."""
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return self._max
-        return max(0, min(self._max, soft - soft // 4))
+        return max(0, min(self._max, soft - soft // 4 - others))
 
     def __len__(self) -> int:
         """Fds kept (directories and files)."""
@@ -86,7 +95,7 @@ class OpenDirs:
                 raise
             d = CgroupDir(path)
         d.ino = os.fstat(d.fd).st_ino
-        if self.take() or (self._recap() and self.take()):
+        if self.take() or (self._recap(now_ns) and self.take()):
             d.owned = False  # closed by drop()
             d.used_ns = now_ns
             d.files = {}
@@ -97,18 +106,28 @@ class OpenDirs:
                 self._on_keep(path)
         return d
 
-    def _recap(self) -> bool:
-        self._cap = self._compute_cap()
+    def _recap(self, now_ns: int) -> bool:
+        """Full: read the limit again (a daemon may raise it later); after a shrink, at most
+        every REGROW_AFTER_S and net of the fds the rest of the process holds."""
+        if now_ns < self._regrow_ns:
+            return False
+        others = 0
+        if self._squeezed:
+            self._regrow_ns = now_ns + int(self.REGROW_AFTER_S * 1e9)
+            others = max(0, _open_fds() - self._n)
+        self._cap = self._compute_cap(others)
         return self._n < self._cap
 
     def shrink(self, now_ns: int) -> bool:
         """Out of fds (EMFILE on a directory here, or on a file: CgroupDir.emfile): give back
         the older half of the kept directories with their files (not those of the read in
-        progress) and stop growing. True when something was closed."""
+        progress) and stop growing for REGROW_AFTER_S. True when something was closed."""
         idle = sorted((d.used_ns, p) for p, d in self._dirs.items() if d.used_ns != now_ns)
         for _used, path in idle[: max(1, len(idle) // 2)]:
             self.drop(path)
-        self._max = self._cap = self._n
+        self._cap = self._n
+        self._squeezed = True
+        self._regrow_ns = now_ns + int(self.REGROW_AFTER_S * 1e9)
         return bool(idle)
 
     def drop(self, path: str) -> None:
@@ -130,3 +149,11 @@ class OpenDirs:
     def close(self) -> None:
         for path in list(self._dirs):
             self.drop(path)
+
+
+def _open_fds() -> int:
+    """Fds the process holds now (0 when /proc cannot tell)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0

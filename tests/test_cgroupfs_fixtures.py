@@ -446,3 +446,56 @@ def test_open_dirs_survive_emfile(tmp_path: Path) -> None:
     )
     kept, last_ok = out.stdout.split()
     assert 0 < int(kept) < 8 and last_ok == "True"
+
+
+REGROW = """
+import os, resource, sys
+from collectors.open_dirs import OpenDirs
+base = sys.argv[1]
+limit = len(os.listdir("/proc/self/fd")) + 40
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+kept = OpenDirs(10_000)
+kept._cap = 10_000  # as if other code took the fds after the cap was set
+held = [os.open("/dev/null", os.O_RDONLY) for _ in range(8)]  # fds the rest of the process holds
+s = 10**9
+def cycle(now):
+    emfiles = 0
+    for i in range(30):
+        d = kept.get(f"{base}/d{i}", now + i)  # one read per cgroup, as CgroupReader does
+        got = d.read("f")
+        if d.emfile:  # this read lacks the file; CgroupReader then shrinks the pool
+            emfiles += 1
+            kept.shrink(now + i)
+        else:
+            assert got == b"x"
+        d.close()
+    return emfiles
+cycle(1 * s)
+after_shrink = len(kept)
+cycle(2 * s)  # within REGROW_AFTER_S: no growth
+same = len(kept) == after_shrink
+# Then it grows into what is free, and no read runs out of fds.
+emfiles = cycle(int((3 + OpenDirs.REGROW_AFTER_S) * s)) + cycle(int((4 + OpenDirs.REGROW_AFTER_S) * s))
+free = limit - len(os.listdir("/proc/self/fd"))
+print(after_shrink, same, len(kept), free, emfiles)
+"""
+
+
+def test_open_dirs_grow_again_after_emfile_within_what_is_free(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for i in range(30):
+        (tmp_path / f"d{i}").mkdir()
+        (tmp_path / f"d{i}" / "f").write_text("x")
+    out = subprocess.run(
+        [sys.executable, "-c", REGROW, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[1],
+    )
+    after_shrink, same, regrown, free, emfiles = out.stdout.split()
+    assert same == "True" and emfiles == "0"
+    # Grown back past what the shrink left, and a quarter of the limit still free.
+    assert int(regrown) > int(after_shrink) and int(free) >= 10
