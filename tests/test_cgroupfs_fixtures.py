@@ -430,21 +430,27 @@ print(len(kept), got[-5:] == [b"x"] * 5)
 """
 
 
-def test_open_dirs_survive_emfile(tmp_path: Path) -> None:
+def run_with_dirs(script: str, tmp_path: Path, n: int) -> list[str]:
+    """`script` in a fresh interpreter (it lowers its own fd limit) over n directories
+    d<i> holding a file f; its printed words."""
     import subprocess
     import sys
 
-    for i in range(20):
+    for i in range(n):
         (tmp_path / f"d{i}").mkdir()
         (tmp_path / f"d{i}" / "f").write_text("x")
     out = subprocess.run(
-        [sys.executable, "-c", SHRINK, str(tmp_path)],
+        [sys.executable, "-c", script, str(tmp_path)],
         capture_output=True,
         text=True,
         check=True,
         cwd=Path(__file__).parents[1],
     )
-    kept, last_ok = out.stdout.split()
+    return out.stdout.split()
+
+
+def test_open_dirs_survive_emfile(tmp_path: Path) -> None:
+    kept, last_ok = run_with_dirs(SHRINK, tmp_path, 20)
     assert 0 < int(kept) < 8 and last_ok == "True"
 
 
@@ -475,27 +481,15 @@ after_shrink = len(kept)
 cycle(2 * s)  # within REGROW_AFTER_S: no growth
 same = len(kept) == after_shrink
 # Then it grows into what is free, and no read runs out of fds.
-emfiles = cycle(int((3 + OpenDirs.REGROW_AFTER_S) * s)) + cycle(int((4 + OpenDirs.REGROW_AFTER_S) * s))
+later = int((3 + OpenDirs.REGROW_AFTER_S) * s)
+emfiles = cycle(later) + cycle(later + s)
 free = limit - len(os.listdir("/proc/self/fd"))
 print(after_shrink, same, len(kept), free, emfiles)
 """
 
 
 def test_open_dirs_grow_again_after_emfile_within_what_is_free(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    for i in range(30):
-        (tmp_path / f"d{i}").mkdir()
-        (tmp_path / f"d{i}" / "f").write_text("x")
-    out = subprocess.run(
-        [sys.executable, "-c", REGROW, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).parents[1],
-    )
-    after_shrink, same, regrown, free, emfiles = out.stdout.split()
+    after_shrink, same, regrown, free, emfiles = run_with_dirs(REGROW, tmp_path, 30)
     assert same == "True" and emfiles == "0"
     # Grown back past what the shrink left, and a quarter of the limit still free.
     assert int(regrown) > int(after_shrink) and int(free) >= 10
