@@ -121,9 +121,14 @@ class OpenDirs:
     def shrink(self, now_ns: int) -> bool:
         """Out of fds (EMFILE on a directory here, or on a file: CgroupDir.emfile): give back
         the older half of the kept directories with their files (not those of the read in
-        progress) and stop growing for REGROW_AFTER_S. True when something was closed."""
+        progress) down to what leaves a quarter of the limit free besides the fds others hold
+        (at least one directory), and stop growing for REGROW_AFTER_S. True when something
+        was closed."""
+        target = self._compute_cap(max(0, _open_fds() - self._n))
         idle = sorted((d.used_ns, p) for p, d in self._dirs.items() if d.used_ns != now_ns)
-        for _used, path in idle[: max(1, len(idle) // 2)]:
+        for n, (_used, path) in enumerate(idle):
+            if n and self._n <= target:
+                break
             self.drop(path)
         self._cap = self._n
         self._squeezed = True

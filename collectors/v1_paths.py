@@ -100,7 +100,7 @@ class V1Paths:
             out[self.ref_key] = path
         pid = member_pid
         if pid is None:
-            pid = parsed(parse_procs_first, ref.read("cgroup.procs"))
+            pid = parsed(parse_procs_first, ref.read("cgroup.procs", keep=False))  # seldom
         used_pid = None
         if pid is not None:
             member = self._proc_cgroups(pid)

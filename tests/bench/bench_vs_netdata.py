@@ -7,8 +7,6 @@ the other on that same tree: after a warm-up, CPU (utime + stime from /proc/<pid
 window, RSS at its end. Prints both figures, per cgroup per cycle, and the ratio agentd/netdata
 (target <= 0.5); also agentd's CPU per thread, to see where the rest goes. Asserts nothing.
 
-Both start with the fd limits systemd gives a service (SYSTEMD_NOFILE).
-
 Run as root: `.venv/bin/python tests/bench/bench_vs_netdata.py [--cgroups 500] [--warmup 20]
 [--seconds 30]`. Netdata comes from Debian (tests/setup/install-netdata.sh).
 """
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shlex
 import shutil
 import signal
@@ -34,15 +31,6 @@ from tests.support.agentd import free_port
 from tests.support.cgroups import CgroupFactory
 
 HZ = os.sysconf("SC_CLK_TCK")
-#: RLIMIT_NOFILE as systemd (>= 240) starts a service without LimitNOFILE= (soft:hard): agentd
-#: raises its soft limit to the hard one. A shell's hard limit may be far lower (20,000 here),
-#: and the reader keeps ~22 fds per cgroup besides the watch's PSI triggers and eventfds.
-SYSTEMD_NOFILE = (1024, 524288)
-
-
-def systemd_limits() -> None:
-    """Run in the child before exec: the fd limits a systemd service gets."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, SYSTEMD_NOFILE)
 BIN = Path(sys.executable).parent
 
 NETDATA_CONF = """\
@@ -141,7 +129,7 @@ def run_netdata(work: Path, warmup: float, seconds: float) -> tuple[int, float]:
     (nd / "netdata.conf").write_text(NETDATA_CONF.format(w=nd))
     with open(nd / "out.log", "wb") as log:
         proc = subprocess.Popen(["netdata", "-c", str(nd / "netdata.conf"), "-D"],
-                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=systemd_limits)
+                                stdout=log, stderr=subprocess.STDOUT)
     try:
         return measure(proc, warmup, seconds)
     finally:
@@ -157,7 +145,7 @@ def run_agentd(
         proc = subprocess.Popen(
             [*agentd, "--listen", f"127.0.0.1:{port}", "--socket",
              str(work / "a.sock"), "--state-dir", str(work / "state"), "--interval", "1"],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=systemd_limits)
+            stdout=log, stderr=subprocess.STDOUT)
     try:
         time.sleep(warmup)
         before = thread_ticks(proc.pid)
