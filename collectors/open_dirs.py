@@ -17,9 +17,10 @@ class OpenDirs:
     Each cycle reads the same cgroups again; keeping their directories open saves an open
     (a full path walk) and a close per hierarchy and cgroup, keeping their files open saves
     an open and a close per file (kernfs answers a pread at offset 0 with fresh content).
-    Bounded: at most `max_open` fds in all (directories and files) and three quarters of
-    RLIMIT_NOFILE (re-read when full, since a daemon may raise it later), and after an EMFILE
-    also net of the fds the rest of the process holds (see REGROW_AFTER_S); when full,
+    Bounded: at most `max_open` fds in all (directories and files) and half of RLIMIT_NOFILE
+    (the kernel watch holds up to 5 per cgroup too: PSI triggers, eventfds; the limit is
+    re-read when full, since a daemon may raise it later), and after an EMFILE also net of
+    the fds the rest of the process holds (see REGROW_AFTER_S); when full,
     directories and files are opened per read instead (evicting would thrash on cyclic scans).
     A kept cgroup file costs ~6 KB of kernel memory (its seq_file buffer), charged to the
     agent's cgroup: files read seldom (limits) are not kept.
@@ -59,7 +60,7 @@ class OpenDirs:
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return self._max
-        return max(0, min(self._max, soft - soft // 4 - others))
+        return max(0, min(self._max, soft // 2 - others))
 
     def __len__(self) -> int:
         """Fds kept (directories and files)."""
@@ -121,15 +122,17 @@ class OpenDirs:
     def shrink(self, now_ns: int) -> bool:
         """Out of fds (EMFILE on a directory here, or on a file: CgroupDir.emfile): give back
         the older half of the kept directories with their files (not those of the read in
-        progress) down to what leaves a quarter of the limit free besides the fds others hold
+        progress) down to what leaves half the limit free besides the fds others hold
         (at least one directory), and stop growing for REGROW_AFTER_S. True when something
         was closed."""
-        target = self._compute_cap(max(0, _open_fds() - self._n))
         idle = sorted((d.used_ns, p) for p, d in self._dirs.items() if d.used_ns != now_ns)
-        for n, (_used, path) in enumerate(idle):
-            if n and self._n <= target:
-                break
+        target = -1  # counted after the first drop: listing /proc/self/fd takes an fd too
+        for _used, path in idle:
             self.drop(path)
+            if target < 0:
+                target = self._compute_cap(max(0, _open_fds() - self._n))
+            if self._n <= target:
+                break
         self._cap = self._n
         self._squeezed = True
         self._regrow_ns = now_ns + int(self.REGROW_AFTER_S * 1e9)
