@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from collectors.cgroup_v2 import read_file
+from collectors.cgroup_dir import read_file
 
 #: Seconds before an unknown device number is looked up again.
 UNKNOWN_RETRY_S = 60.0

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from collectors.blockdev import BlockDevices
-from collectors.cgroup_v2 import CgroupDir, cpu_sample, flat, frozen_map, parsed, single
+from collectors.cgroup_dir import CgroupDir, flat, frozen_map, parsed, single
+from collectors.cgroup_v2 import cpu_sample
 from collectors.parsers import (
     parse_freezer_state,
     parse_v1_blkio,
@@ -29,7 +30,7 @@ from collectors.parsers import (
     parse_v1_memory_stat,
     shares_to_weight,
 )
-from collectors.samples import UNLIMITED, CpuSample, IoDeviceSample, MemorySample
+from collectors.samples import EMPTY, UNLIMITED, CpuSample, IoDeviceSample, MemorySample
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -144,7 +145,7 @@ def read_memory_v1(
         seldom = _MEMORY_LIMITS + (_MEMSW_LIMIT if with_memsw else ())
         got.update(zip(seldom, d.read_many(seldom, keep=False), strict=True))
     current = single(got["memory.usage_in_bytes"])
-    raw_stat = parsed(parse_v1_memory_stat, got["memory.stat"])
+    raw_stat = d.memo("memory.stat", got["memory.stat"], _v1_memory_stat)
     failcnt = single(got["memory.failcnt"])
     if read_limits:
         limit = parsed(parse_v1_limit, got["memory.limit_in_bytes"])
@@ -187,10 +188,15 @@ def read_memory_v1(
         max=limit,
         swap_current=swap_current,
         swap_max=swap_max,
-        stat=frozen_map(raw_stat),
+        stat=raw_stat or EMPTY,
         events=frozen_map(events),
         failcnt=failcnt,
     )
+
+
+def _v1_memory_stat(data: bytes | None) -> Mapping[str, int] | None:
+    raw = parsed(parse_v1_memory_stat, data)
+    return None if raw is None else frozen_map(raw)
 
 
 _BLKIO_FILES = ("blkio.throttle.io_service_bytes_recursive", "blkio.throttle.io_serviced_recursive")

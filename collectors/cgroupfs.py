@@ -12,13 +12,8 @@ without controllers, is the kernel's exact rstat counter already in µs (the v2 
 user/system split is µs-exact where cpuacct.stat only has USER_HZ ticks. It also needs no v1
 path resolution, since it lives in the reference directory itself.
 
-A cgroup's v1 path can differ between hierarchies (here memory sits under /process_api/<id>).
-Each controller's path comes from /proc/<pid>/cgroup of a member (member_pid, else the first
-pid of the cgroup's cgroup.procs), else the same relative path when that directory exists,
-else the same path re-rooted under the agent's own cgroup of that hierarchy (hierarchies
-mirror each other below the point where they diverge). Resolutions are cached per path and
-redone when the directory inode changes (a new incarnation), when a different member pid is
-given, and after RESOLVE_TTL_S.
+A cgroup's v1 paths can differ between hierarchies: V1Paths (v1_paths) resolves and caches
+them.
 
 Speed (tests/bench/bench_collectors.py): each controller's files are read in one batch with
 openat() relative to a directory fd, and the directory fds and the files' fds are kept open
@@ -51,45 +46,40 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 from collectors.blockdev import BlockDevices
+from collectors.cgroup_dir import DIR_VANISHED, CgroupDir, Vanished, frozen_flat
 from collectors.cgroup_v1 import read_cpu_v1, read_freezer_v1, read_io_v1, read_memory_v1
 from collectors.cgroup_v2 import (
-    DIR_VANISHED,
-    CgroupDir,
-    OpenDirs,
-    Vanished,
     cpu_limits,
     cpu_sample,
     events,
-    flat,
-    frozen_map,
     parse_controllers,
-    parsed,
     pressure_sample,
     psi_files_at,
-    read_file,
     read_io,
     read_memory,
     read_pids,
 )
-from collectors.inotify import IN_IGNORED, IN_MODIFY, IN_ONLYDIR, IN_Q_OVERFLOW, Inotify
 from collectors.layout import CgroupLayout, LayoutKind
-from collectors.parsers import parse_proc_cgroup, parse_procs_first
-from collectors.samples import CgroupSample, CpuSample, IoDeviceSample
+from collectors.open_dirs import OpenDirs
+from collectors.samples import (
+    EMPTY,
+    CgroupSample,
+    CpuSample,
+    IoDeviceSample,
+    PressureSample,
+)
+from collectors.v1_paths import RESOLVE_TTL_S, V1Paths
+from collectors.written_dirs import WrittenDirs
 
-#: Seconds a v1 path resolution is trusted before it is redone.
-RESOLVE_TTL_S = 60.0
+__all__ = ["FULL_READ_EVERY", "RESOLVE_TTL_S", "CgroupReader"]
+
 #: Every file of a cgroup is read at least once per this many reads of it.
 FULL_READ_EVERY = 10
-#: Above this many cached resolutions the cache is emptied (paths no longer read linger).
-_CACHE_MAX = 100_000
-_RESOLVE_TTL_NS = int(RESOLVE_TTL_S * 1e9)
-_NO_PATHS: Mapping[str, str] = MappingProxyType({})
+_PSI_OFF = PressureSample(supported=False)
 
 
 @dataclass(slots=True)
@@ -98,14 +88,6 @@ class _Last:
 
     sample: CgroupSample
     partial_reads: int
-
-
-@dataclass(slots=True)
-class _Resolved:
-    inode: int
-    pid: int | None
-    at_ns: int
-    paths: Mapping[str, str]
 
 
 class CgroupReader:
@@ -122,9 +104,7 @@ class CgroupReader:
         self.layout = layout
         self._kind = layout.kind
         self._ref_root = str(layout.reference_root)
-        self._ref_key = "unified" if layout.unified is not None else _legacy_ref_key(layout)
         self._devices = BlockDevices(sys_dev_block)
-        self._proc = str(proc_root)
         self._v1_roots = {ctrl: str(p) for ctrl, p in layout.v1.items()}
         self._psi = psi_files_at(self._ref_root)
         # The reference directory's files, read in one batch.
@@ -141,21 +121,19 @@ class CgroupReader:
         self._memsw = mem_root is not None and os.path.exists(
             f"{mem_root}/memory.memsw.usage_in_bytes"
         )
-        self._anchor = self._own_cgroups()
-        self._cache: dict[str, _Resolved] = {}
         self._last: dict[str, _Last] = {}
-        # Written-to tracking of the kept directories whose limits are read only when written.
-        self._notify: Inotify | None = None
-        self._wd_of: dict[str, int] = {}
-        self._path_of: dict[int, str] = {}
-        self._written: set[str] = set()
+        # The kept directories whose limits are read only when written to.
         if self._kind is LayoutKind.UNIFIED:
-            self._limit_roots: tuple[str, ...] = (self._ref_root,)
+            limit_roots: tuple[str, ...] = (self._ref_root,)
         else:
-            self._limit_roots = tuple(
+            limit_roots = tuple(
                 root for ctrl, root in self._v1_roots.items() if ctrl in ("cpu", "memory", "pids")
             )
-        self._dirs = OpenDirs(max_open_dirs, on_keep=self._watch, on_drop=self._unwatch)
+        self._written = WrittenDirs(limit_roots)
+        self._dirs = OpenDirs(
+            max_open_dirs, on_keep=self._written.watch, on_drop=self._written.unwatch
+        )
+        self._paths = V1Paths(layout, str(proc_root), self._dirs.drop)
         # The daemon reads from a worker thread while control code may ask for v1_paths.
         self._lock = threading.Lock()
 
@@ -179,7 +157,7 @@ class CgroupReader:
             except (Vanished, OSError):
                 return {}
             try:
-                return dict(self._resolved(path, ref, member_pid, now))
+                return dict(self._paths.resolved(path, ref, member_pid, now))
             except Vanished:
                 return {}
             finally:
@@ -193,9 +171,8 @@ class CgroupReader:
             self._forget(path, ref_path)
             # A read that failed half-way forgets the resolution but may keep some v1
             # directories: close the candidates too.
-            for ctrl in self._v1_roots:
-                for cand in self._candidates(path, ctrl):
-                    self._dirs.drop(self._v1_abs(ctrl, cand))
+            for dir_path in self._paths.candidate_dirs(path):
+                self._dirs.drop(dir_path)
 
     @property
     def kept_fds(self) -> int:
@@ -207,9 +184,7 @@ class CgroupReader:
         with self._lock:
             self._dirs.close()
             self._last.clear()
-            if self._notify is not None:
-                self._notify.close()
-                self._notify = None
+            self._written.close()
 
     def __enter__(self) -> CgroupReader:
         return self
@@ -233,7 +208,7 @@ class CgroupReader:
 
     def _read(self, path: str, member_pid: int | None, mono: int, wall: int) -> CgroupSample:
         ref_path = self._ref_root if path == "/" else self._ref_root + path
-        self._drain()
+        self._written.drain()
         # No stat per read: a kept directory fd of a cgroup removed since (and maybe created
         # again at the same path) answers ENOENT/ENODEV for every file, which is checked
         # below; then the read is done once more on a freshly opened directory.
@@ -260,9 +235,9 @@ class CgroupReader:
                         self._dirs.drop(d.path)
                         if d is ref:
                             raise Vanished(path)
-                        self._cache.pop(path, None)  # resolve the v1 paths again next time
+                        self._paths.invalidate(path)  # resolve the v1 paths again next time
                 for d in used:
-                    self._written.discard(d.path)
+                    self._written.read(d.path)
                 return sample
             except Vanished:
                 self._forget(path, ref_path)
@@ -277,54 +252,12 @@ class CgroupReader:
         """Drop what is kept about a cgroup that is gone."""
         self._dirs.drop(ref_path)
         self._last.pop(path, None)
-        e = self._cache.pop(path, None)
-        if e is not None:
-            for ctrl, rel in e.paths.items():
-                self._dirs.drop(self._v1_abs(ctrl, rel))
-
-    # -- what was written to -------------------------------------------------------------
-    def _watch(self, dir_path: str) -> None:
-        """A directory is now kept: watch it for writes if its limits are read only then."""
-        if not dir_path.startswith(self._limit_roots):
-            return
-        try:
-            if self._notify is None:
-                self._notify = Inotify()
-            wd = self._notify.add_watch(dir_path, IN_MODIFY | IN_ONLYDIR)
-        except OSError:  # no inotify, or out of watches: the directory counts as written
-            return
-        self._wd_of[dir_path] = wd
-        self._path_of[wd] = dir_path
-        self._written.add(dir_path)  # its first read as a kept directory reads the limits
-
-    def _unwatch(self, dir_path: str) -> None:
-        wd = self._wd_of.pop(dir_path, None)
-        if wd is not None:
-            self._path_of.pop(wd, None)
-            self._written.discard(dir_path)
-            if self._notify is not None:
-                self._notify.rm_watch(wd)
-
-    def _drain(self) -> None:
-        """Note the directories written to since the last read (one read syscall)."""
-        if self._notify is None:
-            return
-        for ev in self._notify.read_events():
-            if ev.mask & IN_Q_OVERFLOW:
-                self._written.update(self._wd_of)
-                continue
-            dir_path = self._path_of.get(ev.wd)
-            if dir_path is None:
-                continue
-            if ev.mask & IN_IGNORED:  # removed: the kernel dropped the watch
-                del self._path_of[ev.wd]
-                self._wd_of.pop(dir_path, None)
-            self._written.add(dir_path)
+        self._paths.forget(path)
 
     def _limits_stale(self, d: CgroupDir | None) -> bool:
         """The directory's limits must be read: written to since its last read, or not
         watched."""
-        return d is not None and (d.path in self._written or d.path not in self._wd_of)
+        return d is not None and self._written.stale(d.path)
 
     def _previous(self, path: str, inode: int | None) -> CgroupSample | None:
         """The last sample, to stand for files not read now; None: read everything."""
@@ -341,8 +274,16 @@ class CgroupReader:
             last.sample = sample
             last.partial_reads += 1
 
-    def _v1_abs(self, ctrl: str, rel: str) -> str:
-        return self._v1_roots[ctrl] + ("" if rel == "/" else rel)
+    def _pressure(self, d: CgroupDir, datas: list[bytes | None]) -> PressureSample | None:
+        """The PSI files' sample; parsed only when their bytes changed since the last read."""
+        if not self._psi:
+            return None
+        if d.unsupported:
+            return _PSI_OFF
+        return d.memo("psi", tuple(datas), self._parse_pressure)
+
+    def _parse_pressure(self, datas: tuple[bytes | None, ...]) -> PressureSample | None:
+        return pressure_sample(self._psi, datas, False)
 
     # -- unified -------------------------------------------------------------------------
     def _read_unified(
@@ -350,17 +291,17 @@ class CgroupReader:
     ) -> CgroupSample:
         datas = d.read_many(self._unified_files)
         ctrls = parse_controllers(datas[0])
-        populated, frozen = events(datas[1])
+        populated, frozen = d.memo("cgroup.events", datas[1], events)
         prev = self._previous(path, inode)
         if prev is not None and prev.populated != populated:
             prev = None  # a cgroup that filled or emptied is read whole
-        pressure = pressure_sample(self._psi, datas[4:], d.unsupported) if self._psi else None
+        pressure = self._pressure(d, datas[4:])
         prev_cpu = prev.cpu if prev is not None else None
         stale = self._limits_stale(d)
         quota = period = weight = None
         if ctrls is None or "cpu" in ctrls:
             quota, period, weight = cpu_limits(d, prev_cpu, limits=stale)
-        cpu = cpu_sample(flat(datas[3]), quota, period, weight)
+        cpu = cpu_sample(d.memo("cpu.stat", datas[3], frozen_flat), quota, period, weight)
         moved = _moved(prev_cpu, cpu)
         memory = None
         if ctrls is None or "memory" in ctrls:
@@ -369,7 +310,7 @@ class CgroupReader:
         pids = None
         if ctrls is None or "pids" in ctrls:
             pids = read_pids(d, prev.pids if prev else None, moved=moved, limits=stale)
-        stat = flat(datas[2])
+        stat = d.memo("cgroup.stat", datas[2], frozen_flat)
         sample = CgroupSample(
             path=path,
             inode=inode,
@@ -382,7 +323,7 @@ class CgroupReader:
             pressure=pressure,
             populated=populated,
             frozen=frozen,
-            stat=frozen_map(stat),
+            stat=stat or EMPTY,
         )
         self._remember(sample, prev)
         return sample
@@ -397,14 +338,14 @@ class CgroupReader:
         member_pid: int | None,
         used: list[CgroupDir],
     ) -> CgroupSample:
-        paths = self._resolved(path, ref, member_pid, mono)
+        paths = self._paths.resolved(path, ref, member_pid, mono)
         dirs: dict[str, CgroupDir | None] = {}
 
         def open_ctrl(ctrl: str) -> CgroupDir | None:
             rel = paths.get(ctrl)
             if rel is None:
                 return None
-            absolute = self._v1_abs(ctrl, rel)
+            absolute = self._paths.absolute(ctrl, rel)
             if absolute == ref.path:
                 return ref
             if absolute in dirs:  # co-mounted controllers (cpu,cpuacct) share a directory
@@ -413,7 +354,7 @@ class CgroupReader:
                 d: CgroupDir | None = self._dirs.get(absolute, mono)
             except (Vanished, OSError):
                 # Moved or removed in that hierarchy: resolve again next time.
-                self._cache.pop(path, None)
+                self._paths.invalidate(path)
                 d = None
             if d is not None:
                 used.append(d)
@@ -424,13 +365,13 @@ class CgroupReader:
         stat = v2_cpu = None
         if self._kind is LayoutKind.HYBRID:
             datas = ref.read_many(self._hybrid_files)
-            populated, frozen = events(datas[0])
-            stat = flat(datas[1])
-            v2_cpu = flat(datas[2])
+            populated, frozen = ref.memo("cgroup.events", datas[0], events)
+            stat = ref.memo("cgroup.stat", datas[1], frozen_flat)
+            v2_cpu = ref.memo("cpu.stat", datas[2], frozen_flat)
             psi = datas[3:]
         else:
             psi = ref.read_many(self._psi)
-        pressure = pressure_sample(self._psi, psi, ref.unsupported) if self._psi else None
+        pressure = self._pressure(ref, psi)
         prev = self._previous(path, ref.ino)
         if prev is not None and (prev.populated != populated or prev.v1_paths is not paths):
             prev = None  # filled or emptied, or found elsewhere: read whole
@@ -448,18 +389,27 @@ class CgroupReader:
         mem_d = open_ctrl("memory")
         memory = None
         if mem_d is not None:
-            memory = read_memory_v1(mem_d, self._memsw, prev.memory if prev else None,
-                                    moved=moved, limits=self._limits_stale(mem_d))
+            memory = read_memory_v1(
+                mem_d,
+                self._memsw,
+                prev.memory if prev else None,
+                moved=moved,
+                limits=self._limits_stale(mem_d),
+            )
         pids_d = open_ctrl("pids")
         pids = None
         if pids_d is not None:
-            pids = read_pids(pids_d, prev.pids if prev else None, moved=moved,
-                             limits=self._limits_stale(pids_d))
+            pids = read_pids(
+                pids_d, prev.pids if prev else None, moved=moved, limits=self._limits_stale(pids_d)
+            )
         blk_d = open_ctrl("blkio")
         io: tuple[IoDeviceSample, ...] | None = None
         if blk_d is not None:
-            io = read_io_v1(blk_d, self._devices, prev is not None) if moved or prev is None \
+            io = (
+                read_io_v1(blk_d, self._devices, prev is not None)
+                if moved or prev is None
                 else prev.io
+            )
         frz_d = open_ctrl("freezer")
         v1_frozen = read_freezer_v1(frz_d) if frz_d is not None else None
         if v1_frozen is not None:
@@ -477,95 +427,11 @@ class CgroupReader:
             pressure=pressure,
             populated=populated,
             frozen=frozen,
-            stat=frozen_map(stat),
+            stat=stat or EMPTY,
             v1_paths=paths,
         )
         self._remember(sample, prev)
         return sample
-
-    # -- v1 path resolution --------------------------------------------------------------
-    def _resolved(
-        self, path: str, ref: CgroupDir, member_pid: int | None, now_ns: int
-    ) -> Mapping[str, str]:
-        e = self._cache.get(path)
-        if (
-            e is not None
-            and e.inode == ref.ino
-            and (member_pid is None or member_pid == e.pid)
-            and now_ns - e.at_ns < _RESOLVE_TTL_NS
-        ):
-            return e.paths
-        if e is not None:  # a new incarnation or a new member: its v1 directories may differ
-            for ctrl, rel in e.paths.items():
-                self._dirs.drop(self._v1_abs(ctrl, rel))
-        paths, pid = self._resolve(path, member_pid, ref)
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        self._cache[path] = _Resolved(ref.ino, pid, now_ns, paths)
-        return paths
-
-    def _resolve(
-        self, path: str, member_pid: int | None, ref: CgroupDir
-    ) -> tuple[Mapping[str, str], int | None]:
-        out: dict[str, str] = {}
-        if self._ref_key != "unified":
-            out[self._ref_key] = path
-        pid = member_pid
-        if pid is None:
-            pid = parsed(parse_procs_first, ref.read("cgroup.procs"))
-        used_pid = None
-        if pid is not None:
-            member = self._proc_cgroups(pid)
-            if member is not None and self._from_member(path, member, out):
-                used_pid = pid
-        for ctrl, root in self._v1_roots.items():
-            if ctrl in out:
-                continue
-            for cand in self._candidates(path, ctrl):
-                if os.path.isdir(root + ("" if cand == "/" else cand)):
-                    out[ctrl] = cand
-                    break
-        return (MappingProxyType(out) if out else _NO_PATHS), used_pid
-
-    def _from_member(self, path: str, member: dict[str, str], out: dict[str, str]) -> bool:
-        """Fill `out` from a member's /proc/<pid>/cgroup; False when the pid is elsewhere."""
-        at = member.get(self._ref_key)
-        if at is None:
-            return False
-        base = path.rstrip("/")
-        if at == path:
-            suffix = ""
-        elif at.startswith(base + "/"):
-            suffix = at[len(base) :]  # the member sits in a descendant: strip that part
-        else:
-            return False
-        for ctrl in self._v1_roots:
-            p = member.get(ctrl)
-            if p is None or ctrl in out:
-                continue
-            if suffix:
-                if not p.endswith(suffix):
-                    continue
-                p = p[: len(p) - len(suffix)] or "/"
-            out[ctrl] = p
-        return True
-
-    def _candidates(self, path: str, ctrl: str) -> list[str]:
-        cands = [path]
-        own_ref = self._anchor.get(self._ref_key)
-        own = self._anchor.get(ctrl)
-        if own_ref is not None and own is not None and own != own_ref:
-            base = own_ref.rstrip("/")
-            if path == own_ref or path.startswith(base + "/") or base == "":
-                rest = path[len(base) :]
-                cands.append((own.rstrip("/") + rest) or "/")
-        return cands
-
-    def _proc_cgroups(self, pid: int | str) -> dict[str, str] | None:
-        return parsed(parse_proc_cgroup, read_file(f"{self._proc}/{pid}/cgroup"))
-
-    def _own_cgroups(self) -> dict[str, str]:
-        return self._proc_cgroups("self") or {}
 
     @staticmethod
     def _gone(dir_path: str, inode: int) -> bool:
@@ -580,11 +446,3 @@ def _moved(prev: CpuSample | None, cpu: CpuSample | None) -> bool:
     if prev is None or cpu is None or cpu.usage_usec is None:
         return True
     return cpu.usage_usec != prev.usage_usec
-
-
-def _legacy_ref_key(layout: CgroupLayout) -> str:
-    # Mirrors CgroupLayout.reference_root's choice on legacy hosts.
-    for ctrl in ("cpuacct", "cpu", "memory", "pids"):
-        if ctrl in layout.v1:
-            return ctrl
-    return next(iter(layout.v1))

@@ -6,14 +6,16 @@ is read at least every FULL_READ_EVERY reads.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from collectors import cgroup_v2
+from collectors import cgroup_dir
 from collectors.cgroupfs import FULL_READ_EVERY, CgroupReader
 from collectors.layout import LayoutKind
 from collectors.samples import UNLIMITED, CgroupSample
@@ -26,19 +28,19 @@ pytestmark = pytest.mark.root
 def files_read() -> Iterator[list[str]]:
     """The names of the files read (successfully or not) while inside."""
     seen: list[str] = []
-    orig = cgroup_v2.CgroupDir.read_many
+    orig = cgroup_dir.CgroupDir.read_many
 
     def recording(
-        self: cgroup_v2.CgroupDir, names: Sequence[str], keep: bool = True
+        self: cgroup_dir.CgroupDir, names: Sequence[str], keep: bool = True
     ) -> list[bytes | None]:
         seen.extend(names)
         return orig(self, names, keep)
 
-    cgroup_v2.CgroupDir.read_many = recording  # type: ignore[method-assign]
+    cgroup_dir.CgroupDir.read_many = recording  # type: ignore[method-assign]
     try:
         yield seen
     finally:
-        cgroup_v2.CgroupDir.read_many = orig  # type: ignore[method-assign]
+        cgroup_dir.CgroupDir.read_many = orig  # type: ignore[method-assign]
 
 
 def sleeper(cg: TestCgroup) -> subprocess.Popen[bytes]:
@@ -174,3 +176,34 @@ def test_everything_read_every_n_reads(cgroups: CgroupFactory) -> None:
             reader.read(cg.rel)
         sizes.append(len(seen))
     assert max(sizes) == len(full) and min(sizes) < len(full)
+
+
+
+def test_unchanged_files_share_their_parse_changed_ones_are_parsed_again(
+    cgroups: CgroupFactory,
+) -> None:
+    # An idle cgroup's memory.stat reads the same bytes each time: the parsed result is reused
+    # (the same object). A tmpfs file written by a task of the cgroup changes the bytes: the
+    # next read parses them again and matches the kernel's file.
+    cg = cgroups.create()
+    sleeper(cg)
+    reader = CgroupReader(cgroups.layout)
+    settle(reader, cg)
+    a = reader.read(cg.rel)
+    b = reader.read(cg.rel)
+    assert a.memory is not None and b.memory is not None
+    assert b.memory.stat is a.memory.stat  # same bytes: not parsed again
+    if a.pressure is not None and b.pressure == a.pressure:
+        assert b.pressure is a.pressure
+    shm = Path(f"/dev/shm/ca-test-memo-{os.getpid()}")
+    writer = cg.spawn(["sh", "-c", f"head -c 4194304 /dev/zero > {shm}"])
+    try:
+        assert writer.wait(timeout=30) == 0
+        c = reader.read(cg.rel)
+        assert c.memory is not None and c.memory.stat is not a.memory.stat
+        assert c.memory.stat["shmem"] >= a.memory.stat.get("shmem", 0) + 4 * 1024 * 1024
+        kernel = cg.read("memory" if hybrid(cgroups) else "unified", "memory.stat")
+        raw = {k: int(v) for k, v in (ln.split() for ln in kernel.splitlines())}
+        assert c.memory.stat["shmem"] == raw["total_shmem" if hybrid(cgroups) else "shmem"]
+    finally:
+        shm.unlink(missing_ok=True)

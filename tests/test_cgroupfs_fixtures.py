@@ -11,9 +11,9 @@ from types import MappingProxyType
 import pytest
 
 from collectors.cgroup_v1 import CLK_TCK
-from collectors.cgroup_v2 import OpenDirs
 from collectors.cgroupfs import CgroupReader
 from collectors.layout import CgroupLayout, LayoutKind
+from collectors.open_dirs import OpenDirs
 from collectors.samples import UNLIMITED, CgroupSample
 from tests.conftest import FIXTURES
 
@@ -413,7 +413,7 @@ def test_open_dirs_bounded_idle_and_stale(tmp_path: Path) -> None:
 
 SHRINK = """
 import os, resource, sys
-from collectors.cgroup_v2 import OpenDirs
+from collectors.open_dirs import OpenDirs
 base = sys.argv[1]
 limit = len(os.listdir("/proc/self/fd")) + 8
 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
@@ -430,19 +430,68 @@ print(len(kept), got[-5:] == [b"x"] * 5)
 """
 
 
-def test_open_dirs_survive_emfile(tmp_path: Path) -> None:
+def run_with_dirs(script: str, tmp_path: Path, n: int) -> list[str]:
+    """`script` in a fresh interpreter (it lowers its own fd limit) over n directories
+    d<i> holding a file f; its printed words."""
     import subprocess
     import sys
 
-    for i in range(20):
+    for i in range(n):
         (tmp_path / f"d{i}").mkdir()
         (tmp_path / f"d{i}" / "f").write_text("x")
     out = subprocess.run(
-        [sys.executable, "-c", SHRINK, str(tmp_path)],
+        [sys.executable, "-c", script, str(tmp_path)],
         capture_output=True,
         text=True,
         check=True,
         cwd=Path(__file__).parents[1],
     )
-    kept, last_ok = out.stdout.split()
+    return out.stdout.split()
+
+
+def test_open_dirs_survive_emfile(tmp_path: Path) -> None:
+    kept, last_ok = run_with_dirs(SHRINK, tmp_path, 20)
     assert 0 < int(kept) < 8 and last_ok == "True"
+
+
+REGROW = """
+import os, resource, sys
+from collectors.open_dirs import OpenDirs
+base = sys.argv[1]
+limit = len(os.listdir("/proc/self/fd")) + 80
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+kept = OpenDirs(10_000)
+kept._cap = 10_000  # as if other code took the fds after the cap was set
+held = [os.open("/dev/null", os.O_RDONLY) for _ in range(30)]  # fds the rest of the process holds
+s = 10**9
+def cycle(now):
+    emfiles = 0
+    for i in range(30):
+        d = kept.get(f"{base}/d{i}", now + i)  # one read per cgroup, as CgroupReader does
+        got = d.read("f")
+        if d.emfile:  # this read lacks the file; CgroupReader then shrinks the pool
+            emfiles += 1
+            kept.shrink(now + i)
+        else:
+            assert got == b"x"
+        d.close()
+    return emfiles
+cycle(1 * s)
+after_shrink = len(kept)
+cycle(2 * s)  # within REGROW_AFTER_S: no growth
+same = len(kept) == after_shrink
+for fd in held:  # the others' fds were a passing need (a burst of churn)
+    os.close(fd)
+# Then it grows into what is free, and no read runs out of fds.
+later = int((3 + OpenDirs.REGROW_AFTER_S) * s)
+emfiles = cycle(later) + cycle(later + s)
+free = limit - len(os.listdir("/proc/self/fd"))
+print(after_shrink, same, len(kept), free, emfiles)
+"""
+
+
+def test_open_dirs_grow_again_after_emfile_within_what_is_free(tmp_path: Path) -> None:
+    after_shrink, same, regrown, free, emfiles = run_with_dirs(REGROW, tmp_path, 30)
+    assert same == "True" and emfiles == "0"
+    # Grown back past what the shrink left, and fds still free.
+    assert int(regrown) > int(after_shrink) and int(free) >= 10

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from collectors import cgroup_v2
+from collectors import cgroup_dir
 from collectors.cgroupfs import CgroupReader
 from tests.support.cgroups import CgroupFactory
 
@@ -35,11 +35,11 @@ def record_files(reader: CgroupReader, paths: list[str]) -> list[str]:
     """Every file one pass of reader.read reads successfully, as absolute paths (a steady
     pass: after the first, the reader reads only what can have changed)."""
     seen: list[str] = []
-    cls = cgroup_v2.CgroupDir
+    cls = cgroup_dir.CgroupDir
     orig = cls.read_many
 
     def recording(
-        self: cgroup_v2.CgroupDir, names: Sequence[str], keep: bool = True
+        self: cgroup_dir.CgroupDir, names: Sequence[str], keep: bool = True
     ) -> list[bytes | None]:
         datas = orig(self, names, keep)
         seen.extend(f"{self.path}/{n}" for n, d in zip(names, datas, strict=True) if d is not None)
