@@ -158,7 +158,6 @@ class EventsComponent(Component):
             raise RuntimeError("events component not started")
         return self.log
 
-    # -- Component hooks -----------------------------------------------------------------
     async def start(self, ctx: AgentContext) -> None:
         cfg = ctx.section(self.name)
         self.ctx = ctx
@@ -237,7 +236,6 @@ class EventsComponent(Component):
             out.append(latency_family(self.final_reads.latency))
         return out
 
-    # -- emitting (any thread) -----------------------------------------------------------
     def emit(
         self, etype: str, who: WorkloadIdentity | None, severity: str,
         fields: Mapping[str, object],
@@ -276,7 +274,6 @@ class EventsComponent(Component):
         for sink in self.sinks:
             sink.offer(event)
 
-    # -- watcher callbacks (event loop) --------------------------------------------------
     def on_populated(self, cg: WatchedCgroup, populated: bool) -> None:
         key = (cg.path, cg.inode)
         if mirrors_children(cg):
@@ -429,7 +426,6 @@ class EventsComponent(Component):
             return state.sample
         return None
 
-    # -- snapshots: the safety net, throttling, and which cgroups to watch ---------------
     async def on_snapshot(self, snapshot: Snapshot) -> None:
         prev = self._prev
         prev_states = {w.identity.incarnation: w for w in prev.workloads.values()} if prev else {}
@@ -488,7 +484,6 @@ class EventsComponent(Component):
                    "window_s": round((state.sample.monotonic_ns - prev.sample.monotonic_ns) / 1e9,
                                      3)})
 
-    # -- retention -----------------------------------------------------------------------
     def _prune(self) -> None:
         if self.log is None or self.ctx is None:
             return

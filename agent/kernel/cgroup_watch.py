@@ -45,7 +45,8 @@ from agent.kernel.watched import (
     WatchListener,
 )
 from agent.model.snapshot import WorkloadIdentity
-from collectors.cgroup_v2 import cpu_sample, flat
+from collectors.cgroup_dir import flat
+from collectors.cgroup_v2 import cpu_sample
 from collectors.layout import CgroupLayout
 from collectors.samples import CgroupSample
 
