@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import resource
 
 #: mallopt() parameter numbers (glibc malloc.h).
@@ -12,12 +13,18 @@ M_ARENA_MAX = -8
 M_MMAP_THRESHOLD = -3
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """Looked up once: find_library runs ldconfig (~1 ms), and trim_malloc runs every cycle."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def limit_malloc_arenas() -> None:
     """glibc gives each thread its own malloc arena and keeps freed memory in it; with a
     collection thread that builds ~10 MB of text per cycle that doubles RSS. Two arenas and
     a trim after each cycle keep the resident size close to what is live."""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         libc.mallopt(M_ARENA_MAX, 2)
         # A fixed mmap threshold: each scrape's multi-megabyte body is mmapped and handed back
         # when freed, instead of glibc raising the threshold and keeping it in the heap.
@@ -26,7 +33,7 @@ def limit_malloc_arenas() -> None:
 
 def trim_malloc() -> None:
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
 
 
 def raise_nofile_limit() -> None:
