@@ -148,7 +148,8 @@ class Agent:
         loop = asyncio.get_running_loop()
         if time.monotonic() - self._last_rescan >= float(self.config["rescan_interval"]):
             await loop.run_in_executor(None, self._rescan)
-            self.watcher.rescan()
+            # A walk of the whole tree (stat of every directory): off the loop, like the scan.
+            await loop.run_in_executor(None, self.watcher.rescan)
         assert self._host is not None
         host = self._host
         if dict(host.facts) != self.ctx.host_facts:
