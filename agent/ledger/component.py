@@ -126,6 +126,7 @@ class LedgerComponent(Component):
         await asyncio.to_thread(self.drain_finals)
         if self.ledger is not None:
             try:
+                await asyncio.to_thread(self.ledger.flush_idle)
                 await asyncio.to_thread(self.ledger.close_due, time.time_ns())
             except Exception:
                 log.exception("ledger: closing periods at stop failed")
@@ -176,6 +177,8 @@ class LedgerComponent(Component):
         ledger = self.ledger
 
         def run() -> tuple[bytes, str]:
+            if include_open:  # open rows as of now, idle stretches included
+                ledger.flush_idle()
             return export(ledger.storage.rows(start, end, include_open), fmt, group_by)
 
         try:

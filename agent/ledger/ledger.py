@@ -13,6 +13,14 @@ turns the differences into usage, split across periods in proportion to time.
   high-water mark when it rose since the previous sample.
 - net_*: per network namespace (shared namespaces are counted once, for one owner).
 
+Idle samples cost nothing per cycle: a sample in which no counter, no gauge and no high-water
+mark moved, in the same period as the series' last applied sample, is only counted (Series.idle);
+the stretch is applied in one step when something moves, at a period change, at a final sample,
+before periods close and at least every IDLE_FLUSH_EVERY samples. The result is identical to
+applying each sample (constant memory integrates to m*dt, the same whole byte-seconds; every
+row lies in one period; each sample still counts in n_samples); what a kill -9 loses is only
+the not yet applied count and memory stretch, which the next sample after a restart covers.
+
 The first cycle of a fresh ledger takes a baseline (usage before the agent existed is not
 billed); any incarnation that appears later is billed from zero, which is how a cgroup that
 lived 100 ms between two cycles is billed in full from its final sample.
@@ -20,11 +28,8 @@ lived 100 ms between two cycles is billed in full from its final sample.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent.ledger.meters import (
@@ -39,56 +44,20 @@ from agent.ledger.meters import (
     NET_TX_BYTES,
     PIDS_PEAK,
 )
+from agent.ledger.network_totals import netns_of, network_totals
 from agent.ledger.periods import NS, period_of, split
+from agent.ledger.series import Series
 from agent.ledger.storage import SELF, Batch, LedgerStorage, RowAcc, RowKey, dump_json
 from agent.model.snapshot import Snapshot, WorkloadIdentity
 from collectors.samples import CgroupSample
 
 log = logging.getLogger("agent.ledger")
 
+#: An idle stretch is applied (and persisted) at least once per this many samples.
+IDLE_FLUSH_EVERY = 60
+
 META_STARTED = "accounting_started_ns"
 META_CLOSED_BEFORE = "closed_before"
-
-
-@dataclass(slots=True)
-class Series:
-    """Last values of one counter series (an incarnation, or a network namespace)."""
-
-    last_wall: int | None = None
-    last_mono: int | None = None
-    counters: dict[str, int] = field(default_factory=dict)
-    #: Incarnation only: memory integral state and high-water marks.
-    mem_last: int | None = None
-    mem_cum_bns: int = 0
-    mem_billed: int = 0
-    mem_peak: int | None = None
-    pids_peak: int | None = None
-    n_samples: int = 0
-    n_resets: int = 0
-    baseline: bool = False
-    inner: bool = False
-
-    def to_json(self) -> str:
-        return dump_json({
-            "last_wall": self.last_wall, "last_mono": self.last_mono,
-            "counters": self.counters, "mem_last": self.mem_last,
-            "mem_cum_bns": self.mem_cum_bns, "mem_billed": self.mem_billed,
-            "mem_peak": self.mem_peak, "pids_peak": self.pids_peak,
-            "n_samples": self.n_samples, "n_resets": self.n_resets,
-            "baseline": self.baseline, "inner": self.inner,
-        })
-
-    @classmethod
-    def from_json(cls, text: str) -> Series:
-        d = json.loads(text)
-        return cls(
-            last_wall=d["last_wall"], last_mono=d["last_mono"],
-            counters={str(k): int(v) for k, v in d["counters"].items()},
-            mem_last=d["mem_last"], mem_cum_bns=int(d["mem_cum_bns"]),
-            mem_billed=int(d["mem_billed"]), mem_peak=d["mem_peak"], pids_peak=d["pids_peak"],
-            n_samples=int(d["n_samples"]), n_resets=int(d["n_resets"]),
-            baseline=bool(d["baseline"]), inner=bool(d["inner"]),
-        )
 
 
 def text(value: str) -> str:
@@ -142,6 +111,8 @@ class Ledger:
         self.period = period_seconds
         self.grace = grace_seconds
         self._lock = threading.Lock()
+        #: Idle samples are deferred up to this many (0: every sample applied at once).
+        self.idle_flush_every = IDLE_FLUSH_EVERY
         #: Running counts for the agent's own metrics (since this process started).
         self.stats = {"cycles": 0, "final_samples": 0, "commit_failures": 0, "resets": 0}
         self._load()
@@ -158,8 +129,8 @@ class Ledger:
     def observe_snapshot(self, snapshot: Snapshot, boot_id: str | None = None) -> None:
         """One collection cycle: every workload's sample, network totals, period closing."""
         boot = boot_id or snapshot.host.boot_id
-        net = _network_totals(snapshot)
-        netns = _netns_of(snapshot)
+        net = network_totals(snapshot)
+        netns = netns_of(snapshot)
         with self._lock:
             batch = Batch()
             first = not self._started
@@ -190,7 +161,9 @@ class Ledger:
         """The sample read at `populated 0`, before rmdir: the container's last stretch."""
         with self._lock:
             batch = Batch()
-            self._observe(batch, boot_id, ident, sample, baseline=False)
+            key = self._observe(batch, boot_id, ident, sample, baseline=False)
+            if key is not None:  # the last sample: nothing may stay pending
+                self._apply_idle(batch, key, self._series_for(*key)[0])
             if not self._started:
                 self._started = True
                 batch.meta[META_STARTED] = str(sample.wall_ns)
@@ -255,13 +228,22 @@ class Ledger:
         s, new = self._series_for(boot, inode)
         if new:
             s.baseline = baseline
-        if s.last_mono is not None and sample.monotonic_ns <= s.last_mono:
+        if s.last_mono is not None and sample.monotonic_ns <= max(s.last_mono, s.idle_mono):
             return key  # an older read arriving after a newer one: already accounted
-        first_sample = s.last_wall is None
         t1 = sample.wall_ns
+        counters = _counter_values(sample)
+        if (self.idle_flush_every and s.last_wall is not None
+                and self._idle(s, ident, sample, counters)):
+            s.idle += 1
+            s.idle_wall, s.idle_mono = t1, sample.monotonic_ns
+            if s.idle >= self.idle_flush_every:
+                self._apply_idle(batch, key, s)
+            return key
+        self._apply_idle(batch, key, s)
+        first_sample = s.last_wall is None
         t0 = t1 if s.last_wall is None else s.last_wall
         here = period_of(t1, self.period)
-        for meter, value in _counter_values(sample).items():
+        for meter, value in counters.items():
             if value is None:
                 continue
             prev = s.counters.get(meter)
@@ -285,9 +267,81 @@ class Ledger:
                               + sample.stat.get("nr_dying_descendants", 0)) > 0
         s.last_wall, s.last_mono = t1, sample.monotonic_ns
         s.n_samples += 1
-        ident_json = dump_json(identity_record(ident))
-        batch.incarnations[key] = (self.host_id, text(ident.cgroup), ident_json, s.to_json())
+        s.pids_last = sample.pids.current if sample.pids is not None else None
+        self._persist(batch, key, s, ident)
         return key
+
+    def _persist(self, batch: Batch, key: tuple[str, int], s: Series,
+                 ident: WorkloadIdentity) -> None:
+        if ident is not s.ident:
+            if ident != s.ident:
+                s.ident_json = dump_json(identity_record(ident))
+            s.ident = ident
+        batch.incarnations[key] = (self.host_id, text(ident.cgroup), s.ident_json, s.to_json())
+
+    def _idle(self, s: Series, ident: WorkloadIdentity, sample: CgroupSample,
+              counters: dict[str, int | None]) -> bool:
+        """Nothing in the sample moved since the series' last one, in the same period."""
+        if period_of(sample.wall_ns, self.period) != period_of(s.last_wall or 0, self.period):
+            return False
+        if ident is not s.ident and ident != s.ident:
+            return False
+        n = 0
+        for meter, value in counters.items():
+            if value is not None:
+                if s.counters.get(meter) != value:
+                    return False
+                n += 1
+        if n != len(s.counters):
+            return False
+        mem, pids = sample.memory, sample.pids
+        if mem is None or mem.current is None or mem.current != s.mem_last:
+            return False
+        if mem.peak is not None and mem.peak != s.mem_peak:
+            return False
+        if pids is None or pids.current is None or pids.current != s.pids_last:
+            return False
+        if pids.peak is not None and pids.peak != s.pids_peak:
+            return False
+        inner = (sample.stat.get("nr_descendants", 0)
+                 + sample.stat.get("nr_dying_descendants", 0)) > 0
+        return inner <= s.inner
+
+    def _apply_idle(self, batch: Batch, key: tuple[str, int], s: Series) -> None:
+        """Apply the idle stretch: what its samples would have added one by one. Every row
+        lies in the period of the last applied sample; the memory integral of a constant is
+        m*dt, so the whole byte-seconds are the same as step by step."""
+        n = s.idle
+        if n == 0:
+            return
+        t1 = s.idle_wall
+        here = period_of(t1, self.period)
+        for meter in s.counters:
+            self._add(batch, (*key, SELF, meter, here), meter, 0, n, 0)
+        if s.mem_last is not None:
+            s.mem_cum_bns += s.mem_last * (t1 - (s.last_wall or t1))
+            billed = s.mem_cum_bns // NS
+            self._add(batch, (*key, SELF, MEMORY_BYTE_SECONDS, here), MEMORY_BYTE_SECONDS,
+                      billed - s.mem_billed, n, 0)
+            s.mem_billed = billed
+            self._add(batch, (*key, SELF, MEMORY_PEAK_BYTES, here), MEMORY_PEAK_BYTES,
+                      s.mem_last, n, 0)
+        if s.pids_last is not None:
+            self._add(batch, (*key, SELF, PIDS_PEAK, here), PIDS_PEAK, s.pids_last, n, 0)
+        s.last_wall, s.last_mono = t1, s.idle_mono
+        s.n_samples += n
+        s.idle = 0
+        if s.ident is not None:
+            self._persist(batch, key, s, s.ident)
+
+    def flush_idle(self) -> None:
+        """Apply and persist every series' idle stretch (at stop, and before an export of
+        open rows)."""
+        with self._lock:
+            batch = Batch()
+            for key, s in self._series.items():
+                self._apply_idle(batch, key, s)
+            self._commit(batch)
 
     def _observe_memory(
         self, batch: Batch, key: tuple[str, int], s: Series, sample: CgroupSample,
@@ -365,6 +419,10 @@ class Ledger:
         boundary = period_of(now_ns - self.grace * NS, self.period)
         if boundary <= self._closed_before:
             return
+        # Idle stretches of series no longer sampled (gone without a final) in closing periods.
+        for key, s in self._series.items():
+            if s.idle and period_of(s.idle_wall, self.period) < boundary:
+                self._apply_idle(batch, key, s)
         self._closed_before = boundary
         batch.close_before = boundary
         batch.meta[META_CLOSED_BEFORE] = str(boundary)
@@ -385,33 +443,3 @@ def _peak(current: int, watermark: int | None, prev_watermark: int | None, fresh
     if fresh or (prev_watermark is not None and watermark > prev_watermark):
         return max(current, watermark)
     return current
-
-
-def _network_totals(snapshot: Snapshot) -> Mapping[str, tuple[int, int]]:
-    """Workload id -> cumulative (rx, tx) bytes from the network component, if it ran."""
-    net = snapshot.extras.get("network")
-    totals = getattr(net, "totals_by_workload", None)
-    if not isinstance(totals, Mapping):
-        return {}
-    out: dict[str, tuple[int, int]] = {}
-    for wid, value in totals.items():
-        pair = _pair(value)
-        if pair is not None:
-            out[str(wid)] = pair
-    return out
-
-
-def _netns_of(snapshot: Snapshot) -> Mapping[str, int]:
-    found = getattr(snapshot.extras.get("network"), "netns_by_workload", None)
-    return found if isinstance(found, Mapping) else {}
-
-
-def _pair(value: object) -> tuple[int, int] | None:
-    if isinstance(value, tuple | list) and len(value) == 2:
-        rx, tx = value
-    else:
-        rx, tx = getattr(value, "rx_bytes", None), getattr(value, "tx_bytes", None)
-    if isinstance(rx, int) and isinstance(tx, int):
-        return rx, tx
-    return None
-
