@@ -17,8 +17,8 @@ class OpenDirs:
     Each cycle reads the same cgroups again; keeping their directories open saves an open
     (a full path walk) and a close per hierarchy and cgroup, keeping their files open saves
     an open and a close per file (kernfs answers a pread at offset 0 with fresh content).
-    Bounded: at most `max_open` fds in all (directories and files) and half of RLIMIT_NOFILE
-    (the kernel watch holds up to 5 per cgroup too: PSI triggers, eventfds; the limit is
+    Bounded: at most `max_open` fds in all (directories and files) and SHARE of RLIMIT_NOFILE
+    (the kernel watch holds ~7 per cgroup too: PSI triggers, eventfds; the limit is
     re-read when full, since a daemon may raise it later), and after an EMFILE also net of
     the fds the rest of the process holds (see REGROW_AFTER_S); when full,
     directories and files are opened per read instead (evicting would thrash on cyclic scans).
@@ -29,6 +29,9 @@ class OpenDirs:
     compare) and replaced. Not thread-safe: CgroupReader serialises access.
     """
 
+    #: Of the open-file limit, the share kept fds may take: a hybrid cgroup needs ~27 kept
+    #: fds (6 directories and their counters) and ~7 in the kernel watch.
+    SHARE = 0.75
     IDLE_S = 120.0
     SWEEP_EVERY_S = 30.0
     #: After running out of fds (shrink), the pool grows again no sooner than this, and then
@@ -60,7 +63,7 @@ class OpenDirs:
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return self._max
-        return max(0, min(self._max, soft // 2 - others))
+        return max(0, min(self._max, int(soft * self.SHARE) - others))
 
     def __len__(self) -> int:
         """Fds kept (directories and files)."""
@@ -122,7 +125,7 @@ class OpenDirs:
     def shrink(self, now_ns: int) -> bool:
         """Out of fds (EMFILE on a directory here, or on a file: CgroupDir.emfile): give back
         the older half of the kept directories with their files (not those of the read in
-        progress) down to what leaves half the limit free besides the fds others hold
+        progress) down to SHARE of the limit less the fds others hold
         (at least one directory), and stop growing for REGROW_AFTER_S. True when something
         was closed."""
         idle = sorted((d.used_ns, p) for p, d in self._dirs.items() if d.used_ns != now_ns)
