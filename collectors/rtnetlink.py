@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from collectors.pyroute2_decoder import ifinfmsg
 
 # Netlink and rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h).
 NETLINK_ROUTE = 0

@@ -107,3 +107,35 @@ def test_short_interval_keeps_every_nth_cycle() -> None:
     assert h is not None and h["step_s"] == 5
     assert h["series"]["memory_bytes"] == [float(i) for i in range(95, 1000, 5)]  # type: ignore[index]
     assert ring.nbytes() == 181 * len(METRICS) * 4 + 181 * 8
+
+
+def test_an_unchanged_series_holds_no_array_and_reads_the_same_once_it_changes() -> None:
+    """Idle workloads cost one row, not capacity x metrics floats; the history read back is
+    the same before and after the array is made, and as a series that changed all along."""
+    ring = HistoryRing(window_s=60, interval_s=5)
+    ref = HistoryRing(window_s=60, interval_s=5)
+    for i in range(20):  # /a idle for a lap and a half; /r moves every cycle from the start
+        ring.record(snap(i, 1000 + 5 * i, state("/a", 7, cpu=0.0, mem=4096)))
+        ref.record(snap(i, 1000 + 5 * i, state("/a", 7, cpu=0.0, mem=4096),
+                        state("/r", 9, cpu=i / 10, mem=i)))
+    assert ring.nbytes() == 13 * 8  # the timeline only
+    idle = ring.get("/a")
+    assert idle is not None and idle["series"]["memory_bytes"] == [4096.0] * 13  # type: ignore[index]
+    assert idle == ref.get("/a")
+    ring.record(snap(20, 1100, state("/a", 7, cpu=0.5, mem=8192)))
+    ref.record(snap(20, 1100, state("/a", 7, cpu=0.5, mem=8192), state("/r", 9, 2.0, 20)))
+    moved = ring.get("/a")
+    assert moved is not None
+    assert moved["series"]["memory_bytes"] == [4096.0] * 12 + [8192.0]  # type: ignore[index]
+    assert moved == ref.get("/a")
+    assert ring.nbytes() == 13 * len(METRICS) * 4 + 13 * 8
+    # A series that appeared mid-window: None before it, its row after, array or not.
+    ring.record(snap(21, 1105, state("/a", 7, 0.5, 8192), state("/n", 11, 0.0, 1)))
+    ring.record(snap(22, 1110, state("/a", 7, 0.5, 8192), state("/n", 11, 0.0, 1)))
+    late = ring.get("/n")
+    assert late is not None
+    assert late["series"]["memory_bytes"] == [None] * 11 + [1.0, 1.0]  # type: ignore[index]
+    ring.record(snap(23, 1115, state("/a", 7, 0.5, 8192)))  # /n absent: array made, a gap
+    gap = ring.get("/n")
+    assert gap is not None
+    assert gap["series"]["memory_bytes"] == [None] * 10 + [1.0, 1.0, None]  # type: ignore[index]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-
-from dbus_fast import BusType, Message, MessageType
-from dbus_fast.aio import MessageBus
+from typing import TYPE_CHECKING
 
 from agent.control.errors import ControlError
+
+# dbus-fast is imported when a unit is operated on, not with the agent (+2.8 MiB of RSS).
+if TYPE_CHECKING:
+    from dbus_fast.aio import MessageBus
 
 #: The first systemd with FreezeUnit/ThawUnit.
 MIN_VERSION = 246
@@ -56,6 +58,8 @@ class SystemdBus:
 
     async def call(self, path: str, interface: str, member: str, signature: str = "",
                    body: list[object] | None = None) -> list[object]:
+        from dbus_fast import Message, MessageType
+
         reply = await self.bus.call(Message(destination=_DEST, path=path, interface=interface,
                                             member=member, signature=signature,
                                             body=body or []))
@@ -86,6 +90,9 @@ class SystemdBus:
 async def _run(unit: str, op: str, timeout_s: float) -> str | None:
     """Do `op` on `unit`; its FreezerState afterwards, or None when systemd is too old."""
     async with asyncio.timeout(timeout_s):
+        from dbus_fast import BusType
+        from dbus_fast.aio import MessageBus
+
         bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         try:
             sd = SystemdBus(bus)

@@ -6,6 +6,10 @@ window holds more than MAX_SLOTS cycles (15 min at 1 s: every 5th cycle), so mem
 (MAX_SLOTS + 1) x metrics x 4 bytes per live workload (7.2 KB), plus one float64 timestamp per
 slot, whatever the interval. A workload's series is dropped once it has been absent for the whole
 window; a recreated cgroup (new inode) starts a fresh series.
+
+A workload whose values have not changed since it appeared (an idle container: no CPU, the same
+memory) holds no array, only its one row and when it started: at 1,000 idle workloads that is
+7 MB less. The array is made, with that row in every slot since, at the first change.
 """
 
 from __future__ import annotations
@@ -72,11 +76,14 @@ class Series:
 
     inode: int
     name: str
-    values: array[float]
+    #: None while every row recorded was `row` (from cycle number `first` on).
+    values: array[float] | None
     last_seen_wall_ns: int
     #: Latest limits: drawn as lines on the CPU and memory charts.
     cpu_quota_cores: float | None = None
     memory_limit_bytes: int | None = None
+    row: tuple[float | None, ...] = ()
+    first: int = 0
 
 
 class HistoryRing:
@@ -113,19 +120,19 @@ class HistoryRing:
         base = slot * _M
         seen: set[str] = set()
         for wid, w in snapshot.workloads.items():
+            row = tuple(read(w) for read in _READERS)
             s = self.series.get(wid)
             if s is None or s.inode != w.identity.inode:
-                s = self.series[wid] = Series(
-                    w.identity.inode, w.identity.name, array("f", [NAN]) * (self.capacity * _M),
-                    snapshot.wall_ns)
+                s = self.series[wid] = Series(w.identity.inode, w.identity.name, None,
+                                              snapshot.wall_ns, row=row, first=self.count - 1)
+            elif s.values is not None or row != s.row:
+                vals = self._materialized(s)
+                for m, v in enumerate(row):
+                    vals[base + m] = NAN if v is None else v
             s.last_seen_wall_ns = snapshot.wall_ns
             s.name = w.identity.name
             s.cpu_quota_cores = cpu_quota_cores(w)
             s.memory_limit_bytes = memory_limit_bytes(w)
-            vals = s.values
-            for m, read in enumerate(_READERS):
-                v = read(w)
-                vals[base + m] = NAN if v is None else v
             seen.add(wid)
         horizon = snapshot.wall_ns - int(self.window_s * 1e9)
         for wid in [k for k, s in self.series.items()
@@ -133,7 +140,19 @@ class HistoryRing:
             del self.series[wid]
         for wid, s in self.series.items():
             if wid not in seen:
-                s.values[base:base + _M] = array("f", [NAN]) * _M
+                self._materialized(s)[base:base + _M] = array("f", [NAN]) * _M
+
+    def _materialized(self, s: Series) -> array[float]:
+        """The series' array; made at the first change of an unchanged series, with its row
+        in the slots of every cycle recorded since it appeared (before the current one)."""
+        if s.values is None:
+            vals = s.values = array("f", [NAN]) * (self.capacity * _M)
+            cur = self.count - 1
+            row = array("f", [NAN if v is None else v for v in s.row])
+            for c in range(max(s.first, cur - self.capacity + 1), cur):
+                base = (c % self.capacity) * _M
+                vals[base:base + _M] = row
+        return s.values
 
     def _slots(self) -> list[int]:
         """Slot indexes oldest first, only those written."""
@@ -148,10 +167,17 @@ class HistoryRing:
             return None
         slots = self._slots()
         out: dict[str, list[float | None]] = {name: [] for name in _NAMES}
-        for slot in slots:
+        if s.values is None:
+            # Float32 as the array would hold it: the same numbers either way.
+            row = [None if v is None else array("f", [v])[0] for v in s.row]
+            for c in range(self.count - len(slots), self.count):
+                for m, name in enumerate(_NAMES):
+                    out[name].append(row[m] if c >= s.first else None)
+        vals = s.values
+        for slot in slots if vals is not None else ():
             base = slot * _M
             for m, name in enumerate(_NAMES):
-                v = s.values[base + m]
+                v = vals[base + m]  # type: ignore[index]
                 out[name].append(None if math.isnan(v) else v)
         return {
             "id": workload_id,
@@ -167,5 +193,6 @@ class HistoryRing:
 
     def nbytes(self) -> int:
         """Bytes held in the value arrays and the timeline (the part that grows with load)."""
-        per = sum(s.values.itemsize * len(s.values) for s in self.series.values())
+        per = sum(s.values.itemsize * len(s.values) for s in self.series.values()
+                  if s.values is not None)
         return per + self.times.itemsize * len(self.times)
