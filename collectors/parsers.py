@@ -297,23 +297,23 @@ def translate_v1_memory_stat(v1: Mapping[str, int]) -> dict[str, int]:
 def parse_v1_memory_stat(data: bytes) -> dict[str, int]:
     """v1 memory.stat, translated to v2 key names (see translate_v1_memory_stat)."""
     # Fast path for the kernel's shape: local keys first, then only total_* keys. The local
-    # value of a key that has a total_ is never converted (about half the file). Works on
-    # str: the keys then keep their computed hash from the merge to the result.
+    # value of a key that has a total_ is never converted (about half the file). Keys are the
+    # shared names of _key_name: one str per key for every cgroup (and its hash computed once).
     idx = data.find(b"\ntotal_")
     if idx >= 0 and data[-1:] == b"\n":
         tail_b = data[idx + 1 :]
         lines = tail_b.count(b"\n")
         # Every tail line starts with total_, and total_ appears nowhere else in the tail.
         if tail_b.count(b"\ntotal_") + 1 == lines == tail_b.count(b"total_"):
-            try:
-                head = data[: idx + 1].decode().split()
-                tail = tail_b.replace(b"total_", b"").decode().split()
-            except ValueError:
-                raise ParseError("v1 memory.stat: not UTF-8") from None
+            head = data[: idx + 1].split()
+            tail = tail_b.replace(b"total_", b"").split()
             nh, nt = len(head), len(tail)
             if not (nh | nt) & 1 and data.count(b"\n") == (nh + nt) >> 1:
-                merged = dict(zip(head[0::2], head[1::2], strict=True))
-                merged.update(zip(tail[0::2], tail[1::2], strict=True))
+                try:
+                    merged = dict(zip(map(_key_name, head[0::2]), head[1::2], strict=True))
+                    merged.update(zip(map(_key_name, tail[0::2]), tail[1::2], strict=True))
+                except ValueError:
+                    raise ParseError("v1 memory.stat: not UTF-8") from None
                 for old, new in V1_MEMORY_STAT_NAMES.items():
                     value = merged.pop(old, None)
                     if value is not None:

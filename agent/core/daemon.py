@@ -23,7 +23,13 @@ from agent.core.component import AgentContext, Component
 from agent.core.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 from agent.core.exit_codes import ExitCode
 from agent.core.hostinfo import read_host_info
-from agent.core.process_limits import limit_malloc_arenas, raise_nofile_limit, trim_malloc
+from agent.core.process_limits import (
+    freeze_long_lived,
+    limit_malloc_arenas,
+    raise_nofile_limit,
+    trim_malloc,
+    tune_gc,
+)
 from agent.core.registry import builtin_components
 from agent.core.store import Store
 from agent.events.lifecycle import identify
@@ -122,6 +128,7 @@ class Agent:
             started = time.monotonic()
             good = await self._cycle()
             if first and good:
+                freeze_long_lived()
                 self.notifier.ready()
                 log.info("ready: %d workloads, first snapshot published",
                          len(self.snapshot.workloads) if self.snapshot else 0)
@@ -351,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().setLevel(config["log_level"].upper())
     raise_nofile_limit()
     limit_malloc_arenas()
+    tune_gc()
     # The kernel watch's thread must get the GIL within a fraction of a millisecond of a
     # notification, not after the 5 ms default slice of a cycle or a scrape.
     sys.setswitchinterval(SWITCH_INTERVAL_S)

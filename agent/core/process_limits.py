@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import gc
 import resource
 
 #: mallopt() parameter numbers (glibc malloc.h).
@@ -61,3 +62,23 @@ def raise_nofile_limit(wanted: int = WANTED_NOFILE) -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             return hard
     return soft
+
+
+#: Allocations between young collections (CPython's default: 700). A cycle allocates and
+#: frees ~100 objects per cgroup, nearly all without reference cycles: at 700, 1,000 cgroups
+#: made CPython run 36 young, 3 middle and 0.3 full collections per second, 26 ms of CPU per
+#: second in all, the full ones pausing every thread (the event loop too) for 40-95 ms.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Fewer collections: the cyclic collector is for cycles, and the agent makes few."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def freeze_long_lived() -> None:
+    """Move every object alive now (modules, classes, the agent's standing state after its
+    first cycle) out of the collector's reach: full collections then walk only what came
+    later. Frozen objects are still freed by reference counting when dropped."""
+    gc.collect()
+    gc.freeze()
