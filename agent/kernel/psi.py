@@ -17,6 +17,7 @@ import os
 import queue
 import select
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +55,11 @@ def open_trigger(path: Path, stall_us: int, window_us: int) -> int | None:
                 "(without CAP_SYS_RESOURCE the window must be a multiple of 2 s)") from None
         raise PsiRefused(f"PSI trigger: {e.strerror}") from None
     return fd
+
+
+#: Threads closing the triggers left at shutdown, and how long they may take in all.
+SHUTDOWN_CLOSERS = 64
+SHUTDOWN_CLOSE_S = 20.0
 
 
 class PsiWaiter:
@@ -105,6 +111,32 @@ class PsiWaiter:
             self._thread = None
         self.epoll.close()
         os.close(self._wake)
+        self._drain_closes()
+
+    def _drain_closes(self) -> None:
+        """Close what is still queued from many threads at once: each close waits for an RCU
+        grace period, and concurrent waiters share one. One by one, 1,000 cgroups' triggers
+        kept agentd exiting for 30-190 s (the kernel's own exit closes them one by one too)."""
+        pending = self._to_close.qsize()
+        if not pending:
+            return
+
+        def drain() -> None:
+            while True:
+                try:
+                    fd = self._to_close.get_nowait()
+                except queue.Empty:
+                    return
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+        closers = [threading.Thread(target=drain, name="psi-close", daemon=True)
+                   for _ in range(min(SHUTDOWN_CLOSERS, pending))]
+        for t in closers:
+            t.start()
+        deadline = time.monotonic() + SHUTDOWN_CLOSE_S
+        for t in closers:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         loop = self._loop
