@@ -18,7 +18,7 @@ class OpenDirs:
     (a full path walk) and a close per hierarchy and cgroup, keeping their files open saves
     an open and a close per file (kernfs answers a pread at offset 0 with fresh content).
     Bounded: at most `max_open` fds in all (directories and files) and SHARE of RLIMIT_NOFILE
-    (the kernel watch holds ~7 per cgroup too: PSI triggers, eventfds; the limit is
+    (the kernel watch keeps up to agent.kernel.fd_budget.SHARE more; the limit is
     re-read when full, since a daemon may raise it later), and after an EMFILE also net of
     the fds the rest of the process holds (see REGROW_AFTER_S); when full,
     directories and files are opened per read instead (evicting would thrash on cyclic scans).
@@ -30,8 +30,9 @@ class OpenDirs:
     """
 
     #: Of the open-file limit, the share kept fds may take: a hybrid cgroup needs ~27 kept
-    #: fds (6 directories and their counters) and ~7 in the kernel watch.
-    SHARE = 0.75
+    #: fds (6 directories and their counters): 500 fit in 0.7 of 20,000. The kernel watch
+    #: takes 0.2 (agent.kernel.fd_budget), a tenth is left to the rest of the process.
+    SHARE = 0.7
     IDLE_S = 120.0
     SWEEP_EVERY_S = 30.0
     #: After running out of fds (shrink), the pool grows again no sooner than this, and then
