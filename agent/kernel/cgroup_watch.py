@@ -277,12 +277,6 @@ class CgroupWatcher(SlowSources, LoopBridge):
                     return False
         return True
 
-    def _mark_short(self, cg: WatchedCgroup) -> None:
-        """Under the lock: `cg` lacks an fd it would have kept (counted once per cgroup)."""
-        if not cg.short and self.cgroups.get(cg.path) is cg:
-            cg.short = True
-            self.short += 1
-
     def _close_kept(self, cg: WatchedCgroup) -> None:
         for fd in cg.fds.values():
             os.close(fd)
@@ -324,7 +318,14 @@ class CgroupWatcher(SlowSources, LoopBridge):
                 data = self._read_kept(cg, source)
                 text = None if data is None else data.decode(errors="replace")
             else:
-                text = read_text(path)
+                try:
+                    text = read_text(path)
+                except OSError as e:
+                    if e.errno not in OUT_OF_FDS:
+                        raise
+                    # Not the batch of notices this read is part of: skip just this one.
+                    self.fd_budget.missed(str(path))
+                    return
         if text is None:
             if source in ("cgroup.events", "cgroup.procs") and self.cgroups.get(cg.path) is cg:
                 self.unwatch(cg.path)

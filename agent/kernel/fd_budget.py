@@ -16,7 +16,7 @@ import logging
 import resource
 import threading
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger("agent.kernel.watch")
 
@@ -40,6 +40,7 @@ class FdBudget:
         self.kept = 0
         #: Set when an fd was refused (budget spent or EMFILE): said once.
         self.spent = False
+        self.reads_missed = 0
         self._lock = threading.Lock()
 
     def _cap_for(self, soft: int) -> int:
@@ -70,11 +71,9 @@ class FdBudget:
             self.kept -= n if kept else 0
 
     def refused(self, what: str, emfile: bool = False) -> None:
-        """An fd was not had: budget spent, or the process out of fds (EMFILE: no more taken
-        than now held, as the rest of the process needs the others)."""
+        """An fd was not had: budget spent, or the process out of fds for now (EMFILE: the
+        cap stays, the fds others hold come and go)."""
         with self._lock:
-            if emfile:
-                self.cap = min(self.cap, self.held)
             first, self.spent = not self.spent, True
         if first:
             log.warning("kernel watch out of file descriptors (%d kept, %s): further cgroups "
@@ -83,13 +82,23 @@ class FdBudget:
                         self.held, "EMFILE" if emfile else f"its share of the limit is {self.cap}",
                         what)
 
+    def missed(self, what: str) -> None:
+        """A file read by path could not be opened (EMFILE): not read this time (counted; said
+        once). The collection reads it next cycle, a polled one is read at the next poll."""
+        with self._lock:
+            self.reads_missed += 1
+            first = self.reads_missed == 1
+        if first:
+            log.warning("kernel watch out of file descriptors: %s not read (further misses are "
+                        "counted in container_agent_kernel_watch_reads_missed_total)", what)
+
     def describe(self, short: int) -> str:
         """For the host facts: one value while degraded (it must not change every cycle)."""
         return (f"degraded: out of file descriptors (kept fds capped at {self.cap}): some cgroups "
                 "without kept files, PSI triggers or OOM eventfds") if short else "ok"
 
 
-def budget_families(budget: FdBudget, short: int) -> list[GaugeMetricFamily]:
+def budget_families(budget: FdBudget, short: int) -> list[Metric]:
     held = GaugeMetricFamily("container_agent_kernel_watch_fds",
                              "Fds the kernel watch keeps for cgroups (files, triggers, eventfds)")
     held.add_metric([], budget.held)
@@ -101,4 +110,8 @@ def budget_families(budget: FdBudget, short: int) -> list[GaugeMetricFamily]:
         "Watched cgroups without some of their kept files, PSI triggers or OOM eventfd for "
         "lack of fds (their files are read by path, their pressure and v1 OOM events not told)")
     degraded.add_metric([], short)
-    return [held, cap, degraded]
+    missed = CounterMetricFamily(
+        "container_agent_kernel_watch_reads_missed",
+        "Kernel watch re-reads of a file by path that found no fd free (EMFILE)")
+    missed.add_metric([], budget.reads_missed)
+    return [held, cap, degraded, missed]

@@ -59,6 +59,7 @@ class SlowSources:
     psi_error: str | None
     psi_waiter: PsiWaiter
     fd_budget: FdBudget
+    short: int
     deferred: DeferredWork
     ino: Inotify
     lock: threading.RLock
@@ -74,10 +75,15 @@ class SlowSources:
         def _reread(self, cg: WatchedCgroup, source: str, notified: bool = False,
                     text: str | bool | None = False) -> None: ...
         def abs_path(self, path: str) -> Path: ...
-        def _mark_short(self, cg: WatchedCgroup) -> None: ...
 
     def _watched(self, cg: WatchedCgroup) -> bool:
         return self.cgroups.get(cg.path) is cg
+
+    def _mark_short(self, cg: WatchedCgroup) -> None:
+        """Under the lock: `cg` lacks an fd it would have kept (counted once per cgroup)."""
+        if not cg.short and self._watched(cg):
+            cg.short = True
+            self.short += 1
 
     # -- cgroup2 memory.events / pids.events ---------------------------------------------
     def _event_sources(self, cg: WatchedCgroup) -> None:
