@@ -174,11 +174,6 @@ class CgroupReader:
             for dir_path in self._paths.candidate_dirs(path):
                 self._dirs.drop(dir_path)
 
-    def reserve_fds(self, fds: int) -> None:
-        """Keep at most the open-file limit less `fds` open between reads (see OpenDirs)."""
-        with self._lock:
-            self._dirs.set_reserve(fds, time.monotonic_ns())
-
     @property
     def kept_fds(self) -> int:
         """Fds kept open between reads: directories and their files, in every hierarchy."""

@@ -17,11 +17,10 @@ class OpenDirs:
     Each cycle reads the same cgroups again; keeping their directories open saves an open
     (a full path walk) and a close per hierarchy and cgroup, keeping their files open saves
     an open and a close per file (kernfs answers a pread at offset 0 with fresh content).
-    Bounded: at most `max_open` fds in all (directories and files), SHARE of RLIMIT_NOFILE,
-    and the limit less `reserve` (set_reserve: what the rest of the process is expected to
-    hold, e.g. the kernel watch's ~7 fds per cgroup; the limit is re-read when full, since a
-    daemon may raise it later), and after an EMFILE also net of the fds the rest of the
-    process holds (see REGROW_AFTER_S); when full,
+    Bounded: at most `max_open` fds in all (directories and files) and SHARE of RLIMIT_NOFILE
+    (the kernel watch keeps up to agent.kernel.fd_budget.SHARE more; the limit is
+    re-read when full, since a daemon may raise it later), and after an EMFILE also net of
+    the fds the rest of the process holds (see REGROW_AFTER_S); when full,
     directories and files are opened per read instead (evicting would thrash on cyclic scans).
     A kept cgroup file costs ~6 KB of kernel memory (its seq_file buffer), charged to the
     agent's cgroup: files read seldom (limits) are not kept.
@@ -31,8 +30,9 @@ class OpenDirs:
     """
 
     #: Of the open-file limit, the share kept fds may take: a hybrid cgroup needs ~27 kept
-    #: fds (6 directories and their counters) and ~7 in the kernel watch.
-    SHARE = 0.75
+    #: fds (6 directories and their counters): 500 fit in 0.7 of 20,000. The kernel watch
+    #: takes 0.2 (agent.kernel.fd_budget), a tenth is left to the rest of the process.
+    SHARE = 0.7
     IDLE_S = 120.0
     SWEEP_EVERY_S = 30.0
     #: After running out of fds (shrink), the pool grows again no sooner than this, and then
@@ -53,8 +53,6 @@ class OpenDirs:
         self._dirs: dict[str, CgroupDir] = {}
         #: Fds kept: the directories' and their files'.
         self._n = 0
-        #: Fds left to the rest of the process (set_reserve).
-        self._reserve = 0
         self._cap = self._compute_cap()
         self._next_sweep = 0
         #: Set by shrink(): the cap then also leaves room for the fds others hold.
@@ -66,20 +64,7 @@ class OpenDirs:
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return self._max
-        return max(0, min(self._max, int(soft * self.SHARE) - others, soft - self._reserve))
-
-    def set_reserve(self, fds: int, now_ns: int) -> None:
-        """Leave `fds` of the limit to the rest of the process; over the new cap, the least
-        recently used directories are given back now (before the others run out)."""
-        if fds == self._reserve:
-            return
-        self._reserve = fds
-        self._cap = min(self._cap, self._compute_cap()) if self._squeezed else self._compute_cap()
-        if self._n > self._cap:
-            for _used, path in sorted((d.used_ns, p) for p, d in self._dirs.items()):
-                if self._n <= self._cap:
-                    break
-                self.drop(path)
+        return max(0, min(self._max, int(soft * self.SHARE) - others))
 
     def __len__(self) -> int:
         """Fds kept (directories and files)."""

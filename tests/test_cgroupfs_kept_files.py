@@ -5,7 +5,6 @@ files, every hierarchy), and running out of fds gives half of them back without 
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -96,24 +95,3 @@ def test_out_of_fds_gives_half_back_and_loses_nothing(cgroups: CgroupFactory) ->
     # 12 cgroups need far more than 60 fds kept; the reader gave back instead of failing.
     assert 0 < kept < 60 and open_now <= limit
     assert complete >= 3 * 12 - 2  # at most the reads that hit EMFILE lack a part
-
-
-def test_a_reserve_for_the_rest_of_the_process_gives_kept_fds_back(
-    cgroups: CgroupFactory,
-) -> None:
-    """The reader keeps at most the open-file limit less the reserve the agent sets for the
-    kernel watch: a larger reserve closes the least recently used directories now."""
-    cgs = [cgroups.create() for _ in range(6)]
-    reader = CgroupReader(cgroups.layout)
-    for c in cgs:
-        reader.read(c.rel)
-    before = reader.kept_fds
-    assert before > 6 * len(cgs[0].dirs)
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    reader.reserve_fds(soft - before // 2)
-    assert 0 < reader.kept_fds <= before // 2
-    assert not fds_into(cgs[0])  # read first: its directories and files went first
-    sample = reader.read(cgs[0].rel)  # still read whole, by opening per read
-    assert sample.cpu is not None and sample.memory is not None
-    assert reader.kept_fds <= before // 2
-    reader.close()

@@ -37,6 +37,7 @@ from agent.exporters.exposition import MetricsRenderer, metrics_options
 from agent.identity.discovery import Discovery
 from agent.kernel.cgroup_watch import CgroupWatcher
 from agent.kernel.collection import Collector
+from agent.kernel.fd_budget import OUT_OF_FDS, budget_families
 from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity
 from collectors.cgroupfs import CgroupReader
 from collectors.layout import CgroupLayout, LayoutError, detect_layout
@@ -114,7 +115,8 @@ class Agent:
         health.watch_thread("kernel_watch", "kernel-watch", self.watcher.alive)
         health.watch_thread("kernel_watch", "psi-triggers", self.watcher.psi_waiter.alive)
         self.renderer.components = list(self.components)
-        self.renderer.live_families = lambda: [health.metric_family()]
+        self.renderer.live_families = lambda: [
+            health.metric_family(), *budget_families(self.watcher.fd_budget, self.watcher.short)]
         self._host = read_host_info(self.layout, self.ctx.host_facts)
         # Watches go on before the scan lists: a cgroup made meanwhile is listed or reported.
         self.watcher.start(loop)
@@ -146,19 +148,35 @@ class Agent:
         await self._shutdown()
         return 0
 
-    def _rescan(self) -> None:
-        self.collector.full_scan()
+    def _rescan(self, tree: bool = False) -> None:
+        """The full discovery scan; `tree`: and the kernel watch's rescan after it."""
+        try:
+            self.collector.full_scan()
+            if tree:
+                self.watcher.rescan()
+        except OSError as e:
+            if e.errno not in OUT_OF_FDS:
+                raise
+            # Out of fds for a moment (too many clients, say): cycles go on with the cgroups
+            # known and the kernel watch's notices; the next rescan tries again.
+            log.warning("rescan failed: %s", e)
+            self.ctx.health.fault("collection", "rescan", str(e))
+        else:
+            self.ctx.health.clear("collection", "rescan")
         self._last_rescan = time.monotonic()
 
     async def _cycle(self) -> bool:
         """One collection cycle; False when it failed (no snapshot published)."""
         loop = asyncio.get_running_loop()
         if time.monotonic() - self._last_rescan >= float(self.config["rescan_interval"]):
-            await loop.run_in_executor(None, self._rescan)
-            # A walk of the whole tree (stat of every directory): off the loop, like the scan.
-            await loop.run_in_executor(None, self.watcher.rescan)
+            # With the kernel watch's walk of the tree (a stat of every directory): off the loop.
+            await loop.run_in_executor(None, self._rescan, True)
         assert self._host is not None
         host = self._host
+        if self.watcher.short:  # said while some cgroup lacks its fds
+            self.ctx.host_facts["kernel_watch"] = self.watcher.fd_budget.describe(1)
+        else:
+            self.ctx.host_facts.pop("kernel_watch", None)
         if dict(host.facts) != self.ctx.host_facts:
             host = self._host = read_host_info(self.layout, self.ctx.host_facts)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agent.core.process_limits import raise_nofile_limit
 from agent.kernel.deferred import DeferredWork
+from agent.kernel.fd_budget import OUT_OF_FDS, FdBudget
 from agent.kernel.inotify import (
     IN_CREATE,
     IN_DELETE,
@@ -83,8 +84,9 @@ class CgroupWatcher(SlowSources, LoopBridge):
         self.follow_new = listener is not None
         #: fs.inotify.max_user_watches reached: new cgroups are then found by the rescan.
         self.watches_exhausted = False
-        #: The fd limit was reached: kept files are skipped (said once).
-        self.fds_exhausted = False
+        #: Bounds the fds kept per cgroup; `short`: cgroups watched without some of theirs.
+        self.fd_budget = FdBudget()
+        self.short = 0
         self._created: list[str] = []
         self._deleted: list[str] = []
         self.identify = identify
@@ -96,7 +98,7 @@ class CgroupWatcher(SlowSources, LoopBridge):
         self.on_emptied: Callable[[WatchedCgroup], None] | None = None
         self.ino = Inotify()
         self.deferred = DeferredWork()
-        self.psi_waiter = PsiWaiter(self._on_psi)
+        self.psi_waiter = PsiWaiter(self._on_psi, self.fd_budget)
         self.cgroups: dict[str, WatchedCgroup] = {}
         self._dir_wds: dict[int, str] = {}
         self._dir_by_path: dict[str, int] = {}
@@ -113,6 +115,7 @@ class CgroupWatcher(SlowSources, LoopBridge):
     @locked
     def start(self, loop: asyncio.AbstractEventLoop, watch_tree: bool = True) -> None:
         raise_nofile_limit()
+        self.fd_budget.recap()
         self.loop = loop
         self._loop_thread = threading.get_ident()
         self.psi_waiter.start(loop)
@@ -149,7 +152,11 @@ class CgroupWatcher(SlowSources, LoopBridge):
             except OSError as e:
                 if e.errno in GONE:
                     continue
-                raise
+                if e.errno not in OUT_OF_FDS:
+                    raise
+                # Not watched for now: the next rescan finds it.
+                self.fd_budget.refused(f"directory {rel}", emfile=True)
+                continue
             try:
                 self._watch_dir(rel, dfd, report_new)
                 if rel != "/" and (parent := self.cgroups.get(rel.rsplit("/", 1)[0] or "/")):
@@ -161,7 +168,9 @@ class CgroupWatcher(SlowSources, LoopBridge):
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(f"{rel.rstrip('/')}/{entry.name}")
             except OSError as e:
-                if e.errno not in GONE:
+                if e.errno in OUT_OF_FDS:  # scandir's dup: the next rescan lists it
+                    self.fd_budget.refused(f"directory {rel}", emfile=True)
+                elif e.errno not in GONE:
                     raise
             finally:
                 os.close(dfd)
@@ -224,7 +233,7 @@ class CgroupWatcher(SlowSources, LoopBridge):
         self.cgroups[cg.path] = cg
         if self.layout.unified is not None:
             if not self._keep_files(cg, d, dir_fd):
-                self.cgroups.pop(cg.path, None)
+                self.unwatch(cg.path)
                 return None
             if cg.path in self._dir_by_path:
                 cg.names["cgroup.events"] = "cgroup.events"
@@ -245,28 +254,33 @@ class CgroupWatcher(SlowSources, LoopBridge):
         return self.cgroups.get(cg.path)
 
     def _keep_files(self, cg: WatchedCgroup, d: Path, dir_fd: int | None) -> bool:
-        """Open the kept files; False when the cgroup is already gone. Out of fds (EMFILE),
-        the files are read by path instead (slower under churn, still right)."""
+        """Open the kept files; False when the cgroup is already gone. Past the watch's fd
+        budget (or at EMFILE) the files are read by path instead (slower under churn)."""
         cg.files["cgroup.events"] = d / "cgroup.events"
         for name in _KEPT:
+            if not self.fd_budget.take(1, name, kept=True):
+                self._mark_short(cg)
+                continue
             try:
                 cg.fds[name] = os.open(name if dir_fd is not None else d / name,
                                        os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
             except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE):
-                    if not self.fds_exhausted:
-                        log.warning("out of file descriptors: cgroup files are read by path")
-                    self.fds_exhausted = True
+                self.fd_budget.give(1, kept=True)
+                if e.errno in OUT_OF_FDS:
+                    self.fd_budget.refused(name, emfile=True)
+                    self._mark_short(cg)
                 elif e.errno not in GONE:
                     self._close_kept(cg)
                     raise
                 elif name == "cgroup.events":
+                    self._close_kept(cg)
                     return False
         return True
 
     def _close_kept(self, cg: WatchedCgroup) -> None:
         for fd in cg.fds.values():
             os.close(fd)
+        self.fd_budget.give(len(cg.fds), kept=True)
         cg.fds.clear()
 
     def _read_kept(self, cg: WatchedCgroup, name: str) -> bytes | None:
@@ -287,6 +301,8 @@ class CgroupWatcher(SlowSources, LoopBridge):
             return
         self._release_sources(cg)
         self._close_kept(cg)
+        if cg.short:
+            self.short -= 1
 
     # -- reacting ------------------------------------------------------------------------
     def _reread(self, cg: WatchedCgroup, source: str, notified: bool = False,
@@ -302,7 +318,14 @@ class CgroupWatcher(SlowSources, LoopBridge):
                 data = self._read_kept(cg, source)
                 text = None if data is None else data.decode(errors="replace")
             else:
-                text = read_text(path)
+                try:
+                    text = read_text(path)
+                except OSError as e:
+                    if e.errno not in OUT_OF_FDS:
+                        raise
+                    # Not the batch of notices this read is part of: skip just this one.
+                    self.fd_budget.missed(str(path))
+                    return
         if text is None:
             if source in ("cgroup.events", "cgroup.procs") and self.cgroups.get(cg.path) is cg:
                 self.unwatch(cg.path)

@@ -23,11 +23,6 @@ from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadS
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
 
-#: Fds left by the reader's kept files to the rest of the agent: per cgroup (the kernel
-#: watch: 3,500 for 500 hybrid cgroups, measured) and for everything else (store, sockets).
-WATCH_FDS_PER_CGROUP = 8
-BASE_FDS = 1024
-
 log = logging.getLogger("agent.collection")
 
 #: How many cycles a new workload is identified again.
@@ -142,11 +137,7 @@ class Collector:
     ) -> Snapshot:
         cpu0 = time.thread_time_ns()
         self._refresh_young()
-        idents = self.identities()
-        # The kernel watch holds ~7 fds per cgroup (kept files, PSI triggers, eventfds) and
-        # the API its sockets: the reader's kept files must not take those.
-        self.reader.reserve_fds(WATCH_FDS_PER_CGROUP * len(idents) + BASE_FDS)
-        states = self.read(idents)
+        states = self.read(self.identities())
         self.state.seq += 1
         snap = Snapshot(
             seq=self.state.seq,

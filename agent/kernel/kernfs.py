@@ -60,18 +60,27 @@ def member_v1_dir(root: Path, ref_dir: Path, ctrl: str) -> Path | None:
 
 
 def oom_eventfd(control: Path) -> tuple[int, int] | None:
-    """(eventfd, memory.oom_control fd) registered through cgroup.event_control (v1)."""
+    """(eventfd, memory.oom_control fd) registered through cgroup.event_control (v1); None
+    when that fails, OSError when out of fds (EMFILE, ENFILE)."""
     try:
         cfd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise
         return None
-    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    except OSError:
+        os.close(cfd)
+        raise
     try:
         with open(control.parent / "cgroup.event_control", "w") as f:
             f.write(f"{efd} {cfd}")
     except OSError as e:
         os.close(efd)
         os.close(cfd)
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise
         log.debug("oom eventfd on %s: %s", control, e)
         return None
     return efd, cfd

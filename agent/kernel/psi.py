@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.kernel.fd_budget import OUT_OF_FDS, FdBudget
 from agent.kernel.kernfs import GONE
 
 log = logging.getLogger("agent.kernel.watch")
@@ -38,6 +39,8 @@ def open_trigger(path: Path, stall_us: int, window_us: int) -> int | None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
+        if e.errno in OUT_OF_FDS:
+            raise  # the caller's fd budget says so, once
         if e.errno not in GONE:
             log.warning("PSI trigger on %s: %s", path, e)
         return None
@@ -63,9 +66,11 @@ SHUTDOWN_CLOSE_S = 20.0
 
 
 class PsiWaiter:
-    def __init__(self, on_fire: Callable[[int, int], None]) -> None:
-        """`on_fire(fd, mask)` runs on the event loop for each trigger that fired."""
+    def __init__(self, on_fire: Callable[[int, int], None], budget: FdBudget) -> None:
+        """`on_fire(fd, mask)` runs on the event loop for each trigger that fired; each
+        trigger discarded is given back to `budget` once closed."""
         self.on_fire = on_fire
+        self.budget = budget
         self.epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.epoll.register(self._wake, select.EPOLLIN)
@@ -100,6 +105,7 @@ class PsiWaiter:
             fd = self._to_close.get()
             with contextlib.suppress(OSError):
                 os.close(fd)
+            self.budget.give(1)
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.kernel.deferred import DeferredWork
+from agent.kernel.fd_budget import OUT_OF_FDS, FdBudget
 from agent.kernel.inotify import IN_MODIFY, Inotify
 from agent.kernel.kernfs import GONE, oom_eventfd, read_text, v1_dir
 from agent.kernel.psi import PsiRefused, PsiWaiter, open_trigger
@@ -57,6 +58,8 @@ class SlowSources:
     psi: PsiTrigger | None
     psi_error: str | None
     psi_waiter: PsiWaiter
+    fd_budget: FdBudget
+    short: int
     deferred: DeferredWork
     ino: Inotify
     lock: threading.RLock
@@ -75,6 +78,12 @@ class SlowSources:
 
     def _watched(self, cg: WatchedCgroup) -> bool:
         return self.cgroups.get(cg.path) is cg
+
+    def _mark_short(self, cg: WatchedCgroup) -> None:
+        """Under the lock: `cg` lacks an fd it would have kept (counted once per cgroup)."""
+        if not cg.short and self._watched(cg):
+            cg.short = True
+            self.short += 1
 
     # -- cgroup2 memory.events / pids.events ---------------------------------------------
     def _event_sources(self, cg: WatchedCgroup) -> None:
@@ -135,12 +144,13 @@ class SlowSources:
             if (d / name).exists():
                 sources[name] = (d / name, read_text(d / name))
             if ctrl == "memory":
-                oom = oom_eventfd(d / "memory.oom_control")
+                oom = self._open_oom(cg, d / "memory.oom_control")
         with self.lock:
             if not self._watched(cg):
                 if oom is not None:
                     os.close(oom[0])
                     os.close(oom[1])
+                    self.fd_budget.give(2)
                 return
             cg.v1_dirs.update(dirs)
             for source, (path, text) in sources.items():
@@ -154,6 +164,25 @@ class SlowSources:
                 # A runtime moves a new process into each hierarchy in turn: ask again soon.
                 cg.v1_tries += 1
                 self._defer_v1(cg, _V1_RETRY_S)
+
+    def _open_oom(self, cg: WatchedCgroup, control: Path) -> tuple[int, int] | None:
+        """The v1 OOM eventfd and its control fd, within the fd budget."""
+        if not self.fd_budget.take(2, "v1 OOM eventfd"):
+            with self.lock:
+                self._mark_short(cg)
+            return None
+        try:
+            oom = oom_eventfd(control)
+        except OSError as e:
+            if e.errno not in OUT_OF_FDS:
+                raise
+            self.fd_budget.refused("v1 OOM eventfd", emfile=True)
+            with self.lock:
+                self._mark_short(cg)
+            oom = None
+        if oom is None:
+            self.fd_budget.give(2)
+        return oom
 
     def _defer_v1(self, cg: WatchedCgroup, delay_s: float = 0.0,
                   v1_paths: Mapping[str, str] | None = None, retry: bool = True) -> None:
@@ -178,6 +207,7 @@ class SlowSources:
         self._thread.remove(efd)
         os.close(efd)
         os.close(cfd)
+        self.fd_budget.give(2)
 
     def _on_oom_eventfd(self, cg: WatchedCgroup) -> None:
         with self.lock:
@@ -208,6 +238,10 @@ class SlowSources:
         psi = self.psi
         if psi is None or not self._watched(cg) or cg.psi:
             return
+        if not self.fd_budget.take(len(psi.resources), "PSI triggers"):
+            with self.lock:
+                self._mark_short(cg)
+            return
         d = self.abs_path(cg.path)
         opened: list[tuple[int, str]] = []
         try:
@@ -219,6 +253,14 @@ class SlowSources:
             self.psi_error = str(e)
             log.warning("%s; pressure events are off", e)
             self.psi = None
+        except OSError as e:
+            if e.errno not in OUT_OF_FDS:
+                raise
+            self.fd_budget.refused("PSI triggers", emfile=True)
+            with self.lock:
+                self._mark_short(cg)
+        # Those not opened go back now; the others once closed (PsiWaiter.discard).
+        self.fd_budget.give(len(psi.resources) - len(opened))
         with self.lock:
             keep = self._watched(cg) and self.psi is not None
             for fd, res in opened:

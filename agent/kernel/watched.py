@@ -66,6 +66,8 @@ class WatchedCgroup:
     has_children: bool = False
     #: monotonic_ns when the last notification for it was taken off the inotify fd.
     notified_ns: int = 0
+    #: Watched without some of its fds (kept files, PSI triggers, OOM eventfd): none left.
+    short: bool = False
 
 
 class NoListener:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -51,7 +52,8 @@ def write_toml(path: Path, config: dict[str, Any]) -> None:
 
 
 class RunningAgent:
-    def __init__(self, workdir: Path, config: dict[str, Any], args: list[str]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], args: list[str],
+                 nofile: int | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.state_dir = workdir / "state"
@@ -64,10 +66,18 @@ class RunningAgent:
         self.log_path = workdir / "agentd.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._final_log: str | None = None
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # This checkout's code, not the one the venv was installed from (a worktree's tests
+        # would otherwise run another branch's agentd).
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+
+        def limit() -> None:  # `nofile`: the open-file limit, soft and hard
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             [str(BIN / "agentd"), "--config", str(self.config_path), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir),
+            preexec_fn=limit,
         )
 
     def log(self) -> str:
@@ -131,10 +141,10 @@ class RunningAgent:
 @contextlib.contextmanager
 def running_agent(
     config: dict[str, Any] | None = None, args: list[str] | None = None, ready: bool = True,
-    ready_timeout: float = 30.0,
+    ready_timeout: float = 30.0, nofile: int | None = None,
 ) -> Iterator[RunningAgent]:
     with tempfile.TemporaryDirectory(prefix="ca-agentd-") as tmp:
-        agent = RunningAgent(Path(tmp), config or {}, args or [])
+        agent = RunningAgent(Path(tmp), config or {}, args or [], nofile)
         try:
             if ready:
                 agent.wait_ready(ready_timeout)
