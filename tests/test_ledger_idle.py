@@ -115,3 +115,25 @@ def test_idle_samples_are_deferred_then_persisted_within_the_flush_bound(
     total = sum(r.quantity for r in led2.storage.rows(0, 1 << 62, True)
                 if r.meter == "cpu_usec")
     assert total == 400
+
+
+def test_an_ended_container_is_evicted_and_read_back_if_touched_again(tmp_path: Path) -> None:
+    """After its final sample a container's series and open rows leave memory (under churn
+    they piled up until the period closed); if it is sampled again (refilled), its rows are
+    read back from the store, so usage continues exactly instead of restarting from zero."""
+    led = open_ledger(tmp_path / "l.db", period=3600)
+    t0 = 1_000_000.0
+    led.observe_snapshot(snapshot([(ident("/keep", 1), synth("/keep", 1, t0, cpu=0, mem=1))]))
+    who = ident("/a", 7)
+    led.observe_snapshot(snapshot([(ident("/keep", 1), synth("/keep", 1, t0 + 1, cpu=0, mem=1)),
+                                   (who, synth("/a", 7, t0 + 1, cpu=100, mem=4096))]))
+    rows_live = led.open_row_count
+    led.observe_final(who, synth("/a", 7, t0 + 1.5, cpu=250, mem=4096), "boot-a")
+    assert led.open_row_count < rows_live  # evicted
+    # An older read arriving late changes nothing; a newer one continues from the store.
+    led.observe_snapshot(snapshot([(who, synth("/a", 7, t0 + 1.2, cpu=200, mem=4096))]))
+    led.observe_snapshot(snapshot([(who, synth("/a", 7, t0 + 3, cpu=400, mem=4096))]))
+    cpu = [r for r in led.storage.rows(0, 1 << 62, True)
+           if r.inode == 7 and r.meter == "cpu_usec"]
+    assert sum(r.quantity for r in cpu) == 400
+    assert sum(r.n_samples for r in cpu) == 3  # the late read counted no sample

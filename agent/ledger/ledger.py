@@ -40,6 +40,7 @@ from agent.ledger.meters import (
     IO_WRITE_OPS,
     MEMORY_BYTE_SECONDS,
     MEMORY_PEAK_BYTES,
+    METERS,
     NET_RX_BYTES,
     NET_TX_BYTES,
     PIDS_PEAK,
@@ -169,6 +170,18 @@ class Ledger:
                 batch.meta[META_STARTED] = str(sample.wall_ns)
             self._commit(batch)
             self.stats["final_samples"] += 1
+            if key is not None:
+                self._evict(key, sample.wall_ns)
+
+    def _evict(self, key: tuple[str, int], wall_ns: int) -> None:
+        """A container that ended holds no memory here: its series and open rows are in the
+        store (just committed) and are read back from there if anything touches them again
+        (under churn they were 4 KB per life kept until the period closed)."""
+        self._series.pop(key, None)
+        here = period_of(wall_ns, self.period)
+        for start in (here, here - self.period):
+            for meter in METERS:
+                self._open.pop((*key, SELF, meter, start), None)
 
     def close_due(self, now_ns: int) -> None:
         """Close every period whose end + grace has passed at now_ns (an injectable clock)."""
@@ -213,6 +226,7 @@ class Ledger:
             s, new = Series(), True
         else:
             s, new = Series.from_json(stored[1]), False
+            s.stored = True
         self._series[key] = s
         return s, new
 
@@ -409,10 +423,14 @@ class Ledger:
         start = rk[4]
         end = start + self.period
         if end <= self._closed_before:
-            acc = batch.late.setdefault(rk, RowAcc(end))
-        else:
-            acc = self._open.setdefault(rk, RowAcc(end))
-            batch.open_rows[rk] = acc
+            batch.late.setdefault(rk, RowAcc(end)).add(meter, qty, samples, resets)
+            return
+        acc = self._open.get(rk)
+        if acc is None:
+            s = self._series.get((rk[0], rk[1]))
+            acc = self.storage.open_row(rk, end) if s is not None and s.stored else RowAcc(end)
+            self._open[rk] = acc
+        batch.open_rows[rk] = acc
         acc.add(meter, qty, samples, resets)
 
     def _close_due(self, batch: Batch, now_ns: int) -> None:

@@ -32,6 +32,9 @@ class Series:
     idle_wall: int = 0
     idle_mono: int = 0
     pids_last: int | None = None
+    #: Loaded from the store (an agent restart, or evicted after its final sample): some of
+    #: its open rows may be only there, so a row not in memory is read back before adding.
+    stored: bool = False
     ident: WorkloadIdentity | None = None
     ident_json: str = ""
 

@@ -131,6 +131,17 @@ class LedgerStorage:
             out[(str(b), int(i), str(s), str(m), int(ps))] = RowAcc(int(pe), int(q), int(n), int(r))
         return out
 
+    def open_row(self, key: RowKey, period_end: int) -> RowAcc:
+        """One open row as stored (zero when there is none yet)."""
+        got = self.store.query(
+            "SELECT quantity, n_samples, n_resets FROM ledger_usage WHERE boot_id = ?"
+            " AND inode = ? AND subject = ? AND meter = ? AND period_start = ?"
+            " AND revision = 0 AND closed = 0", key)
+        if not got:
+            return RowAcc(period_end)
+        q, n, r = got[0]
+        return RowAcc(period_end, int(q), int(n), int(r))
+
     def rows(self, start: int, end: int, include_open: bool = False) -> list[StoredRow]:
         """Rows whose period starts in [start, end), closed ones only unless include_open."""
         sql = (

@@ -4,8 +4,9 @@ Not snapshots: each cycle adds one float32 per metric per workload, written into
 arrays (one slot per step, overwritten a lap later). A step is one cycle, or several when the
 window holds more than MAX_SLOTS cycles (15 min at 1 s: every 5th cycle), so memory is at most
 (MAX_SLOTS + 1) x metrics x 4 bytes per live workload (7.2 KB), plus one float64 timestamp per
-slot, whatever the interval. A workload's series is dropped once it has been absent for the whole
-window; a recreated cgroup (new inode) starts a fresh series.
+slot, whatever the interval. A workload's series is dropped once it has been absent for
+KEEP_ABSENT_S (or the whole window, if shorter); a recreated cgroup (new inode) starts a fresh
+series.
 
 A workload whose values have not changed since it appeared (an idle container: no CPU, the same
 memory) holds no array, only its one row and when it started: at 1,000 idle workloads that is
@@ -54,6 +55,9 @@ _READERS = tuple(METRICS.values())
 _M = len(_NAMES)
 #: Slots per window at most: bounds memory at a short interval.
 MAX_SLOTS = 180
+#: A workload absent this long (or the window, if shorter) is dropped: under churn, ended
+#: containers' arrays (7.2 KB each) must not pile up for a whole 15-minute window.
+KEEP_ABSENT_S = 60.0
 
 
 def cpu_quota_cores(w: WorkloadState) -> float | None:
@@ -134,7 +138,7 @@ class HistoryRing:
             s.cpu_quota_cores = cpu_quota_cores(w)
             s.memory_limit_bytes = memory_limit_bytes(w)
             seen.add(wid)
-        horizon = snapshot.wall_ns - int(self.window_s * 1e9)
+        horizon = snapshot.wall_ns - int(min(self.window_s, KEEP_ABSENT_S) * 1e9)
         for wid in [k for k, s in self.series.items()
                     if k not in seen and s.last_seen_wall_ns < horizon]:
             del self.series[wid]
