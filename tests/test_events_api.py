@@ -105,10 +105,13 @@ def test_sse_subscriber_that_falls_behind_is_refilled_from_the_store(tmp_path: P
                 aiohttp.ClientSession() as session:
             reader = SseReader(session, base + "/api/v1/events/stream?type=killed", None)
             await reader.connected.wait()
-            # 3000 emits without yielding: their fan-outs all run before the stream handler
-            # runs again, more than the subscriber's queue holds.
+            # 3000 emits without yielding, and the loop held until the writer committed them
+            # all: their 3000 fan-outs are then queued on the loop before the stream handler
+            # runs again, more than the subscriber's queue holds. (Without the wait, the writer
+            # thread's commits could interleave with the handler and never overflow it.)
             for i in range(3000):
                 h.ctx.emit("killed", WHO, "", {"seq": i})
+            h.ctx.store.flush()
             await h.wait_for(lambda: len(reader.got) >= 3000, timeout=30)
             assert [d["fields"]["seq"] for _, d in reader.got] == list(range(3000))
             assert h.comp._api.refills >= 1  # the refill path did run
