@@ -85,6 +85,15 @@ class SlowSources:
             cg.short = True
             self.short += 1
 
+    def _out_of_fds(self, cg: WatchedCgroup, what: str, e: OSError) -> None:
+        """An open of `what` for `cg` failed: EMFILE/ENFILE marks the cgroup short (re-raised
+        otherwise)."""
+        if e.errno not in OUT_OF_FDS:
+            raise e
+        self.fd_budget.refused(what, emfile=True)
+        with self.lock:
+            self._mark_short(cg)
+
     # -- cgroup2 memory.events / pids.events ---------------------------------------------
     def _event_sources(self, cg: WatchedCgroup) -> None:
         d = self.abs_path(cg.path)
@@ -174,11 +183,7 @@ class SlowSources:
         try:
             oom = oom_eventfd(control)
         except OSError as e:
-            if e.errno not in OUT_OF_FDS:
-                raise
-            self.fd_budget.refused("v1 OOM eventfd", emfile=True)
-            with self.lock:
-                self._mark_short(cg)
+            self._out_of_fds(cg, "v1 OOM eventfd", e)
             oom = None
         if oom is None:
             self.fd_budget.give(2)
@@ -254,11 +259,7 @@ class SlowSources:
             log.warning("%s; pressure events are off", e)
             self.psi = None
         except OSError as e:
-            if e.errno not in OUT_OF_FDS:
-                raise
-            self.fd_budget.refused("PSI triggers", emfile=True)
-            with self.lock:
-                self._mark_short(cg)
+            self._out_of_fds(cg, "PSI triggers", e)
         # Those not opened go back now; the others once closed (PsiWaiter.discard).
         self.fd_budget.give(len(psi.resources) - len(opened))
         with self.lock:
