@@ -77,7 +77,9 @@ def test_sse_live_then_resume_with_last_event_id(tmp_path: Path) -> None:
     async def body() -> None:
         async with started(tmp_path, watch_new_cgroups=False) as h, served(h) as base, \
                 aiohttp.ClientSession() as session:
-            url = base + "/api/v1/events/stream"
+            # Only this test's workload: the events component also watches the host's real
+            # cgroups, and a pressure event of some host cgroup may arrive meanwhile (seen in CI).
+            url = base + "/api/v1/events/stream?container=web-1"
             first = SseReader(session, url, None)
             await first.connected.wait()
             await emit_from_thread(h, 3)
@@ -94,7 +96,7 @@ def test_sse_live_then_resume_with_last_event_id(tmp_path: Path) -> None:
             await h.wait_for(lambda: len(second.got) >= 5)
             assert [d["fields"]["seq"] for _, d in second.got] == [3, 4, 5, 6, 99]
             ids = [i for i, _ in second.got]
-            assert ids == sorted(set(ids)) and ids[0] == last + 1
+            assert ids == sorted(set(ids)) and ids[0] > last
             await second.close()
     asyncio.run(body())
 
