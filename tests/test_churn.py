@@ -2,8 +2,10 @@
 
 50 lives a second, each a shell CPU burner in its own cgroup, removed 10 ms after it empties or
 at once. Asserted: closed ledger periods balance the parent's kernel counter (billed +
-unattributed == its delta), nothing is billed twice, and every life the agent read at its end has
-the kernel's last usage_usec as its final CPU and its bill. Printed, not yet asserted: how many
+unattributed == its delta), nothing is billed twice, and every life the agent read in full at its
+end has the kernel's last usage_usec as its final CPU and its bill (a CPU-only final, read at
+`populated 0` because the cgroup went before the full read, may be short by the exiting task's
+last slice). Printed, not yet asserted: how many
 lives got a final read (issue 11 asks for all of them at 10 ms and 95 % at once; a cgroup's
 `populated 0` notice is rate-limited to one per 10 ms per file and reaches inotify through a
 kernel work item, so a life of a few ms can be removed before the notice exists).
@@ -81,13 +83,16 @@ def test_churn_exact_and_leaves_no_fd_behind(cgroups: CgroupFactory, delay_s: fl
     assert v.parent_self == v.parent_delta > 0, v.summary()
     assert v.billed + v.unattributed == v.parent_delta, v.summary()
     assert v.duplicate_rows == 0 and v.over_billed == 0, v.summary()
-    # Every life the agent saw end: its final CPU is the kernel's last value, billed exactly.
-    assert v.final_exact == v.finals, v.summary()
+    # Every life the agent read in full at its end: its final CPU is the kernel's last value.
+    # A CPU-only final (removed before the full read) was read at `populated 0`, when the
+    # exiting task may not yet have been charged its last slice (kernel 12,115 us, read 12,095
+    # in one CI run): exact or short, never above.
+    assert v.final_exact + v.partial_short == v.finals, v.summary()
     # Known gap (issue 11, open): with rmdir at once, a final read can race the removal and
     # reach events but not the ledger (2 of 1,000 lives in one CI run). Judged at 10 ms only.
     if delay_s:
         assert v.final_not_billed == 0, v.summary()
-    print("read at the end but not billed exactly:", v.final_not_billed)
+    print("read at the end but not billed as said:", v.final_not_billed)
     assert v.started == v.stopped, v.summary()
     assert _ours(after, cgroups) == []
     # Other tests on this host remove cgroups too: shown, not judged (their removals race).

@@ -22,6 +22,7 @@ from pathlib import Path
 from agent.core.process_limits import raise_nofile_limit
 from agent.kernel.deferred import DeferredWork
 from agent.kernel.fd_budget import OUT_OF_FDS, FdBudget
+from agent.kernel.final_read import settled
 from agent.kernel.inotify import (
     IN_CREATE,
     IN_DELETE,
@@ -401,7 +402,7 @@ class CgroupWatcher(SlowSources, LoopBridge):
             return None
         mono, wall = time.monotonic_ns(), time.time_ns()
         if "cpu.stat" in cg.fds:
-            data = self._read_kept(cg, "cpu.stat")
+            data = settled(lambda: self._read_kept(cg, "cpu.stat"))
         else:  # not kept (out of fds): by path
             text = read_text(self.abs_path(cg.path) / "cpu.stat")
             data = None if text is None else text.encode()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -71,6 +72,26 @@ class LatencyHistogram:
         if not values:
             return None
         return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def settled(read: Callable[[], bytes | None], tries: int = 3) -> bytes | None:
+    """A counter file read until two reads in a row agree (at most `tries` more reads).
+
+    At `populated 0` the exiting task has left the cgroup's task list but is still running its
+    exit; the CPU it used since its last tick is charged at its final context switch, a moment
+    later (on this CPU, the yield lets it get there). A runtime that removes the cgroup at once
+    leaves only this read, so it is taken as late as the cgroup allows.
+    """
+    data = read()
+    for _ in range(tries):
+        if data is None:
+            return None
+        os.sched_yield()
+        again = read()
+        if again is None or again == data:
+            return data
+        data = again
+    return data
 
 
 class FinalReadThread:

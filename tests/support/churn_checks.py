@@ -78,6 +78,11 @@ class Verdict:
     finals: int = 0
     #: stopped with final: true and cpu_usage_usec == the kernel's last usage_usec.
     final_exact: int = 0
+    #: final and final_partial (removed before the full read: CPU read at `populated 0`).
+    partial: int = 0
+    #: partial and below the kernel's last value: the exiting task's last slice, charged at
+    #: its final context switch after `populated 0`, came after the read.
+    partial_short: int = 0
     #: the incarnation's cpu_usec rows sum to the kernel's last usage_usec.
     billed_exact: int = 0
     #: both of the above.
@@ -90,13 +95,14 @@ class Verdict:
     duplicate_rows: int = 0
     #: lives billed more CPU than the kernel counted (something counted twice).
     over_billed: int = 0
-    #: lives with a final read whose billing is not the kernel's value.
+    #: lives with a final read whose billing is not the CPU their stopped event gave.
     final_not_billed: int = 0
     misses: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.lives} lives: started {self.started}, stopped {self.stopped}, final "
-                f"{self.finals}, final CPU exact {self.final_exact}, billed exact "
+                f"{self.finals} (CPU only {self.partial}, of them short {self.partial_short}), "
+                f"final CPU exact {self.final_exact}, billed exact "
                 f"{self.billed_exact}, both {self.exact}; "
                 f"parent delta {self.parent_delta} = self {self.parent_self}; billed "
                 f"{self.billed} + unattributed {self.unattributed} = "
@@ -135,14 +141,19 @@ def judge(lives: list[Life], started: list[dict[str, Any]], stopped: list[dict[s
         v.started += started_n[life.rel] == 1
         v.stopped += len(mine) == 1
         fields = mine[0]["fields"] if len(mine) == 1 else {}
-        v.finals += bool(fields.get("final"))
-        final_ok = bool(fields.get("final")) and fields.get("cpu_usage_usec") == life.usage_usec
+        final = bool(fields.get("final"))
+        said = fields.get("cpu_usage_usec")
+        v.finals += final
+        final_ok = final and said == life.usage_usec
+        partial = final and bool(fields.get("final_partial"))
+        v.partial += partial
+        v.partial_short += partial and isinstance(said, int) and said < life.usage_usec
         billed = cpu[(life.rel, life.inode)]
         billed_ok = billed == life.usage_usec
         v.final_exact += final_ok
         v.billed_exact += billed_ok
         v.over_billed += billed > life.usage_usec
-        v.final_not_billed += bool(fields.get("final")) and not billed_ok
+        v.final_not_billed += final and billed != said
         v.exact += final_ok and billed_ok
         if not (final_ok and billed_ok and started_n[life.rel] == 1):
             said = [(e["fields"].get("final"), e["fields"].get("final_partial"),
