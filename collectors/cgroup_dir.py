@@ -70,6 +70,8 @@ class CgroupDir:
         "owned",
         "path",
         "pool",
+        "prefetched",
+        "record",
         "unsupported",
         "used_ns",
     )
@@ -89,6 +91,10 @@ class CgroupDir:
         #: The last bytes of a file and what they parsed to (kept directories only).
         self.memos: dict[str, tuple[object, object]] | None = None
         self.pool: OpenDirs | None = None
+        #: Names read in this read (kept directories: OpenDirs starts the list), in order.
+        self.record: list[str] | None = None
+        #: Bytes already read for this read (IdleReads' compare), taken instead of a pread.
+        self.prefetched: dict[str, bytes | None] | None = None
         #: Opened for this read (not a kept fd that may be stale).
         self.fresh = fd is None
         if fd is not None:
@@ -130,7 +136,13 @@ class CgroupDir:
         files = self.files
         pool = self.pool if keep else None
         _open, _pread, _close = os.open, os.pread, os.close
+        if self.record is not None:
+            self.record.extend(names)
+        pre = self.prefetched
         for name in names:
+            if pre is not None and name in pre:
+                out.append(pre.pop(name))
+                continue
             fd = files.get(name) if files is not None else None
             keep = fd is not None
             if fd is None:

@@ -39,6 +39,9 @@ Read only what can have changed (the previous sample's values stand for files no
   memsw.limit, pids.max; a write to cgroup.procs (a task moved in) also re-reads pids.peak;
 - everything: on the first read, when `populated` changed, when the v1 paths were resolved
   again, and at least every FULL_READ_EVERY reads.
+
+An idle cgroup is first re-read by compare (collectors.idle_reads): the files of its last quiet
+read, and when every one reads the bytes of last time, the last sample stands, at the new time.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from collectors.cgroup_v2 import (
     read_memory,
     read_pids,
 )
+from collectors.idle_reads import IdlePlan, quiet_plan, reread
 from collectors.layout import CgroupLayout, LayoutKind
 from collectors.open_dirs import OpenDirs
 from collectors.samples import (
@@ -88,6 +92,8 @@ class _Last:
 
     sample: CgroupSample
     partial_reads: int
+    #: What an idle re-read compares (set by a quiet read), see collectors.idle_reads.
+    plan: IdlePlan | None = None
 
 
 class CgroupReader:
@@ -122,6 +128,8 @@ class CgroupReader:
             f"{mem_root}/memory.memsw.usage_in_bytes"
         )
         self._last: dict[str, _Last] = {}
+        #: Reads answered by an idle re-read (the files of the last quiet read, unchanged).
+        self.idle_rereads = 0
         # The kept directories whose limits are read only when written to.
         if self._kind is LayoutKind.UNIFIED:
             limit_roots: tuple[str, ...] = (self._ref_root,)
@@ -207,8 +215,27 @@ class CgroupReader:
         return self._dirs.get(ref_path, now, ino)
 
     def _read(self, path: str, member_pid: int | None, mono: int, wall: int) -> CgroupSample:
-        ref_path = self._ref_root if path == "/" else self._ref_root + path
         self._written.drain()
+        last = self._last.get(path)
+        stashed: list[CgroupDir] = []
+        if last is not None and last.plan is not None and last.partial_reads < FULL_READ_EVERY:
+            same, stashed = reread(last.plan, self._dirs, self._written, member_pid, mono)
+            if same:
+                self.idle_rereads += 1
+                last.partial_reads += 1
+                last.sample = last.sample.at(mono, wall)
+                return last.sample
+        try:
+            return self._read_files(path, member_pid, mono, wall, last)
+        finally:
+            for d in stashed:
+                d.prefetched = None
+
+    def _read_files(
+        self, path: str, member_pid: int | None, mono: int, wall: int, last: _Last | None
+    ) -> CgroupSample:
+        ref_path = self._ref_root if path == "/" else self._ref_root + path
+        before = last.sample if last is not None else None
         # No stat per read: a kept directory fd of a cgroup removed since (and maybe created
         # again at the same path) answers ENOENT/ENODEV for every file, which is checked
         # below; then the read is done once more on a freshly opened directory.
@@ -238,6 +265,7 @@ class CgroupReader:
                         self._paths.invalidate(path)  # resolve the v1 paths again next time
                 for d in used:
                     self._written.read(d.path)
+                self._plan_quiet(path, sample, before, used, member_pid)
                 return sample
             except Vanished:
                 self._forget(path, ref_path)
@@ -247,6 +275,19 @@ class CgroupReader:
                 for d in used:
                     d.close()
         return CgroupSample(path, None, mono, wall, vanished=True)
+
+    def _plan_quiet(self, path: str, sample: CgroupSample, before: CgroupSample | None,
+                    used: list[CgroupDir], member_pid: int | None) -> None:
+        """After a partial read in which the CPU counter did not move: what the next read
+        compares first (IdleReads)."""
+        last = self._last.get(path)
+        if last is None or last.partial_reads == 0 or before is None:
+            return
+        if _moved(before.cpu, sample.cpu):
+            return
+        plan = quiet_plan(used, member_pid, last.plan)
+        if plan is not None:
+            last.plan = plan
 
     def _forget(self, path: str, ref_path: str) -> None:
         """Drop what is kept about a cgroup that is gone."""
@@ -269,7 +310,11 @@ class CgroupReader:
     def _remember(self, sample: CgroupSample, prev: CgroupSample | None) -> None:
         last = self._last.get(sample.path)
         if prev is None or last is None:
-            self._last[sample.path] = _Last(sample, 0)
+            # A whole read: the plan may stay, but not bytes older than this sample.
+            plan = last.plan if last is not None and last.sample.inode == sample.inode else None
+            if plan is not None:
+                plan.datas = None
+            self._last[sample.path] = _Last(sample, 0, plan)
         else:
             last.sample = sample
             last.partial_reads += 1

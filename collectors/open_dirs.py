@@ -91,6 +91,7 @@ class OpenDirs:
             if ino is None or d.ino == ino:
                 d.used_ns = now_ns
                 d.missing = d.unsupported = d.fresh = d.emfile = False
+                d.record = []
                 return d
             self.drop(path)
         try:
@@ -106,9 +107,19 @@ class OpenDirs:
             d.files = {}
             d.memos = {}
             d.pool = self
+            d.record = []
             self._dirs[path] = d
             if self._on_keep is not None:
                 self._on_keep(path)
+        return d
+
+    def kept(self, path: str, now_ns: int) -> CgroupDir | None:
+        """The kept directory at `path`, or None (nothing is opened)."""
+        d = self._dirs.get(path)
+        if d is not None:
+            d.used_ns = now_ns
+            d.missing = d.unsupported = d.fresh = d.emfile = False
+            d.record = None
         return d
 
     def _recap(self, now_ns: int) -> bool:

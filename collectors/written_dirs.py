@@ -60,6 +60,11 @@ class WrittenDirs:
         watched."""
         return dir_path in self._written or dir_path not in self._wd_of
 
+    def limits_stale(self, dir_path: str) -> bool:
+        """stale() for a directory whose limits are read only when written (under `roots`);
+        False for the others (they hold no limits to read)."""
+        return dir_path.startswith(self._roots) and self.stale(dir_path)
+
     def read(self, dir_path: str) -> None:
         """The directory was read whole (its limits are current)."""
         self._written.discard(dir_path)

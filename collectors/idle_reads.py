@@ -1,0 +1,99 @@
+"""Re-reading an idle cgroup: the files of its last quiet read, compared byte for byte.
+
+A read's sample is a function of the bytes it read and of the previous sample (whose values
+stand for the files a partial read leaves unread). So when every file the last quiet read
+read (a partial read in which the CPU counter did not move) reads the same bytes again, with
+no directory written to since and the same member pid, the reader would build the same sample
+once more: the previous one is returned with the new time. Exact by construction, and it
+leaves out the parsing, the per-controller logic and the sample's construction, which cost an
+idle cgroup as much as the reads themselves.
+
+The files compared are those the quiet read recorded; a later read reads no file outside
+them unless one of them changed (the CPU counter, pids.current, cgroup.events decide what
+else is read). When something did change, the bytes just read are left on their directories
+(`CgroupDir.prefetched`) for the full read that follows, so a busy cgroup pays no second
+read of any file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from collectors.cgroup_dir import _BUF, _MAYBE_MORE, CgroupDir
+from collectors.open_dirs import OpenDirs
+from collectors.written_dirs import WrittenDirs
+
+
+@dataclass(slots=True)
+class IdlePlan:
+    #: (directory, files read in it) for each directory the quiet read used, in its order.
+    dirs: tuple[tuple[str, tuple[str, ...]], ...]
+    member_pid: int | None
+    #: The files' bytes at their last read (None before the first re-read).
+    datas: list[bytes | None] | None = None
+    #: A file may not fit one read: this cgroup is always read in full.
+    long: bool = False
+
+
+def quiet_plan(
+    used: Sequence[CgroupDir], member_pid: int | None, last: IdlePlan | None
+) -> IdlePlan | None:
+    """The plan of a quiet read that used `used`; None when a directory or file was not kept.
+    The bytes of `last` carry over when it read the same files: a quiet read after a failed
+    compare used exactly those bytes (prefetched)."""
+    dirs: list[tuple[str, tuple[str, ...]]] = []
+    for d in used:
+        files = d.files
+        if d.record is None or files is None or any(n not in files for n in d.record):
+            return None  # a directory or file not kept: its re-read would open it again
+        dirs.append((d.path, tuple(d.record)))
+    plan = IdlePlan(tuple(dirs), member_pid)
+    if last is not None and last.dirs == plan.dirs and last.member_pid == member_pid:
+        if last.long:
+            return last
+        plan.datas = last.datas
+    return plan
+
+
+def reread(
+    plan: IdlePlan, open_dirs: OpenDirs, written: WrittenDirs, member_pid: int | None,
+    now_ns: int,
+) -> tuple[bool, list[CgroupDir]]:
+    """(every file read the bytes of last time, directories given prefetched bytes).
+
+    False when a directory is no longer kept or was written to, a file is missing, or the
+    cgroup vanished: the caller reads in full (and clears `prefetched` on those returned)."""
+    if plan.long or (member_pid is not None and member_pid != plan.member_pid):
+        return False, []
+    dirs: list[CgroupDir] = []
+    got: list[bytes | None] = []
+    _pread = os.pread
+    try:
+        for path, names in plan.dirs:
+            d = open_dirs.kept(path, now_ns)
+            if d is None or d.files is None or written.limits_stale(path):
+                return False, []
+            dirs.append(d)
+            files = d.files
+            for name in names:
+                fd = files.get(name)
+                if fd is None:
+                    return False, []
+                got.append(_pread(fd, _BUF, 0))
+    except OSError:  # gone (ENODEV) or unreadable: the full read tells which
+        return False, []
+    if got == plan.datas:
+        return True, []
+    if any(data is not None and len(data) >= _MAYBE_MORE for data in got):
+        # Maybe longer than one read (the full read reads on): not compared, ever.
+        plan.long = True
+        return False, []
+    plan.datas = got
+    at = 0
+    for d, (_path, names) in zip(dirs, plan.dirs, strict=True):
+        if names:
+            d.prefetched = dict(zip(names, got[at : at + len(names)], strict=True))
+            at += len(names)
+    return False, dirs
