@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import select
 import struct
 from dataclasses import dataclass
 
@@ -51,6 +52,15 @@ class Inotify:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
         self.fd: int = fd
+        self._poll: select.poll | None = None
+
+    def pending(self) -> bool:
+        """Events are waiting: one poll(0), no 64 KiB buffer and no BlockingIOError raised, as
+        an empty read_events() costs (the reader asks before every cgroup it reads)."""
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.fd, select.POLLIN)
+        return bool(self._poll.poll(0))
 
     def add_watch(self, path: str, mask: int) -> int:
         """Returns the watch descriptor; raises OSError (ENOENT when the path vanished)."""

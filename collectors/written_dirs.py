@@ -41,7 +41,7 @@ class WrittenDirs:
 
     def drain(self) -> None:
         """Note the directories written to since the last read (one read syscall)."""
-        if self._notify is None:
+        if self._notify is None or not self._notify.pending():
             return
         for ev in self._notify.read_events():
             if ev.mask & IN_Q_OVERFLOW:
