@@ -21,6 +21,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple
 
+from collectors.pid_netns import NetnsKey as NetnsKey
+from collectors.pid_netns import PidNetns, stat_key
 from collectors.rtnetlink import (
     LinkAttrs,
     LinkStats,
@@ -35,7 +37,6 @@ PROC = Path("/proc")
 NETNS_DIRS = (Path("/run/netns"), Path("/var/run/netns"))
 
 #: (st_dev, st_ino) of a namespace's nsfs inode.
-NetnsKey = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,45 +98,27 @@ class NetnsScan:
     errors: tuple[str, ...] = field(default=())
 
 
-def _stat_key(path: str) -> NetnsKey | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None  # gone, or not ours to read (EACCES)
-    return (st.st_dev, st.st_ino)
-
-
 def host_netns(proc_root: Path = PROC) -> NetnsKey | None:
     """pid 1's namespace; the caller's where pid 1's ns link is unreadable (EACCES)."""
-    return _stat_key(f"{proc_root}/1/ns/net") or _stat_key(f"{proc_root}/self/ns/net")
+    return stat_key(f"{proc_root}/1/ns/net") or stat_key(f"{proc_root}/self/ns/net")
 
 
 def pid_netns(pid: int, proc_root: Path = PROC) -> NetnsKey | None:
-    return _stat_key(f"{proc_root}/{pid}/ns/net")
+    return stat_key(f"{proc_root}/{pid}/ns/net")
 
 
 def find_namespaces(
-    proc_root: Path = PROC, netns_dirs: Sequence[Path] = NETNS_DIRS
+    proc_root: Path = PROC, netns_dirs: Sequence[Path] = NETNS_DIRS,
+    by_pid: PidNetns | None = None,
 ) -> tuple[dict[NetnsKey, NetnsRef], NetnsKey | None]:
-    """Every network namespace reachable through a process or a name, and the host's."""
-    pids: dict[NetnsKey, list[int]] = {}
+    """Every network namespace reachable through a process or a name, and the host's.
+    `by_pid`: the cache of processes' namespaces kept between scans (None: stat them all)."""
+    pids = (by_pid or PidNetns(recheck_every=1)).scan(proc_root)
     names: dict[NetnsKey, set[str]] = {}
-    try:
-        with os.scandir(proc_root) as it:
-            entries = [int(e.name) for e in it if e.name.isdigit()]
-    except FileNotFoundError:
-        entries = []
-    base = str(proc_root)
-    for pid in sorted(entries):
-        try:
-            st = os.stat(f"{base}/{pid}/ns/net")
-        except OSError:
-            continue
-        pids.setdefault((st.st_dev, st.st_ino), []).append(pid)
     host = host_netns(proc_root)
     # nsfs has one device: a name that is not on it is a plain file (`ip netns add` leaves an
     # empty one behind when its bind mount fails), not a namespace.
-    own = _stat_key("/proc/self/ns/net")
+    own = stat_key("/proc/self/ns/net")
     nsfs = host[0] if host else own[0] if own else None
     for d in netns_dirs:
         try:
@@ -144,7 +127,7 @@ def find_namespaces(
         except OSError:
             continue
         for name, path in named:
-            key = _stat_key(path)
+            key = stat_key(path)
             if key is not None and key[0] == nsfs:
                 names.setdefault(key, set()).add(name)
     refs: dict[NetnsKey, NetnsRef] = {}
@@ -192,6 +175,7 @@ class NetnsCollector:
         self.refresh_s = refresh_s
         self._clock = clock
         self._handles: dict[NetnsKey, _Handle] = {}
+        self._by_pid = PidNetns()
         #: Namespaces that could not be opened: (retry after, error).
         self._failed: dict[NetnsKey, tuple[float, str]] = {}
         self._generation = 0
@@ -208,7 +192,7 @@ class NetnsCollector:
         self._handles.clear()
 
     def collect(self) -> NetnsScan:
-        refs, host = find_namespaces(self.proc_root, self.netns_dirs)
+        refs, host = find_namespaces(self.proc_root, self.netns_dirs, self._by_pid)
         closed = self._close_gone(refs)
         opened, errors = self._open_new(refs)
         now = self._clock()
@@ -273,7 +257,7 @@ class NetnsCollector:
         errors: dict[NetnsKey, str] = {}
         wanted: list[OpenRequest] = []
         opened = 0
-        own = _stat_key("/proc/thread-self/ns/net")
+        own = stat_key("/proc/thread-self/ns/net")
         for key, ref in refs.items():
             if key in self._handles:
                 continue
