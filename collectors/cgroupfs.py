@@ -66,7 +66,7 @@ from collectors.cgroup_v2 import (
     read_memory,
     read_pids,
 )
-from collectors.idle_reads import IdlePlan, quiet_plan, reread
+from collectors.idle_reads import IdlePlan, consumed, quiet_plan, reread
 from collectors.layout import CgroupLayout, LayoutKind
 from collectors.open_dirs import OpenDirs
 from collectors.samples import (
@@ -218,15 +218,24 @@ class CgroupReader:
         self._written.drain()
         last = self._last.get(path)
         stashed: list[CgroupDir] = []
-        if last is not None and last.plan is not None and last.partial_reads < FULL_READ_EVERY:
-            same, stashed = reread(last.plan, self._dirs, self._written, member_pid, mono)
-            if same:
+        plan = last.plan if last is not None else None
+        if last is not None and plan is not None:
+            whole = last.partial_reads >= FULL_READ_EVERY
+            same, stashed = reread(plan, self._dirs, self._written, member_pid, mono, whole)
+            if same and not whole:
                 self.idle_rereads += 1
                 last.partial_reads += 1
                 last.sample = last.sample.at(mono, wall)
                 return last.sample
+        compared = plan.datas if plan is not None else None
         try:
-            return self._read_files(path, member_pid, mono, wall, last)
+            sample = self._read_files(path, member_pid, mono, wall, last)
+            now = self._last.get(path)
+            if plan is not None and now is not None and now.plan is not None \
+                    and now.plan.dirs == plan.dirs and consumed(stashed):
+                # The sample is of the bytes just compared: the next read compares to them.
+                now.plan.datas = compared
+            return sample
         finally:
             for d in stashed:
                 d.prefetched = None
@@ -285,7 +294,7 @@ class CgroupReader:
             return
         if _moved(before.cpu, sample.cpu):
             return
-        plan = quiet_plan(used, member_pid, last.plan)
+        plan = quiet_plan(used, member_pid, last.plan, self._written)
         if plan is not None:
             last.plan = plan
 

@@ -31,6 +31,10 @@ class IdlePlan:
     #: (directory, files read in it) for each directory the quiet read used, in its order.
     dirs: tuple[tuple[str, tuple[str, ...]], ...]
     member_pid: int | None
+    #: The files' kept fds, in order, valid while OpenDirs.generation is `generation` (no
+    #: kept directory was closed since, so no fd number was given to another file).
+    fds: tuple[int, ...] = ()
+    generation: int = -1
     #: The files' bytes at their last read (None before the first re-read).
     datas: list[bytes | None] | None = None
     #: A file may not fit one read: this cgroup is always read in full.
@@ -38,16 +42,20 @@ class IdlePlan:
 
 
 def quiet_plan(
-    used: Sequence[CgroupDir], member_pid: int | None, last: IdlePlan | None
+    used: Sequence[CgroupDir], member_pid: int | None, last: IdlePlan | None,
+    written: WrittenDirs,
 ) -> IdlePlan | None:
-    """The plan of a quiet read that used `used`; None when a directory or file was not kept.
-    The bytes of `last` carry over when it read the same files: a quiet read after a failed
-    compare used exactly those bytes (prefetched)."""
+    """The plan of a quiet read that used `used`; None when a directory or file was not kept,
+    or a directory with limits is not watched for writes. The bytes of `last` carry over when
+    it read the same files: a quiet read after a failed compare used exactly those bytes
+    (prefetched)."""
     dirs: list[tuple[str, tuple[str, ...]]] = []
     for d in used:
         files = d.files
         if d.record is None or files is None or any(n not in files for n in d.record):
             return None  # a directory or file not kept: its re-read would open it again
+        if written.limits_stale(d.path):
+            return None  # its limits are read every time (not watched)
         dirs.append((d.path, tuple(d.record)))
     plan = IdlePlan(tuple(dirs), member_pid)
     if last is not None and last.dirs == plan.dirs and last.member_pid == member_pid:
@@ -59,32 +67,26 @@ def quiet_plan(
 
 def reread(
     plan: IdlePlan, open_dirs: OpenDirs, written: WrittenDirs, member_pid: int | None,
-    now_ns: int,
+    now_ns: int, whole: bool = False,
 ) -> tuple[bool, list[CgroupDir]]:
     """(every file read the bytes of last time, directories given prefetched bytes).
 
     False when a directory is no longer kept or was written to, a file is missing, or the
-    cgroup vanished: the caller reads in full (and clears `prefetched` on those returned)."""
+    cgroup vanished: the caller reads in full (and clears `prefetched` on those returned).
+    `whole`: a whole read follows anyway; the bytes are handed to it even when the same."""
     if plan.long or (member_pid is not None and member_pid != plan.member_pid):
         return False, []
-    dirs: list[CgroupDir] = []
-    got: list[bytes | None] = []
+    # Something was closed or written since: check each directory, take its fds again.
+    moved_on = plan.generation != open_dirs.generation or written.any_written()
+    if moved_on and not _refresh(plan, open_dirs, written, now_ns):
+        return False, []
     _pread = os.pread
     try:
-        for path, names in plan.dirs:
-            d = open_dirs.kept(path, now_ns)
-            if d is None or d.files is None or written.limits_stale(path):
-                return False, []
-            dirs.append(d)
-            files = d.files
-            for name in names:
-                fd = files.get(name)
-                if fd is None:
-                    return False, []
-                got.append(_pread(fd, _BUF, 0))
+        got: list[bytes | None] = [_pread(fd, _BUF, 0) for fd in plan.fds]
     except OSError:  # gone (ENODEV) or unreadable: the full read tells which
         return False, []
-    if got == plan.datas:
+    same = got == plan.datas
+    if same and not whole:
         return True, []
     if any(data is not None and len(data) >= _MAYBE_MORE for data in got):
         # Maybe longer than one read (the full read reads on): not compared, ever.
@@ -92,8 +94,40 @@ def reread(
         return False, []
     plan.datas = got
     at = 0
-    for d, (_path, names) in zip(dirs, plan.dirs, strict=True):
-        if names:
-            d.prefetched = dict(zip(names, got[at : at + len(names)], strict=True))
-            at += len(names)
-    return False, dirs
+    stashed: list[CgroupDir] = []
+    for path, names in plan.dirs:
+        if not names:
+            continue
+        d = open_dirs.kept(path, now_ns)
+        if d is None:
+            break
+        d.prefetched = dict(zip(names, got[at : at + len(names)], strict=True))
+        stashed.append(d)
+        at += len(names)
+    return same, stashed
+
+
+def _refresh(plan: IdlePlan, open_dirs: OpenDirs, written: WrittenDirs, now_ns: int) -> bool:
+    fds: list[int] = []
+    for path, names in plan.dirs:
+        if written.limits_stale(path):
+            return False
+        if not names:
+            continue
+        d = open_dirs.kept(path, now_ns)
+        files = d.files if d is not None else None
+        if files is None:
+            return False
+        for name in names:
+            fd = files.get(name)
+            if fd is None:
+                return False
+            fds.append(fd)
+    plan.fds = tuple(fds)
+    plan.generation = open_dirs.generation
+    return True
+
+
+def consumed(stashed: Sequence[CgroupDir]) -> bool:
+    """The read that followed took every prefetched byte (its sample is of those bytes)."""
+    return bool(stashed) and all(d.prefetched == {} for d in stashed)

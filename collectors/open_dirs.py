@@ -51,6 +51,8 @@ class OpenDirs:
         self._on_keep = on_keep
         self._on_drop = on_drop
         self._dirs: dict[str, CgroupDir] = {}
+        #: Counts closed directories: fd numbers taken before are still theirs while it holds.
+        self.generation = 0
         #: Fds kept: the directories' and their files'.
         self._n = 0
         self._cap = self._compute_cap()
@@ -157,6 +159,7 @@ class OpenDirs:
         """Close a kept directory's fd and its files' fds."""
         d = self._dirs.pop(path, None)
         if d is not None:
+            self.generation += 1
             self._n -= 1 + len(d.files or ())
             d.owned = True
             d.close()

@@ -60,6 +60,10 @@ class WrittenDirs:
         watched."""
         return dir_path in self._written or dir_path not in self._wd_of
 
+    def any_written(self) -> bool:
+        """Some watched directory was written to (or lost its watch) since it was read."""
+        return bool(self._written)
+
     def limits_stale(self, dir_path: str) -> bool:
         """stale() for a directory whose limits are read only when written (under `roots`);
         False for the others (they hold no limits to read)."""

@@ -5,6 +5,7 @@ cgroup (a task moved out, a freeze, a limit written) shows at the next read all 
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -91,3 +92,40 @@ def test_a_cgroup_that_runs_again_is_read_in_full(cgroups: CgroupFactory) -> Non
     assert s.cpu.usage_usec == cg.cpu_usage_usec() > (before.cpu.usage_usec or 0)
     key = "pids" if hybrid(cgroups) else "unified"
     assert s.pids is not None and s.pids.peak == int(cg.read(key, "pids.peak")) > 1
+
+
+def test_a_closed_directorys_fd_numbers_given_to_other_files_are_not_compared(
+    cgroups: CgroupFactory,
+) -> None:
+    # The compare reads kept fds by number. When a directory of the cgroup is closed (pool
+    # shrink, sweep) its numbers go to the next files opened: here another idle cgroup's files
+    # of the same names, which read as this one's did (pids.current 1). A limit then written
+    # to the closed directory (no longer watched) must show, not the other cgroup's bytes.
+    a, b = cgroups.create(), cgroups.create()
+    sleeper(a)
+    sleeper(b)
+    reader = CgroupReader(cgroups.layout)
+    settle(reader, a)
+    idle_rereads(reader, a.rel)
+    key = "pids" if hybrid(cgroups) else "unified"
+    a_dir, b_dir = str(a.dir(key)), str(b.dir(key))
+    kept = reader._dirs.kept(a_dir, time.monotonic_ns())
+    assert kept is not None and kept.files
+    freed: dict[int, str | None] = {kept.fd: None, **{fd: n for n, fd in kept.files.items()}}
+    reader._dirs.drop(a_dir)
+    held: list[int] = []
+    try:
+        for want in sorted(freed):
+            name = freed[want]
+            while True:
+                fd = os.open(b_dir if name is None else f"{b_dir}/{name}", os.O_RDONLY)
+                held.append(fd)
+                if fd >= want:
+                    assert fd == want, "the freed fd number was not the next one given"
+                    break
+        a.write(key, "pids.max", "55")
+        s = reader.read(a.rel)
+        assert s.pids is not None and s.pids.max == 55 and s.pids.current == 1
+    finally:
+        for fd in held:
+            os.close(fd)
