@@ -150,6 +150,16 @@ class CgroupSample:
             self.v1_paths,
         )
 
+    def same_values(self, other: CgroupSample) -> bool:
+        """Shares every value with `other`, object for object (an idle re-read's sample and
+        the one it stands for): equal without comparing a field."""
+        return (
+            self.cpu is other.cpu and self.memory is other.memory and self.io is other.io
+            and self.pids is other.pids and self.stat is other.stat
+            and self.pressure is other.pressure and self.inode == other.inode
+            and self.populated is other.populated and self.frozen is other.frozen
+        )
+
     @property
     def io_totals(self) -> tuple[int, int, int, int] | None:
         """(rbytes, wbytes, rios, wios) summed over devices."""

@@ -12,6 +12,7 @@ import pytest
 
 from agent.ledger.ledger import Ledger
 from agent.ledger.storage import StoredRow
+from agent.model.snapshot import WorkloadIdentity
 from collectors.samples import CgroupSample
 from tests.test_ledger_support import ident, open_ledger, snapshot, synth
 
@@ -35,6 +36,7 @@ def _script(seed: int) -> list[tuple[str, list[CgroupSample]]]:
              for i, p in enumerate(("/a", "/b", "/c"))}
     t = 1_000_000.25
     out: list[tuple[str, list[CgroupSample]]] = []
+    last: dict[str, CgroupSample] = {}
     for cycle in range(400):
         t += rnd.choice((0.999, 1.0, 1.001, 1.3))
         samples = []
@@ -52,8 +54,14 @@ def _script(seed: int) -> list[tuple[str, list[CgroupSample]]]:
                 st["io"] = [v + rnd.randrange(0, 512) for v in st["io"]]
             elif roll < 0.155:
                 st["cpu"] = rnd.randrange(0, 100)  # a reset
-            samples.append(synth(path, 10 + i, t, cpu=st["cpu"], mem=st["mem"],
-                                 pids=st["pids"], io=tuple(st["io"])))  # type: ignore[arg-type]
+            elif path in last and roll < 0.6:
+                # Nothing moved: the reader's idle re-read shares the last sample's values.
+                t_ns = int(t * 1e9)
+                samples.append(last[path].at(t_ns, t_ns))
+                continue
+            last[path] = synth(path, 10 + i, t, cpu=st["cpu"], mem=st["mem"],
+                               pids=st["pids"], io=tuple(st["io"]))  # type: ignore[arg-type]
+            samples.append(last[path])
         out.append(("cycle", samples))
         if cycle == 200:
             out.append(("final", [synth("/c", 12, t + 0.5, cpu=state["/c"]["cpu"],
@@ -63,13 +71,18 @@ def _script(seed: int) -> list[tuple[str, list[CgroupSample]]]:
 
 
 def _feed(ledger: Ledger, script: list[tuple[str, list[CgroupSample]]]) -> None:
+    idents: dict[tuple[str, int], WorkloadIdentity] = {}  # one object per workload, as agentd
+
+    def who(s: CgroupSample) -> WorkloadIdentity:
+        key = (s.path, s.inode or 0)
+        return idents.setdefault(key, ident(*key))
+
     for kind, samples in script:
         if kind == "final":
             s = samples[0]
-            ledger.observe_final(ident(s.path, s.inode or 0), s, "boot-a")
+            ledger.observe_final(who(s), s, "boot-a")
         else:
-            ledger.observe_snapshot(snapshot([(ident(s.path, s.inode or 0), s)
-                                              for s in samples]))
+            ledger.observe_snapshot(snapshot([(who(s), s) for s in samples]))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

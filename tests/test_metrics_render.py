@@ -90,6 +90,25 @@ def test_rates_refuse_recreation_and_reset() -> None:
     assert r2 is not None and r2.cpu_cores is None
 
 
+def test_rates_of_an_idle_reread_equal_the_general_rule() -> None:
+    # An idle re-read's sample shares its values with the last (sample.at): the short cut
+    # must give what the field-by-field rule gives for equal values.
+    from dataclasses import replace
+
+    from collectors.samples import IoDeviceSample
+    io = (IoDeviceSample(major=8, minor=0, device="sda", rbytes=5, wbytes=None, rios=1,
+                         wios=2),)
+    for a in (_sample("/c", 1_000_000), replace(_sample("/c", 9), io=io, cpu=None),
+              replace(_sample("/c", 9), io=(), cpu=CpuSample(usage_usec=None))):
+        b = a.at(a.monotonic_ns + 2_000_000_000, a.wall_ns + 2_000_000_000)
+        assert b.same_values(a)
+        for net in (None, (10, 20)):
+            fast = compute_rates(a, b, net, net)
+            # The same values in new objects: not the short cut.
+            general = compute_rates(a, replace(b, stat=dict(b.stat)), net, net)
+            assert fast == general and fast is not None and fast.interval_s == 2.0
+
+
 def test_direct_rendering_equals_prometheus_client_rendering() -> None:
     """render_workload_families (the scrape path) and snapshot_families (remote write) agree."""
     from prometheus_client import CollectorRegistry, generate_latest

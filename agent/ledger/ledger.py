@@ -245,14 +245,22 @@ class Ledger:
         if s.last_mono is not None and sample.monotonic_ns <= max(s.last_mono, s.idle_mono):
             return key  # an older read arriving after a newer one: already accounted
         t1 = sample.wall_ns
-        counters = _counter_values(sample)
-        if (self.idle_flush_every and s.last_wall is not None
-                and self._idle(s, ident, sample, counters)):
+        seen = s.seen
+        if seen is not None and ident is s.ident and sample.same_values(seen) \
+                and period_of(t1, self.period) == period_of(s.last_wall or 0, self.period):
+            idle = True  # the values of a sample found idle, in the same period
+        else:
+            counters = _counter_values(sample)
+            idle = (bool(self.idle_flush_every) and s.last_wall is not None
+                    and self._idle(s, ident, sample, counters))
+        if idle:
+            s.seen = sample
             s.idle += 1
             s.idle_wall, s.idle_mono = t1, sample.monotonic_ns
             if s.idle >= self.idle_flush_every:
                 self._apply_idle(batch, key, s)
             return key
+        s.seen = None
         self._apply_idle(batch, key, s)
         first_sample = s.last_wall is None
         t0 = t1 if s.last_wall is None else s.last_wall

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from agent.ledger.storage import dump_json
 from agent.model.snapshot import WorkloadIdentity
+from collectors.samples import CgroupSample
 
 
 @dataclass(slots=True)
@@ -37,6 +38,8 @@ class Series:
     stored: bool = False
     ident: WorkloadIdentity | None = None
     ident_json: str = ""
+    #: The last sample found idle: a sample sharing its values (an idle re-read's) is too.
+    seen: CgroupSample | None = None
 
     def to_json(self) -> str:
         return dump_json({

@@ -27,6 +27,8 @@ def compute_rates(
     seconds = (cur.monotonic_ns - prev.monotonic_ns) / 1e9
     if seconds <= 0:
         return None
+    if cur.same_values(prev) and prev_net == cur_net:
+        return _still(cur, seconds, cur_net)
     cpu_cores = user = system = throttled = None
     if prev.cpu is not None and cur.cpu is not None:
         cpu_cores = _per_s(prev.cpu.usage_usec, cur.cpu.usage_usec, seconds, 1e6)
@@ -56,4 +58,25 @@ def compute_rates(
         io_write_ops_per_s=io[3],
         net_rx_bytes_per_s=rx,
         net_tx_bytes_per_s=tx,
+    )
+
+
+def _still(cur: CgroupSample, seconds: float, net: tuple[int, int] | None) -> Rates:
+    """compute_rates of two samples with the same values: 0 where both have a value."""
+    cpu = cur.cpu
+    cpu_zero = None if cpu is None or cpu.usage_usec is None else 0.0
+    io = None if cur.io is None else 0.0
+    net_zero = None if net is None else 0.0
+    return Rates(
+        interval_s=seconds,
+        cpu_cores=cpu_zero,
+        cpu_user_cores=None if cpu is None or cpu.user_usec is None else 0.0,
+        cpu_system_cores=None if cpu is None or cpu.system_usec is None else 0.0,
+        cpu_throttled_share=None,
+        io_read_bytes_per_s=io,
+        io_write_bytes_per_s=io,
+        io_read_ops_per_s=io,
+        io_write_ops_per_s=io,
+        net_rx_bytes_per_s=net_zero,
+        net_tx_bytes_per_s=net_zero,
     )
