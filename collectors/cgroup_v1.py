@@ -46,6 +46,7 @@ def read_cpu_v1(
     prev: CpuSample | None = None,
     *,
     limits: bool = True,
+    refresh: bool = False,
 ) -> CpuSample | None:
     """Usage from cgroup2 cpu.stat when given (exact µs, see cgroupfs), else cpuacct;
     throttling, quota and weight from the v1 cpu hierarchy.
@@ -53,7 +54,8 @@ def read_cpu_v1(
     `prev` (the last read's part, None: read everything): when usage_usec has not moved since,
     the counters that move only while the cgroup's tasks run (cpuacct.stat, v1 cpu.stat
     throttling) are taken from it unread. `limits` False: quota, period and shares are taken
-    from `prev` (nothing was written to the directory since, see CgroupReader)."""
+    from `prev` (nothing was written to the directory since, see CgroupReader). `refresh`:
+    the counters are read even if usage did not move."""
     stat: dict[str, int] = dict(v2_stat) if v2_stat else {}
     from_acct = "usage_usec" not in stat and cpuacct is not None
     if from_acct and cpuacct is not None:
@@ -61,7 +63,7 @@ def read_cpu_v1(
         if usage is not None:
             stat["usage_usec"] = usage // 1000
     usage_usec = stat.get("usage_usec")
-    moved = prev is None or usage_usec is None or usage_usec != prev.usage_usec
+    moved = refresh or prev is None or usage_usec is None or usage_usec != prev.usage_usec
     if from_acct and cpuacct is not None:
         if moved:
             ticks = cpuacct.flat("cpuacct.stat", keep=prev is not None)

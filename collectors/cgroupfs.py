@@ -37,8 +37,9 @@ Read only what can have changed (the previous sample's values stand for files no
   directory not watched counts as written): the limits cpu.max, cpu.weight, cfs quota and
   period, shares, memory.min/low/high/max, swap.max, v1 limit_in_bytes, soft_limit and
   memsw.limit, pids.max; a write to cgroup.procs (a task moved in) also re-reads pids.peak;
-- everything: on the first read, when `populated` changed, when the v1 paths were resolved
-  again, and at least every FULL_READ_EVERY reads.
+- everything: on the first read, when `populated` changed and when the v1 paths were resolved
+  again; everything but the limits of watched directories (WrittenDirs sees every write) at
+  least every FULL_READ_EVERY reads.
 
 An idle cgroup is first re-read by compare (collectors.idle_reads): the files of its last quiet
 read, and when every one reads the bytes of last time, the last sample stands, at the new time.
@@ -309,16 +310,19 @@ class CgroupReader:
         watched."""
         return d is not None and self._written.stale(d.path)
 
-    def _previous(self, path: str, inode: int | None) -> CgroupSample | None:
-        """The last sample, to stand for files not read now; None: read everything."""
+    def _previous(self, path: str, inode: int | None) -> tuple[CgroupSample | None, bool]:
+        """(the last sample, to stand for files not read now (None: read everything),
+        refresh: every counter file is due again, FULL_READ_EVERY; the limits of a watched
+        directory change only by a write, which WrittenDirs sees)."""
         last = self._last.get(path)
-        if last is None or last.sample.inode != inode or last.partial_reads >= FULL_READ_EVERY:
-            return None
-        return last.sample
+        if last is None or last.sample.inode != inode:
+            return None, False
+        return last.sample, last.partial_reads >= FULL_READ_EVERY
 
-    def _remember(self, sample: CgroupSample, prev: CgroupSample | None) -> None:
+    def _remember(self, sample: CgroupSample, prev: CgroupSample | None,
+                  refresh: bool = False) -> None:
         last = self._last.get(sample.path)
-        if prev is None or last is None:
+        if prev is None or last is None or refresh:
             # A whole read: the plan may stay, but not bytes older than this sample.
             plan = last.plan if last is not None and last.sample.inode == sample.inode else None
             if plan is not None:
@@ -346,9 +350,9 @@ class CgroupReader:
         datas = d.read_many(self._unified_files)
         ctrls = parse_controllers(datas[0])
         populated, frozen = d.memo("cgroup.events", datas[1], events)
-        prev = self._previous(path, inode)
+        prev, refresh = self._previous(path, inode)
         if prev is not None and prev.populated != populated:
-            prev = None  # a cgroup that filled or emptied is read whole
+            prev, refresh = None, False  # a cgroup that filled or emptied is read whole
         pressure = self._pressure(d, datas[4:])
         prev_cpu = prev.cpu if prev is not None else None
         stale = self._limits_stale(d)
@@ -356,7 +360,7 @@ class CgroupReader:
         if ctrls is None or "cpu" in ctrls:
             quota, period, weight = cpu_limits(d, prev_cpu, limits=stale)
         cpu = cpu_sample(d.memo("cpu.stat", datas[3], frozen_flat), quota, period, weight)
-        moved = _moved(prev_cpu, cpu)
+        moved = refresh or _moved(prev_cpu, cpu)
         memory = None
         if ctrls is None or "memory" in ctrls:
             memory = read_memory(d, prev.memory if prev else None, limits=stale)
@@ -379,7 +383,7 @@ class CgroupReader:
             frozen=frozen,
             stat=stat or EMPTY,
         )
-        self._remember(sample, prev)
+        self._remember(sample, prev, refresh)
         return sample
 
     # -- hybrid and legacy ---------------------------------------------------------------
@@ -426,9 +430,9 @@ class CgroupReader:
         else:
             psi = ref.read_many(self._psi)
         pressure = self._pressure(ref, psi)
-        prev = self._previous(path, ref.ino)
+        prev, refresh = self._previous(path, ref.ino)
         if prev is not None and (prev.populated != populated or prev.v1_paths is not paths):
-            prev = None  # filled or emptied, or found elsewhere: read whole
+            prev, refresh = None, False  # filled or emptied, or found elsewhere: read whole
 
         cpu_d = open_ctrl("cpu")
         need_acct = v2_cpu is None or "usage_usec" not in v2_cpu
@@ -438,8 +442,9 @@ class CgroupReader:
         if cpu_d is None and acct_d is None:
             cpu = cpu_sample(v2_cpu)
         else:
-            cpu = read_cpu_v1(cpu_d, acct_d, v2_cpu, prev_cpu, limits=self._limits_stale(cpu_d))
-        moved = _moved(prev_cpu, cpu)
+            cpu = read_cpu_v1(cpu_d, acct_d, v2_cpu, prev_cpu, limits=self._limits_stale(cpu_d),
+                              refresh=refresh)
+        moved = refresh or _moved(prev_cpu, cpu)
         mem_d = open_ctrl("memory")
         memory = None
         if mem_d is not None:
@@ -484,7 +489,7 @@ class CgroupReader:
             stat=stat or EMPTY,
             v1_paths=paths,
         )
-        self._remember(sample, prev)
+        self._remember(sample, prev, refresh)
         return sample
 
     @staticmethod
