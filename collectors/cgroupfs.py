@@ -147,12 +147,23 @@ class CgroupReader:
         self._lock = threading.Lock()
 
     # -- public --------------------------------------------------------------------------
-    def read(self, path: str, *, member_pid: int | None = None) -> CgroupSample:
-        """Everything about the cgroup at `path` (relative to layout.reference_root)."""
+    def read(
+        self, path: str, *, member_pid: int | None = None, in_pass: bool = False
+    ) -> CgroupSample:
+        """Everything about the cgroup at `path` (relative to layout.reference_root).
+        `in_pass`: one of many reads after begin_pass(), which took the writes to directories
+        for all of them (a limit written during the pass shows at the next)."""
         mono = time.monotonic_ns()
         wall = time.time_ns()
         with self._lock:
+            if not in_pass:
+                self._written.drain()
             return self._read(path, member_pid, mono, wall)
+
+    def begin_pass(self) -> None:
+        """Before reading many cgroups with in_pass=True: take the writes to directories once."""
+        with self._lock:
+            self._written.drain()
 
     def v1_paths(self, path: str, *, member_pid: int | None = None) -> dict[str, str]:
         """v1 controller -> the cgroup's path in that hierarchy ({} on unified hosts or when
@@ -216,7 +227,6 @@ class CgroupReader:
         return self._dirs.get(ref_path, now, ino)
 
     def _read(self, path: str, member_pid: int | None, mono: int, wall: int) -> CgroupSample:
-        self._written.drain()
         last = self._last.get(path)
         stashed: list[CgroupDir] = []
         plan = last.plan if last is not None else None

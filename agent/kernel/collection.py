@@ -117,8 +117,9 @@ class Collector:
     def read(self, idents: Iterable[WorkloadIdentity]) -> dict[str, WorkloadState]:
         """Read samples (no rates yet); vanished cgroups are dropped from the result."""
         out: dict[str, WorkloadState] = {}
+        self.reader.begin_pass()
         for ident in idents:
-            sample = self.reader.read(ident.cgroup, member_pid=ident.init_pid)
+            sample = self.reader.read(ident.cgroup, member_pid=ident.init_pid, in_pass=True)
             if sample.vanished:
                 continue
             if sample.inode is not None and sample.inode != ident.inode:
