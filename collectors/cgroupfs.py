@@ -10,10 +10,8 @@
 CPU usage on hybrid hosts comes from cgroup2 `cpu.stat` rather than cpuacct: it exists even
 without controllers, is the kernel's exact rstat counter already in µs (the v2 unit), and its
 user/system split is µs-exact where cpuacct.stat only has USER_HZ ticks. It also needs no v1
-path resolution, since it lives in the reference directory itself.
-
-A cgroup's v1 paths can differ between hierarchies: V1Paths (v1_paths) resolves and caches
-them.
+path resolution, since it lives in the reference directory itself. A cgroup's v1 paths can
+differ between hierarchies: V1Paths (v1_paths) resolves and caches them.
 
 Speed (tests/bench/bench_collectors.py): each controller's files are read in one batch with
 openat() relative to a directory fd, and the directory fds and the files' fds are kept open
@@ -41,8 +39,8 @@ Read only what can have changed (the previous sample's values stand for files no
   again; everything but the limits of watched directories (WrittenDirs sees every write) at
   least every FULL_READ_EVERY reads.
 
-An idle cgroup is first re-read by compare (collectors.idle_reads): the files of its last quiet
-read, and when every one reads the bytes of last time, the last sample stands, at the new time.
+An idle cgroup is re-read by compare first (collectors.idle_path): when the files of its last
+quiet read read the same bytes, the last sample stands, at the new time.
 """
 
 from __future__ import annotations
@@ -67,7 +65,9 @@ from collectors.cgroup_v2 import (
     read_memory,
     read_pids,
 )
-from collectors.idle_reads import IdlePlan, consumed, quiet_plan, reread
+from collectors.idle_path import IdlePath
+from collectors.idle_path import moved as cpu_moved
+from collectors.idle_reads import IdlePlan
 from collectors.layout import CgroupLayout, LayoutKind
 from collectors.open_dirs import OpenDirs
 from collectors.samples import (
@@ -129,8 +129,6 @@ class CgroupReader:
             f"{mem_root}/memory.memsw.usage_in_bytes"
         )
         self._last: dict[str, _Last] = {}
-        #: Reads answered by an idle re-read (the files of the last quiet read, unchanged).
-        self.idle_rereads = 0
         # The kept directories whose limits are read only when written to.
         if self._kind is LayoutKind.UNIFIED:
             limit_roots: tuple[str, ...] = (self._ref_root,)
@@ -143,6 +141,7 @@ class CgroupReader:
             max_open_dirs, on_keep=self._written.watch, on_drop=self._written.unwatch
         )
         self._paths = V1Paths(layout, str(proc_root), self._dirs.drop)
+        self.idle = IdlePath(self._dirs, self._written, self._psi)
         # The daemon reads from a worker thread while control code may ask for v1_paths.
         self._lock = threading.Lock()
 
@@ -232,9 +231,8 @@ class CgroupReader:
         plan = last.plan if last is not None else None
         if last is not None and plan is not None:
             whole = last.partial_reads >= FULL_READ_EVERY
-            same, stashed = reread(plan, self._dirs, self._written, member_pid, mono, whole)
-            if same and not whole:
-                self.idle_rereads += 1
+            same, stashed = self.idle.reread(path, last.sample, plan, whole, member_pid, mono)
+            if same:
                 last.partial_reads += 1
                 last.sample = last.sample.at(mono, wall)
                 return last.sample
@@ -242,10 +240,8 @@ class CgroupReader:
         try:
             sample = self._read_files(path, member_pid, mono, wall, last)
             now = self._last.get(path)
-            if plan is not None and now is not None and now.plan is not None \
-                    and now.plan.dirs == plan.dirs and consumed(stashed):
-                # The sample is of the bytes just compared: the next read compares to them.
-                now.plan.datas = compared
+            if plan is not None and now is not None:
+                self.idle.carry(plan, now.plan, compared, stashed)
             return sample
         finally:
             for d in stashed:
@@ -285,7 +281,11 @@ class CgroupReader:
                         self._paths.invalidate(path)  # resolve the v1 paths again next time
                 for d in used:
                     self._written.read(d.path)
-                self._plan_quiet(path, sample, before, used, member_pid)
+                now = self._last.get(path)
+                if now is not None:
+                    now.plan = self.idle.after_read(
+                        path, sample, before, now.partial_reads > 0, now.plan, used, member_pid,
+                        mono)
                 return sample
             except Vanished:
                 self._forget(path, ref_path)
@@ -296,21 +296,9 @@ class CgroupReader:
                     d.close()
         return CgroupSample(path, None, mono, wall, vanished=True)
 
-    def _plan_quiet(self, path: str, sample: CgroupSample, before: CgroupSample | None,
-                    used: list[CgroupDir], member_pid: int | None) -> None:
-        """After a partial read in which the CPU counter did not move: what the next read
-        compares first (IdleReads)."""
-        last = self._last.get(path)
-        if last is None or last.partial_reads == 0 or before is None:
-            return
-        if _moved(before.cpu, sample.cpu):
-            return
-        plan = quiet_plan(used, member_pid, last.plan, self._written)
-        if plan is not None:
-            last.plan = plan
-
     def _forget(self, path: str, ref_path: str) -> None:
         """Drop what is kept about a cgroup that is gone."""
+        self.idle.quiet.forget(path)
         self._dirs.drop(ref_path)
         self._last.pop(path, None)
         self._paths.forget(path)
@@ -370,7 +358,7 @@ class CgroupReader:
         if ctrls is None or "cpu" in ctrls:
             quota, period, weight = cpu_limits(d, prev_cpu, limits=stale)
         cpu = cpu_sample(d.memo("cpu.stat", datas[3], frozen_flat), quota, period, weight)
-        moved = refresh or _moved(prev_cpu, cpu)
+        moved = refresh or cpu_moved(prev_cpu, cpu)
         memory = None
         if ctrls is None or "memory" in ctrls:
             memory = read_memory(d, prev.memory if prev else None, limits=stale)
@@ -454,7 +442,7 @@ class CgroupReader:
         else:
             cpu = read_cpu_v1(cpu_d, acct_d, v2_cpu, prev_cpu, limits=self._limits_stale(cpu_d),
                               refresh=refresh)
-        moved = refresh or _moved(prev_cpu, cpu)
+        moved = refresh or cpu_moved(prev_cpu, cpu)
         mem_d = open_ctrl("memory")
         memory = None
         if mem_d is not None:
@@ -510,8 +498,3 @@ class CgroupReader:
             return True
 
 
-def _moved(prev: CpuSample | None, cpu: CpuSample | None) -> bool:
-    """The cgroup may have run a task since `prev`: its CPU usage moved, or is not known."""
-    if prev is None or cpu is None or cpu.usage_usec is None:
-        return True
-    return cpu.usage_usec != prev.usage_usec

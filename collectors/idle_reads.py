@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from collectors.cgroup_dir import _BUF, _MAYBE_MORE, CgroupDir
 from collectors.open_dirs import OpenDirs
+from collectors.quiet_parents import HIER_FILES
 from collectors.written_dirs import WrittenDirs
 
 
@@ -31,11 +32,15 @@ class IdlePlan:
     #: (directory, files read in it) for each directory the quiet read used, in its order.
     dirs: tuple[tuple[str, tuple[str, ...]], ...]
     member_pid: int | None
-    #: The files' kept fds, in order, valid while OpenDirs.generation is `generation` (no
-    #: kept directory was closed since, so no fd number was given to another file).
+    #: (index in dirs, file name) of each file in the order read and compared: the
+    #: hierarchical files of the first (reference) directory first, `n_hier` of them.
+    slots: tuple[tuple[int, str], ...] = ()
+    n_hier: int = 0
+    #: The files' kept fds, in slot order, valid while OpenDirs.generation is `generation`
+    #: (no kept directory was closed since, so no fd number was given to another file).
     fds: tuple[int, ...] = ()
     generation: int = -1
-    #: The files' bytes at their last read (None before the first re-read).
+    #: The files' bytes at their last read, in slot order (None before the first re-read).
     datas: list[bytes | None] | None = None
     #: A file may not fit one read: this cgroup is always read in full.
     long: bool = False
@@ -57,23 +62,31 @@ def quiet_plan(
         if written.limits_stale(d.path):
             return None  # its limits are read every time (not watched)
         dirs.append((d.path, tuple(d.record)))
-    plan = IdlePlan(tuple(dirs), member_pid)
-    if last is not None and last.dirs == plan.dirs and last.member_pid == member_pid:
+    if last is not None and last.dirs == tuple(dirs) and last.member_pid == member_pid:
         if last.long:
             return last
+        plan = IdlePlan(last.dirs, member_pid, last.slots, last.n_hier)
         plan.datas = last.datas
-    return plan
+        return plan
+    hier: list[tuple[int, str]] = []
+    rest: list[tuple[int, str]] = []
+    for i, (_path, names) in enumerate(dirs):
+        for name in names:
+            (hier if i == 0 and name in HIER_FILES and "cpu.stat" in names else rest).append(
+                (i, name))
+    return IdlePlan(tuple(dirs), member_pid, tuple(hier + rest), len(hier))
 
 
 def reread(
     plan: IdlePlan, open_dirs: OpenDirs, written: WrittenDirs, member_pid: int | None,
-    now_ns: int, whole: bool = False,
+    now_ns: int, whole: bool = False, skip_hier: bool = False,
 ) -> tuple[bool, list[CgroupDir]]:
     """(every file read the bytes of last time, directories given prefetched bytes).
 
     False when a directory is no longer kept or was written to, a file is missing, or the
     cgroup vanished: the caller reads in full (and clears `prefetched` on those returned).
-    `whole`: a whole read follows anyway; the bytes are handed to it even when the same."""
+    `whole`: a whole read follows anyway; the bytes are handed to it even when the same.
+    `skip_hier`: the hierarchical files are known unchanged (QuietParents): not read."""
     if plan.long or (member_pid is not None and member_pid != plan.member_pid):
         return False, []
     # Something was closed or written since: check each directory, take its fds again.
@@ -81,48 +94,59 @@ def reread(
     if moved_on and not _refresh(plan, open_dirs, written, now_ns):
         return False, []
     _pread = os.pread
+    datas = plan.datas
+    skip = plan.n_hier if skip_hier and datas is not None and not whole else 0
     try:
-        got: list[bytes | None] = [_pread(fd, _BUF, 0) for fd in plan.fds]
+        got: list[bytes | None] = [_pread(fd, _BUF, 0) for fd in plan.fds[skip:]]
     except OSError:  # gone (ENODEV) or unreadable: the full read tells which
         return False, []
-    same = got == plan.datas
-    if same and not whole:
-        return True, []
+    if skip:
+        assert datas is not None
+        same = got == datas[skip:]
+        if same:
+            return True, []
+        got = datas[:skip] + got  # stale here: not handed on, and not compared to again
+        plan.datas = None
+    else:
+        same = got == datas
+        if same and not whole:
+            return True, []
+        plan.datas = got
     if any(data is not None and len(data) >= _MAYBE_MORE for data in got):
         # Maybe longer than one read (the full read reads on): not compared, ever.
         plan.long = True
+        plan.datas = None
         return False, []
-    plan.datas = got
-    at = 0
+    handed: dict[int, dict[str, bytes | None]] = {}
+    for k in range(skip, len(got)):
+        i, name = plan.slots[k]
+        handed.setdefault(i, {})[name] = got[k]
     stashed: list[CgroupDir] = []
-    for path, names in plan.dirs:
-        if not names:
-            continue
-        d = open_dirs.kept(path, now_ns)
+    for i, chunk in handed.items():
+        d = open_dirs.kept(plan.dirs[i][0], now_ns)
         if d is None:
-            break
-        d.prefetched = dict(zip(names, got[at : at + len(names)], strict=True))
+            continue
+        d.prefetched = chunk
         stashed.append(d)
-        at += len(names)
     return same, stashed
 
 
 def _refresh(plan: IdlePlan, open_dirs: OpenDirs, written: WrittenDirs, now_ns: int) -> bool:
-    fds: list[int] = []
+    found: list[dict[str, int]] = []
     for path, names in plan.dirs:
         if written.limits_stale(path):
             return False
-        if not names:
-            continue
-        d = open_dirs.kept(path, now_ns)
+        d = open_dirs.kept(path, now_ns) if names else None
         files = d.files if d is not None else None
-        if files is None:
+        if names and files is None:
             return False
-        for name in names:
-            fd = files.get(name)
-            if fd is None:
-                return False
-            fds.append(fd)
+        found.append(files or {})
+    fds: list[int] = []
+    for i, name in plan.slots:
+        fd = found[i].get(name)
+        if fd is None:
+            return False
+        fds.append(fd)
     plan.fds = tuple(fds)
     plan.generation = open_dirs.generation
     return True

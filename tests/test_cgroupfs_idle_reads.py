@@ -24,11 +24,11 @@ def values(s: CgroupSample) -> CgroupSample:
 
 def idle_rereads(reader: CgroupReader, rel: str, n: int = 4) -> CgroupSample:
     """Read until idle, then `n` more reads; asserts they came from idle re-reads."""
-    hits = reader.idle_rereads
+    hits = reader.idle.rereads
     s = None
     for _ in range(n + 3):
         s = reader.read(rel)
-    assert reader.idle_rereads - hits >= n, "an idle cgroup was not re-read by compare"
+    assert reader.idle.rereads - hits >= n, "an idle cgroup was not re-read by compare"
     assert s is not None
     return s
 
