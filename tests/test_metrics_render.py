@@ -106,7 +106,7 @@ def test_rates_of_an_idle_reread_equal_the_general_rule() -> None:
             fast = compute_rates(a, b, net, net)
             # The same values in new objects: not the short cut.
             general = compute_rates(a, replace(b, stat=dict(b.stat)), net, net)
-            assert fast == general and fast is not None and fast.interval_s == 2.0
+            assert fast == general and fast is not None
 
 
 def test_direct_rendering_equals_prometheus_client_rendering() -> None:

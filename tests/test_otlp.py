@@ -77,7 +77,7 @@ def _state(i: int, kind: WorkloadKind = WorkloadKind.CONTAINER, usage: int = 2_5
         pressure=PressureSample(cpu=Pressure(some=line, full=None)),
         frozen=False,
     )
-    return WorkloadState(ident, sample, Rates(1.0, cpu_cores=0.25))
+    return WorkloadState(ident, sample, Rates(cpu_cores=0.25))
 
 
 def _snapshot(*states: WorkloadState) -> Snapshot:

@@ -27,7 +27,7 @@ def state(path: str, inode: int, cpu: float, mem: int, quota: int = UNLIMITED,
     sample = CgroupSample(path, inode, 0, 0, cpu=CpuSample(max_quota_usec=quota,
                                                            max_period_usec=100_000),
                           memory=MemorySample(current=mem, max=limit))
-    return WorkloadState(ident, sample, Rates(1.0, cpu_cores=cpu))
+    return WorkloadState(ident, sample, Rates(cpu_cores=cpu))
 
 
 def snap(seq: int, t_s: float, *states: WorkloadState) -> Snapshot:

@@ -28,7 +28,7 @@ def compute_rates(
     if seconds <= 0:
         return None
     if cur.same_values(prev) and prev_net == cur_net:
-        return _still(cur, seconds, cur_net)
+        return _still(cur, cur_net)
     cpu_cores = user = system = throttled = None
     if prev.cpu is not None and cur.cpu is not None:
         cpu_cores = _per_s(prev.cpu.usage_usec, cur.cpu.usage_usec, seconds, 1e6)
@@ -47,7 +47,6 @@ def compute_rates(
         rx = _per_s(prev_net[0], cur_net[0], seconds)
         tx = _per_s(prev_net[1], cur_net[1], seconds)
     return Rates(
-        interval_s=seconds,
         cpu_cores=cpu_cores,
         cpu_user_cores=user,
         cpu_system_cores=system,
@@ -61,22 +60,23 @@ def compute_rates(
     )
 
 
-def _still(cur: CgroupSample, seconds: float, net: tuple[int, int] | None) -> Rates:
-    """compute_rates of two samples with the same values: 0 where both have a value."""
+def _still(cur: CgroupSample, net: tuple[int, int] | None) -> Rates:
+    """compute_rates of two samples with the same values: 0 where both have a value (one
+    shared object per shape: an idle cgroup's rates cost nothing to build)."""
     cpu = cur.cpu
-    cpu_zero = None if cpu is None or cpu.usage_usec is None else 0.0
-    io = None if cur.io is None else 0.0
-    net_zero = None if net is None else 0.0
-    return Rates(
-        interval_s=seconds,
-        cpu_cores=cpu_zero,
-        cpu_user_cores=None if cpu is None or cpu.user_usec is None else 0.0,
-        cpu_system_cores=None if cpu is None or cpu.system_usec is None else 0.0,
-        cpu_throttled_share=None,
-        io_read_bytes_per_s=io,
-        io_write_bytes_per_s=io,
-        io_read_ops_per_s=io,
-        io_write_ops_per_s=io,
-        net_rx_bytes_per_s=net_zero,
-        net_tx_bytes_per_s=net_zero,
-    )
+    shape = (cpu is not None and cpu.usage_usec is not None,
+             cpu is not None and cpu.user_usec is not None,
+             cpu is not None and cpu.system_usec is not None, cur.io is not None, net is not None)
+    rates = _STILL.get(shape)
+    if rates is None:
+        zero = [0.0 if known else None for known in shape]
+        rates = _STILL[shape] = Rates(
+            cpu_cores=zero[0], cpu_user_cores=zero[1], cpu_system_cores=zero[2],
+            io_read_bytes_per_s=zero[3], io_write_bytes_per_s=zero[3],
+            io_read_ops_per_s=zero[3], io_write_ops_per_s=zero[3],
+            net_rx_bytes_per_s=zero[4], net_tx_bytes_per_s=zero[4],
+        )
+    return rates
+
+
+_STILL: dict[tuple[bool, ...], Rates] = {}

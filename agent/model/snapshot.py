@@ -61,7 +61,6 @@ class WorkloadIdentity:
 class Rates:
     """Per-second rates from two samples of the same incarnation; None when not computable."""
 
-    interval_s: float
     cpu_cores: float | None = None
     cpu_user_cores: float | None = None
     cpu_system_cores: float | None = None

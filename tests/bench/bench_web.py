@@ -34,7 +34,7 @@ ASSETS = ("/", "/ui/app.js", "/ui/charts.js", "/ui/app.css")
 
 def ring_memory(n: int = 1000, window_s: float = 900, interval_s: float = 5) -> None:
     host = HostInfo("h", "b", "m", "k", "hybrid", 2, 1 << 30, "0")
-    rates = Rates(interval_s, cpu_cores=0.1, io_read_bytes_per_s=1.0, io_write_bytes_per_s=2.0,
+    rates = Rates(cpu_cores=0.1, io_read_bytes_per_s=1.0, io_write_bytes_per_s=2.0,
                   net_rx_bytes_per_s=3.0, net_tx_bytes_per_s=4.0)
     states = [dataclasses.replace(workload(i), rates=rates) for i in range(n)]
     workloads = MappingProxyType({w.identity.id: w for w in states})
