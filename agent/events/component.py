@@ -33,7 +33,7 @@ from agent.events.lifecycle import (
     net_totals,
     nothing_ran,
     pressure_fields,
-    throttled_share,
+    throttle_episode,
 )
 from agent.events.model import Event, EventContainer, EventType, severity_for
 from agent.events.poll_scope import limited_subtrees
@@ -429,6 +429,8 @@ class EventsComponent(Component):
     async def on_snapshot(self, snapshot: Snapshot) -> None:
         prev = self._prev
         prev_states = {w.identity.incarnation: w for w in prev.workloads.values()} if prev else {}
+        cfg = self.ctx.section(self.name) if self.ctx is not None else {}
+        limit = float(cfg.get("cpu_throttled_share", 0.25))
         current: dict[tuple[str, int], WorkloadState] = {}
         for state in snapshot.workloads.values():
             who = state.identity
@@ -449,7 +451,9 @@ class EventsComponent(Component):
             ) and not (watched is not None and mirrors_children(watched)):
                 self._running[key] = True
                 self.emit(EventType.CONTAINER_STARTED, who, "", {"source": "discovery"})
-            self._check_throttled(state, prev_states.get(key))
+            said = throttle_episode(self._throttled, state, prev_states.get(key), limit)
+            if said is not None:
+                self.emit(EventType.CPU_THROTTLED, who, "", said)
         if self.watcher is not None:
             self.watcher.poll_scope = PollScope(*limited_subtrees(snapshot))
             if self.watcher.psi_error and self.ctx is not None:
@@ -466,23 +470,6 @@ class EventsComponent(Component):
                 assert self.watcher is not None
                 self.watcher.unwatch(key[0])  # gone (without a tree watch to say so)
         self._prev = snapshot
-
-    def _check_throttled(self, state: WorkloadState, prev: WorkloadState | None) -> None:
-        if prev is None or self.ctx is None:
-            return
-        limit = float(self.ctx.section(self.name).get("cpu_throttled_share", 0.25))
-        share = throttled_share(prev.sample, state.sample)
-        key = state.identity.incarnation
-        if share is None or share < limit:
-            self._throttled.discard(key)
-            return
-        if key in self._throttled:
-            return  # still throttled: one event per episode
-        self._throttled.add(key)
-        self.emit(EventType.CPU_THROTTLED, state.identity, "",
-                  {"share": round(share, 4), "threshold": limit,
-                   "window_s": round((state.sample.monotonic_ns - prev.sample.monotonic_ns) / 1e9,
-                                     3)})
 
     def _prune(self) -> None:
         if self.log is None or self.ctx is None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from agent.identity.classify import classify
-from agent.model.snapshot import WorkloadIdentity, WorkloadKind
+from agent.model.snapshot import WorkloadIdentity, WorkloadKind, WorkloadState
 from collectors.samples import CgroupSample
 
 if TYPE_CHECKING:
@@ -106,6 +106,27 @@ def pressure_fields(text: str) -> dict[str, object]:
             except ValueError:
                 continue
     return out
+
+
+def throttle_episode(throttled: set[tuple[str, int]], state: WorkloadState,
+                     prev: WorkloadState | None, limit: float) -> dict[str, object] | None:
+    """The cpu_throttled event's fields when an episode starts (once per episode: `throttled`
+    holds the incarnations in one); None otherwise."""
+    if prev is None:
+        return None
+    key = state.identity.incarnation
+    if limit > 0 and state.sample.cpu is prev.sample.cpu:  # an idle re-read: not throttled
+        throttled.discard(key)
+        return None
+    share = throttled_share(prev.sample, state.sample)
+    if share is None or share < limit:
+        throttled.discard(key)
+        return None
+    if key in throttled:
+        return None  # still throttled: one event per episode
+    throttled.add(key)
+    window = (state.sample.monotonic_ns - prev.sample.monotonic_ns) / 1e9
+    return {"share": round(share, 4), "threshold": limit, "window_s": round(window, 3)}
 
 
 def throttled_share(prev: CgroupSample, cur: CgroupSample) -> float | None:

@@ -17,6 +17,9 @@ def limited_subtrees(snapshot: Snapshot) -> tuple[frozenset[str], frozenset[str]
         if s.memory is not None and s.memory.max not in (None, UNLIMITED):
             mem_limited.add(w.identity.cgroup)
 
+    if not pids_limited and not mem_limited:
+        return frozenset(), frozenset()
+
     def under(path: str, limited: set[str]) -> bool:
         while path:
             if path in limited:
