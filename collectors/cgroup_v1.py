@@ -66,7 +66,7 @@ def read_cpu_v1(
     moved = refresh or prev is None or usage_usec is None or usage_usec != prev.usage_usec
     if from_acct and cpuacct is not None:
         if moved:
-            ticks = cpuacct.flat("cpuacct.stat", keep=prev is not None)
+            ticks = cpuacct.flat("cpuacct.stat", keep=prev is not None and not refresh)
             if ticks is not None:
                 if "user" in ticks:
                     stat["user_usec"] = ticks["user"] * 1_000_000 // CLK_TCK
@@ -77,7 +77,7 @@ def read_cpu_v1(
     quota = period = weight = None
     if cpu is not None:
         if moved:
-            v1 = cpu.flat("cpu.stat", keep=prev is not None)
+            v1 = cpu.flat("cpu.stat", keep=prev is not None and not refresh)
             if v1 is not None:
                 # v2 values (when the cgroup2 file had them) win; v1 times are ns.
                 for key in ("nr_periods", "nr_throttled", "nr_bursts"):
@@ -132,6 +132,7 @@ def read_memory_v1(
     *,
     moved: bool = True,
     limits: bool = True,
+    keep: bool = True,
 ) -> MemorySample | None:
     """`with_memsw`: the host has swap accounting (memsw files), judged once by the caller.
     `prev` with `moved` False: oom_control's counters taken from it unread; with `limits`
@@ -142,7 +143,7 @@ def read_memory_v1(
     got = dict(zip(names, d.read_many(names), strict=True))
     # Kept open only when read because the cgroup ran (not on a whole read of an idle one).
     if read_oom:
-        got["memory.oom_control"] = d.read("memory.oom_control", keep=prev is not None)
+        got["memory.oom_control"] = d.read("memory.oom_control", keep=prev is not None and keep)
     if read_limits:
         seldom = _MEMORY_LIMITS + (_MEMSW_LIMIT if with_memsw else ())
         got.update(zip(seldom, d.read_many(seldom, keep=False), strict=True))

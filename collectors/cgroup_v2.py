@@ -165,7 +165,8 @@ def read_io(d: CgroupDir, devices: BlockDevices) -> tuple[IoDeviceSample, ...] |
 
 
 def read_pids(
-    d: CgroupDir, prev: PidsSample | None = None, *, moved: bool = True, limits: bool = True
+    d: CgroupDir, prev: PidsSample | None = None, *, moved: bool = True, limits: bool = True,
+    keep: bool = True,
 ) -> PidsSample | None:
     """pids.current/max/events/peak: the same files in cgroup2 and in the v1 pids hierarchy.
 
@@ -179,7 +180,7 @@ def read_pids(
         moved or prev is None or (current or 0) > (prev.peak or prev.current or 0) or limits
     )
     names = ("pids.events", "pids.peak") if read_counters else ()
-    got = dict(zip(names, d.read_many(names, keep=moved), strict=True))
+    got = dict(zip(names, d.read_many(names, keep=moved and keep), strict=True))
     if read_limits:
         got["pids.max"] = d.read("pids.max", keep=False)
     if read_limits:

@@ -35,9 +35,8 @@ Read only what can have changed (the previous sample's values stand for files no
   directory not watched counts as written): the limits cpu.max, cpu.weight, cfs quota and
   period, shares, memory.min/low/high/max, swap.max, v1 limit_in_bytes, soft_limit and
   memsw.limit, pids.max; a write to cgroup.procs (a task moved in) also re-reads pids.peak;
-- everything: on the first read, when `populated` changed and when the v1 paths were resolved
-  again; everything but the limits of watched directories (WrittenDirs sees every write) at
-  least every FULL_READ_EVERY reads.
+- everything: on the first read, when `populated` changed, when the v1 paths were resolved
+  again; but the limits of watched directories (see above) at least every FULL_READ_EVERY.
 
 An idle cgroup is re-read by compare first (collectors.idle_path): when the files of its last
 quiet read read the same bytes, the last sample stands, at the new time.
@@ -365,7 +364,8 @@ class CgroupReader:
         io = read_io(d, self._devices) if ctrls is None or "io" in ctrls else None
         pids = None
         if ctrls is None or "pids" in ctrls:
-            pids = read_pids(d, prev.pids if prev else None, moved=moved, limits=stale)
+            pids = read_pids(d, prev.pids if prev else None, moved=moved, limits=stale,
+                             keep=not refresh)
         stat = d.memo("cgroup.stat", datas[2], frozen_flat)
         sample = CgroupSample(
             path=path,
@@ -452,18 +452,18 @@ class CgroupReader:
                 prev.memory if prev else None,
                 moved=moved,
                 limits=self._limits_stale(mem_d),
+                keep=not refresh,  # files read every FULL_READ_EVERY reads: not worth an fd
             )
         pids_d = open_ctrl("pids")
         pids = None
         if pids_d is not None:
-            pids = read_pids(
-                pids_d, prev.pids if prev else None, moved=moved, limits=self._limits_stale(pids_d)
-            )
+            pids = read_pids(pids_d, prev.pids if prev else None, moved=moved,
+                             limits=self._limits_stale(pids_d), keep=not refresh)
         blk_d = open_ctrl("blkio")
         io: tuple[IoDeviceSample, ...] | None = None
         if blk_d is not None:
             io = (
-                read_io_v1(blk_d, self._devices, prev is not None)
+                read_io_v1(blk_d, self._devices, prev is not None and not refresh)
                 if moved or prev is None
                 else prev.io
             )
