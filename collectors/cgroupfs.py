@@ -16,10 +16,10 @@ differ between hierarchies: V1Paths (v1_paths) resolves and caches them.
 Speed (tests/bench/bench_collectors.py): each controller's files are read in one batch with
 openat() relative to a directory fd, and the directory fds and the files' fds are kept open
 between reads (OpenDirs: bounded, swept when idle, given back on EMFILE, closed by release()):
-a kept file is re-read with one pread at offset 0. The inode comes from the fstat
-done when a directory is opened; a kept fd of a cgroup that was removed since answers
-ENOENT/ENODEV for every file, which triggers one stat and, for a cgroup created again at the
-same path, a second read on a fresh fd. Thread-safe (one lock per reader).
+a kept file is re-read with one pread at offset 0. The inode comes from the fstat done when a
+directory is opened; a kept fd of a cgroup removed since answers ENOENT/ENODEV for every file,
+which triggers one stat and, for a cgroup created again at the same path, a read on a fresh
+fd. Thread-safe (one lock per reader).
 
 Read only what can have changed (the previous sample's values stand for files not read):
 - always: cgroup.events, cgroup.stat, cpu.stat (usage: the trigger), PSI (a task blocked on
@@ -35,12 +35,11 @@ Read only what can have changed (the previous sample's values stand for files no
   directory not watched counts as written): the limits cpu.max, cpu.weight, cfs quota and
   period, shares, memory.min/low/high/max, swap.max, v1 limit_in_bytes, soft_limit and
   memsw.limit, pids.max; a write to cgroup.procs (a task moved in) also re-reads pids.peak;
-- everything: on the first read, when `populated` changed, when the v1 paths were resolved
-  again; but the limits of watched directories (see above) at least every FULL_READ_EVERY.
+- everything: first, when `populated` changed, when the v1 paths were resolved again; but
+  the limits of watched directories (see above) at least every FULL_READ_EVERY reads.
 
-An idle cgroup is re-read by compare first (collectors.idle_path): when the files of its last
-quiet read read the same bytes, the last sample stands, at the new time.
-"""
+An idle cgroup is re-read by compare first (collectors.idle_path): when its last quiet read's
+files read the same bytes, the last sample stands, at the new time."""
 
 from __future__ import annotations
 
@@ -292,6 +291,7 @@ class CgroupReader:
                     return CgroupSample(path, ref.ino, mono, wall, vanished=True)
             finally:
                 for d in used:
+                    d.record = None  # after_read took it: no list is kept per directory
                     d.close()
         return CgroupSample(path, None, mono, wall, vanished=True)
 
