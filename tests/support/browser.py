@@ -12,7 +12,9 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -148,3 +150,33 @@ async def chromium(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            # Its helpers (renderer, utility) may still write into the profile: end the
+            # session it was started in (ours alone) before the profile is removed.
+            await asyncio.to_thread(_end_session, proc.pid)
+
+
+def _end_session(sid: int, timeout: float = 10.0) -> None:
+    """SIGKILL what is left of the session `sid` (chromium's, started by us) and wait until
+    none of it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = _session_members(sid)
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def _session_members(sid: int) -> list[int]:
+    """Pids in session `sid` that are not zombies (a zombie holds no file open)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != "Z":  # session id, state
+                out.append(int(entry))
+    return out
