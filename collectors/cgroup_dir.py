@@ -179,6 +179,8 @@ class CgroupDir:
             return parse(data)
         last = memos.get(key)
         if last is not None and last[0] == data:
+            if last[0] is not data:  # keep the newer bytes: an idle compare holds those
+                memos[key] = (data, last[1])
             return last[1]  # type: ignore[return-value]
         value = parse(data)
         memos[key] = (data, value)

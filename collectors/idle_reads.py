@@ -20,11 +20,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from collectors.cgroup_dir import _BUF, _MAYBE_MORE, CgroupDir
 from collectors.open_dirs import OpenDirs
 from collectors.quiet_parents import HIER_FILES
 from collectors.written_dirs import WrittenDirs
+
+T = TypeVar("T", bound=tuple[object, ...])
 
 
 @dataclass(slots=True)
@@ -61,7 +64,7 @@ def quiet_plan(
             return None  # a directory or file not kept: its re-read would open it again
         if written.limits_stale(d.path):
             return None  # its limits are read every time (not watched)
-        dirs.append((d.path, tuple(d.record)))
+        dirs.append((d.path, _shared(tuple(d.record))))
     if last is not None and last.dirs == tuple(dirs) and last.member_pid == member_pid:
         if last.long:
             return last
@@ -74,7 +77,17 @@ def quiet_plan(
         for name in names:
             (hier if i == 0 and name in HIER_FILES and "cpu.stat" in names else rest).append(
                 (i, name))
-    return IdlePlan(tuple(dirs), member_pid, tuple(hier + rest), len(hier))
+    return IdlePlan(tuple(dirs), member_pid, _shared(tuple(hier + rest)), len(hier))
+
+
+_SHARED: dict[tuple[object, ...], tuple[object, ...]] = {}
+
+
+def _shared(value: T) -> T:
+    """One object for equal tuples (every cgroup of a layout reads the same file names)."""
+    if len(_SHARED) > 4096:  # bounded: a few shapes per layout are expected
+        _SHARED.clear()
+    return _SHARED.setdefault(value, value)  # type: ignore[return-value]
 
 
 def reread(
