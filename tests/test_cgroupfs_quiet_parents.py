@@ -5,6 +5,8 @@ in full at the next pass; a child is never vouched for by a parent not read agai
 from __future__ import annotations
 
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -57,10 +59,22 @@ def spinner(cg: TestCgroup) -> subprocess.Popen[bytes]:
 
 
 def spin(p: subprocess.Popen[bytes]) -> None:
+    """One round of spinning, returning once the shell is blocked in `read` again and its
+    CPU was charged (it runs on for a moment after its echo)."""
     assert p.stdin is not None and p.stdout is not None
     p.stdin.write(b"go\n")
     p.stdin.flush()
     p.stdout.readline()
+    deadline = time.monotonic() + 5
+    last = None
+    while time.monotonic() < deadline:
+        state = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        used = Path(f"/proc/{p.pid}/schedstat").read_text().split()[0]
+        if state == "S" and used == last:
+            return
+        last = used
+        time.sleep(0.002)
+    raise AssertionError("the spinner did not go back to waiting")
 
 
 def test_a_parent_not_read_again_vouches_for_nothing(cgroups: CgroupFactory) -> None:
