@@ -87,6 +87,11 @@ def test_a_cgroup_that_runs_again_is_read_in_full(cgroups: CgroupFactory) -> Non
     settle(reader, cg)
     before = idle_rereads(reader, cg.rel)
     assert cg.burn(seconds=0.2).wait(timeout=30) == 0
+    # wait() returns at the burner's exit; its last slice is charged a moment later.
+    prev, usage = -1, cg.cpu_usage_usec()
+    while usage != prev:
+        time.sleep(0.005)
+        prev, usage = usage, cg.cpu_usage_usec()
     s = reader.read(cg.rel)
     assert s.cpu is not None and before.cpu is not None
     assert s.cpu.usage_usec == cg.cpu_usage_usec() > (before.cpu.usage_usec or 0)
