@@ -320,10 +320,8 @@ class CgroupReader:
                   refresh: bool = False) -> None:
         last = self._last.get(sample.path)
         if prev is None or last is None or refresh:
-            # A whole read: the plan may stay, but not bytes older than this sample.
+            # A whole read: the plan may stay (its bytes are set by IdlePath.carry).
             plan = last.plan if last is not None and last.sample.inode == sample.inode else None
-            if plan is not None:
-                plan.datas = None
             self._last[sample.path] = _Last(sample, 0, plan)
         else:
             last.sample = sample

@@ -54,9 +54,11 @@ class IdlePath:
     def carry(compared: IdlePlan, now: IdlePlan | None, compared_datas: list[bytes | None]
               | None, stashed: list[CgroupDir]) -> None:
         """After the full read that followed a compare: when it took every byte compared, its
-        sample is of those bytes, and the next compare is against them."""
-        if now is not None and now.dirs == compared.dirs and consumed(stashed):
-            now.datas = compared_datas
+        sample is of those bytes and the next compare is against them; else against nothing
+        (bytes older than the sample could match again and bring back an older sample)."""
+        if now is not None:
+            same_files = now.dirs == compared.dirs and consumed(stashed)
+            now.datas = compared_datas if same_files else None
 
     def after_read(self, path: str, sample: CgroupSample, before: CgroupSample | None,
                    partial: bool, plan: IdlePlan | None, used: Sequence[CgroupDir],

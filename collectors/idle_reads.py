@@ -53,10 +53,9 @@ def quiet_plan(
     used: Sequence[CgroupDir], member_pid: int | None, last: IdlePlan | None,
     written: WrittenDirs,
 ) -> IdlePlan | None:
-    """The plan of a quiet read that used `used`; None when a directory or file was not kept,
-    or a directory with limits is not watched for writes. The bytes of `last` carry over when
-    it read the same files: a quiet read after a failed compare used exactly those bytes
-    (prefetched)."""
+    """The plan of a quiet read that used `used` (`last` itself when it read the same files);
+    None when a directory or file was not kept, or a directory with limits is not watched for
+    writes. Its bytes are the caller's to set (IdlePath.carry)."""
     dirs: list[tuple[str, tuple[str, ...]]] = []
     for d in used:
         files = d.files
@@ -66,11 +65,7 @@ def quiet_plan(
             return None  # its limits are read every time (not watched)
         dirs.append((d.path, _shared(tuple(d.record))))
     if last is not None and last.dirs == tuple(dirs) and last.member_pid == member_pid:
-        if last.long:
-            return last
-        plan = IdlePlan(last.dirs, member_pid, last.slots, last.n_hier)
-        plan.datas = last.datas
-        return plan
+        return last
     hier: list[tuple[int, str]] = []
     rest: list[tuple[int, str]] = []
     for i, (_path, names) in enumerate(dirs):

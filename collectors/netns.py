@@ -36,8 +36,6 @@ from collectors.rtnetlink import (
 PROC = Path("/proc")
 NETNS_DIRS = (Path("/run/netns"), Path("/var/run/netns"))
 
-#: (st_dev, st_ino) of a namespace's nsfs inode.
-
 
 @dataclass(frozen=True, slots=True)
 class NetnsRef:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: (st_dev, st_ino) of a namespace's nsfs inode.
 NetnsKey = tuple[int, int]
 
 
