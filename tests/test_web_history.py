@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import count
 from types import MappingProxyType
 
 import pytest
@@ -14,7 +15,7 @@ from agent.model.snapshot import (
     WorkloadKind,
     WorkloadState,
 )
-from agent.web.history import METRICS, HistoryRing
+from agent.web.history import MAX_RUNS, METRICS, HistoryRing
 from collectors.samples import UNLIMITED, CgroupSample, CpuSample, MemorySample
 
 HOST = HostInfo("h", "b", "m", "k", "hybrid", 2, 1 << 30, "0")
@@ -109,33 +110,59 @@ def test_short_interval_keeps_every_nth_cycle() -> None:
     assert ring.nbytes() == 181 * len(METRICS) * 4 + 181 * 8
 
 
-def test_an_unchanged_series_holds_no_array_and_reads_the_same_once_it_changes() -> None:
-    """Idle workloads cost one row, not capacity x metrics floats; the history read back is
-    the same before and after the array is made, and as a series that changed all along."""
+def test_a_series_of_few_runs_holds_no_array_and_reads_the_same_once_it_has_one() -> None:
+    """Idle workloads cost their runs (each row and where it started), not capacity x metrics
+    floats; the history read back is the same with runs, once the array is made, and as a
+    series that changed all along."""
     ring = HistoryRing(window_s=60, interval_s=5)
     ref = HistoryRing(window_s=60, interval_s=5)
+
+    def both(i: int, *states: WorkloadState) -> None:
+        ring.record(snap(i, 1000 + 5 * i, *states))
+        ref.record(snap(i, 1000 + 5 * i, *states, state("/r", 9, cpu=i / 10, mem=i)))
+
     for i in range(20):  # /a idle for a lap and a half; /r moves every cycle from the start
-        ring.record(snap(i, 1000 + 5 * i, state("/a", 7, cpu=0.0, mem=4096)))
-        ref.record(snap(i, 1000 + 5 * i, state("/a", 7, cpu=0.0, mem=4096),
-                        state("/r", 9, cpu=i / 10, mem=i)))
+        both(i, state("/a", 7, cpu=0.0, mem=4096))
     assert ring.nbytes() == 13 * 8  # the timeline only
     idle = ring.get("/a")
     assert idle is not None and idle["series"]["memory_bytes"] == [4096.0] * 13  # type: ignore[index]
     assert idle == ref.get("/a")
-    ring.record(snap(20, 1100, state("/a", 7, cpu=0.5, mem=8192)))
-    ref.record(snap(20, 1100, state("/a", 7, cpu=0.5, mem=8192), state("/r", 9, 2.0, 20)))
+    # MAX_RUNS - 1 changes: still runs, read back as the array would.
+    for i, mem in zip(range(20, 20 + MAX_RUNS - 1), count(8192, 4096), strict=False):
+        both(i, state("/a", 7, cpu=0.5, mem=mem))
+        assert ring.get("/a") == ref.get("/a")
+    assert ring.nbytes() == 13 * 8
     moved = ring.get("/a")
     assert moved is not None
-    assert moved["series"]["memory_bytes"] == [4096.0] * 12 + [8192.0]  # type: ignore[index]
-    assert moved == ref.get("/a")
+    assert moved["series"]["memory_bytes"] == (  # type: ignore[index]
+        [4096.0] * (14 - MAX_RUNS) + [8192.0 + 4096 * k for k in range(MAX_RUNS - 1)])
+    # One change more: the array, filled from the runs.
+    both(19 + MAX_RUNS, state("/a", 7, cpu=0.5, mem=1))
+    assert ring.get("/a") == ref.get("/a")
     assert ring.nbytes() == 13 * len(METRICS) * 4 + 13 * 8
     # A series that appeared mid-window: None before it, its row after, array or not.
-    ring.record(snap(21, 1105, state("/a", 7, 0.5, 8192), state("/n", 11, 0.0, 1)))
-    ring.record(snap(22, 1110, state("/a", 7, 0.5, 8192), state("/n", 11, 0.0, 1)))
+    n = 20 + MAX_RUNS
+    ring.record(snap(n, 1000 + 5 * n, state("/a", 7, 0.5, 1), state("/n", 11, 0.0, 1)))
+    ring.record(snap(n + 1, 1005 + 5 * n, state("/a", 7, 0.5, 1), state("/n", 11, 0.0, 1)))
     late = ring.get("/n")
     assert late is not None
     assert late["series"]["memory_bytes"] == [None] * 11 + [1.0, 1.0]  # type: ignore[index]
-    ring.record(snap(23, 1115, state("/a", 7, 0.5, 8192)))  # /n absent: array made, a gap
+    ring.record(snap(n + 2, 1010 + 5 * n, state("/a", 7, 0.5, 1)))  # /n absent: a gap
     gap = ring.get("/n")
     assert gap is not None
     assert gap["series"]["memory_bytes"] == [None] * 10 + [1.0, 1.0, None]  # type: ignore[index]
+
+
+def test_runs_that_left_the_window_are_dropped() -> None:
+    """A series that changes once per lap keeps at most two runs: it never takes an array,
+    and what it reads back equals a series that took one from the start."""
+    ring = HistoryRing(window_s=60, interval_s=5)
+    ref = HistoryRing(window_s=60, interval_s=5)
+    for i in range(100):
+        mem = i // 13
+        ring.record(snap(i, 1000 + 5 * i, state("/a", 7, cpu=0.0, mem=mem)))
+        ref.record(snap(i, 1000 + 5 * i, state("/a", 7, cpu=0.0, mem=mem),
+                        state("/r", 9, cpu=i / 10, mem=i)))
+        assert len(ring.series["/a"].runs) <= 2
+        assert ring.get("/a") == ref.get("/a")
+    assert ring.nbytes() == 13 * 8

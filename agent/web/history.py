@@ -8,9 +8,10 @@ slot, whatever the interval. A workload's series is dropped once it has been abs
 KEEP_ABSENT_S (or the whole window, if shorter); a recreated cgroup (new inode) starts a fresh
 series.
 
-A workload whose values have not changed since it appeared (an idle container: no CPU, the same
-memory) holds no array, only its one row and when it started: at 1,000 idle workloads that is
-7 MB less. The array is made, with that row in every slot since, at the first change.
+A workload whose values changed at most MAX_RUNS - 1 times in the window (an idle container: its
+rates appear at the second cycle, then nothing moves) holds no array, only its runs: each row
+and the cycle it started at. At 1,000 idle workloads that is 7 MB less. The array is made,
+every slot filled from the runs, when one more change would exceed MAX_RUNS.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.model.snapshot import Snapshot, WorkloadState
 from collectors.samples import UNLIMITED, Pressure
@@ -55,6 +56,13 @@ _READERS = tuple(METRICS.values())
 _M = len(_NAMES)
 #: Slots per window at most: bounds memory at a short interval.
 MAX_SLOTS = 180
+#: Runs of equal rows a series holds before it takes an array (a run is ~10 words, a slot row
+#: 40 bytes: a handful of runs is still far below capacity x rows).
+MAX_RUNS = 4
+
+Row = tuple[float | None, ...]
+#: Cycles recorded but not seen: a gap.
+_ABSENT: Row = (None,) * _M
 #: A workload absent this long (or the window, if shorter) is dropped: under churn, ended
 #: containers' arrays (7.2 KB each) must not pile up for a whole 15-minute window.
 KEEP_ABSENT_S = 60.0
@@ -80,14 +88,15 @@ class Series:
 
     inode: int
     name: str
-    #: None while every row recorded was `row` (from cycle number `first` on).
+    #: None while the rows recorded are `runs`.
     values: array[float] | None
     last_seen_wall_ns: int
     #: Latest limits: drawn as lines on the CPU and memory charts.
     cpu_quota_cores: float | None = None
     memory_limit_bytes: int | None = None
-    row: tuple[float | None, ...] = ()
-    first: int = 0
+    #: (cycle number, row from that cycle on), oldest first; runs that ended before the
+    #: window are dropped. Empty once `values` holds the rows.
+    runs: list[tuple[int, Row]] = field(default_factory=list)
 
 
 class HistoryRing:
@@ -128,11 +137,9 @@ class HistoryRing:
             s = self.series.get(wid)
             if s is None or s.inode != w.identity.inode:
                 s = self.series[wid] = Series(w.identity.inode, w.identity.name, None,
-                                              snapshot.wall_ns, row=row, first=self.count - 1)
-            elif s.values is not None or row != s.row:
-                vals = self._materialized(s)
-                for m, v in enumerate(row):
-                    vals[base + m] = NAN if v is None else v
+                                              snapshot.wall_ns, runs=[(self.count - 1, row)])
+            else:
+                self._put(s, base, row)
             s.last_seen_wall_ns = snapshot.wall_ns
             s.name = w.identity.name
             s.cpu_quota_cores = cpu_quota_cores(w)
@@ -144,19 +151,40 @@ class HistoryRing:
             del self.series[wid]
         for wid, s in self.series.items():
             if wid not in seen:
-                self._materialized(s)[base:base + _M] = array("f", [NAN]) * _M
+                self._put(s, base, _ABSENT)
 
-    def _materialized(self, s: Series) -> array[float]:
-        """The series' array; made at the first change of an unchanged series, with its row
-        in the slots of every cycle recorded since it appeared (before the current one)."""
+    def _put(self, s: Series, base: int, row: Row) -> None:
+        """The current cycle's row (at `base` in the array), as a new run or in the array."""
         if s.values is None:
-            vals = s.values = array("f", [NAN]) * (self.capacity * _M)
+            runs = s.runs
+            if runs[-1][1] == row:
+                return
             cur = self.count - 1
-            row = array("f", [NAN if v is None else v for v in s.row])
-            for c in range(max(s.first, cur - self.capacity + 1), cur):
+            # A run followed by one that started at or before the window's first cycle has
+            # left the window.
+            while len(runs) > 1 and runs[1][0] <= cur - self.capacity + 1:
+                del runs[0]
+            if len(runs) < MAX_RUNS:
+                runs.append((cur, row))
+                return
+            self._materialize(s)
+        vals = s.values
+        assert vals is not None
+        for m, v in enumerate(row):
+            vals[base + m] = NAN if v is None else v
+
+    def _materialize(self, s: Series) -> None:
+        """The series' array, every slot of the cycles recorded before the current one
+        filled from its runs (NaN before the first)."""
+        vals = s.values = array("f", [NAN]) * (self.capacity * _M)
+        cur = self.count - 1
+        for i, (first, row) in enumerate(s.runs):
+            end = s.runs[i + 1][0] if i + 1 < len(s.runs) else cur
+            packed = array("f", [NAN if v is None else v for v in row])
+            for c in range(max(first, cur - self.capacity + 1), end):
                 base = (c % self.capacity) * _M
-                vals[base:base + _M] = row
-        return s.values
+                vals[base:base + _M] = packed
+        s.runs = []
 
     def _slots(self) -> list[int]:
         """Slot indexes oldest first, only those written."""
@@ -173,10 +201,15 @@ class HistoryRing:
         out: dict[str, list[float | None]] = {name: [] for name in _NAMES}
         if s.values is None:
             # Float32 as the array would hold it: the same numbers either way.
-            row = [None if v is None else array("f", [v])[0] for v in s.row]
+            runs = [(first, [None if v is None else array("f", [v])[0] for v in row])
+                    for first, row in s.runs]
+            i = 0
             for c in range(self.count - len(slots), self.count):
+                while i + 1 < len(runs) and runs[i + 1][0] <= c:
+                    i += 1
+                first, row = runs[i]
                 for m, name in enumerate(_NAMES):
-                    out[name].append(row[m] if c >= s.first else None)
+                    out[name].append(row[m] if c >= first else None)
         vals = s.values
         for slot in slots if vals is not None else ():
             base = slot * _M
