@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.core.store_writer import DEFAULT_QUEUE_LIMIT, StoreWriter
+from agent.core.store_writer import CACHE_KIB, DEFAULT_QUEUE_LIMIT, StoreWriter
 
 T = TypeVar("T")
 
@@ -99,6 +99,7 @@ class Store:
                                  timeout=30.0)
             db.execute("PRAGMA query_only=ON")
             db.execute("PRAGMA temp_store=MEMORY")  # sorts without temp files (fds)
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         try:
             yield db
         finally:

@@ -57,6 +57,12 @@ class _Call:
     future: Future[Any]
 
 
+#: Page cache per connection (KiB; SQLite's default is 2,000). The agent's writes append and
+#: its reads scan by index: a smaller cache costs little, and with a writer and up to four
+#: readers the default would let SQLite hold ~10 MB.
+CACHE_KIB = 256
+
+
 def connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
     db.execute("PRAGMA journal_mode=WAL")
@@ -67,6 +73,7 @@ def connect(path: Path) -> sqlite3.Connection:
     # Statement journals (a multi-row UPDATE inside a SAVEPOINT) in memory, not temp files: a
     # transaction does not fail when the agent is short of fds (thousands kept for cgroups).
     db.execute("PRAGMA temp_store=MEMORY")
+    db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     return db
 
 
