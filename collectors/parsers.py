@@ -131,15 +131,24 @@ _PSI_NUM = rb"([0-9]+\.[0-9]+) avg60=([0-9]+\.[0-9]+) avg300=([0-9]+\.[0-9]+) to
 _PSI_BOTH = re.compile(rb"some avg10=" + _PSI_NUM + rb"full avg10=" + _PSI_NUM)
 
 
+_NO_STALL = PressureLine(0.0, 0.0, 0.0, 0)
+
+
+def _psi_line(a: bytes, b: bytes, c: bytes, total: bytes) -> PressureLine:
+    """Most cgroups are not stalled: their lines share one object, or at least the zero
+    floats (a float parsed from text is a new object each time, 24 bytes; a cgroup holds six
+    lines of three)."""
+    if a == b == c == b"0.00":
+        return _NO_STALL if total == b"0" else PressureLine(0.0, 0.0, 0.0, int(total))
+    return PressureLine(float(a), float(b), float(c), int(total))
+
+
 def parse_pressure(data: bytes) -> Pressure:
     """`some avg10=.. avg60=.. avg300=.. total=..` and optionally the same for `full`."""
     m = _PSI_BOTH.fullmatch(data)
     if m is not None:
         a, b, c, d, e, f, g, h = m.groups()
-        return Pressure(
-            some=PressureLine(float(a), float(b), float(c), int(d)),
-            full=PressureLine(float(e), float(f), float(g), int(h)),
-        )
+        return Pressure(some=_psi_line(a, b, c, d), full=_psi_line(e, f, g, h))
     some: PressureLine | None = None
     full: PressureLine | None = None
     for line in data.split(b"\n"):
