@@ -110,15 +110,22 @@ class ReadApi:
             )
         return snap
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
         snap = self._snapshot()
         om = wants_openmetrics(request.headers.get("Accept", ""))
 
         # Rendering happens on the first scrape of a snapshot: off the event loop.
         loop = asyncio.get_running_loop()
-        body = await loop.run_in_executor(None, self.renderer.scrape, snap, om)
-        resp = web.Response(body=body)
-        resp.headers["Content-Type"] = OPENMETRICS if om else TEXT
+        parts = await loop.run_in_executor(None, self.renderer.scrape_parts, snap, om)
+        # The rendered parts go out one by one (the writer waits while the socket is
+        # behind), never joined: a scrape adds no body-sized copy to the agent's memory.
+        resp = web.StreamResponse(headers={"Content-Type": OPENMETRICS if om else TEXT})
+        resp.content_length = sum(map(len, parts))
+        await resp.prepare(request)
+        for part in parts:
+            if part:
+                await resp.write(part)
+        await resp.write_eof()
         return resp
 
     async def healthz(self, request: web.Request) -> web.Response:

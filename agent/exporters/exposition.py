@@ -131,6 +131,11 @@ class MetricsRenderer:
 
     def scrape(self, snapshot: Snapshot, openmetrics: bool) -> bytes:
         """The /metrics body (blocking: call it from a worker thread)."""
+        return b"".join(self.scrape_parts(snapshot, openmetrics))
+
+    def scrape_parts(self, snapshot: Snapshot, openmetrics: bool) -> list[bytes]:
+        """The /metrics body as the rendered parts, to be sent one after another: a scrape
+        then holds no copy of the whole body (4 MB at 1,000 workloads) beside the rendering."""
         with self._lock:  # one render per snapshot, also for concurrent scrapes
             if self._seq != snapshot.seq or not self._tails:
                 self._render_snapshot(snapshot)
@@ -141,7 +146,7 @@ class MetricsRenderer:
         for f in families:
             parts += (f.om_header if openmetrics else f.text_header, f.lines)
         parts += [tails[openmetrics], live, _EOF if openmetrics else b""]
-        return b"".join(parts)
+        return parts
 
 
 #: psutil reads /proc/self once per cycle (oneshot): ~45 µs against ~27 µs by hand, for one
