@@ -245,7 +245,7 @@ class CgroupWatcher(SlowSources, LoopBridge):
                 self.deferred.call(PSI_DELAY_S if new else 0.0, self._arm_psi, cg)
         else:
             # Legacy v1: no cgroup.events; emptiness is polled from cgroup.procs.
-            cg.files["cgroup.procs"] = d / "cgroup.procs"
+            cg.files["cgroup.procs"] = str(d / "cgroup.procs")
             cg.polled.add("cgroup.procs")
         if not new:
             self._defer_v1(cg, v1_paths=v1_paths, retry=False)
@@ -257,7 +257,7 @@ class CgroupWatcher(SlowSources, LoopBridge):
     def _keep_files(self, cg: WatchedCgroup, d: Path, dir_fd: int | None) -> bool:
         """Open the kept files; False when the cgroup is already gone. Past the watch's fd
         budget (or at EMFILE) the files are read by path instead (slower under churn)."""
-        cg.files["cgroup.events"] = d / "cgroup.events"
+        cg.files["cgroup.events"] = str(d / "cgroup.events")
         for name in _KEPT:
             if not self.fd_budget.take(1, name, kept=True):
                 self._mark_short(cg)

@@ -29,7 +29,7 @@ def counter_values(source: str, text: str) -> dict[str, int]:
         return {}
 
 
-def read_text(path: Path) -> str | None:
+def read_text(path: str | Path) -> str | None:
     """File text, or None when the cgroup (or the file) is gone."""
     try:
         with open(path, "rb") as f:

@@ -112,7 +112,7 @@ class SlowSources:
             for source, path in found.items():
                 if dir_watched:
                     cg.names[path.name] = source
-                    cg.files[source] = path
+                    cg.files[source] = str(path)
                 else:
                     self._add_file(cg, source, path)
             for source in found:
@@ -127,7 +127,7 @@ class SlowSources:
             if e.errno in GONE:
                 return  # absent on this kernel or controller
             raise
-        cg.files[source] = path
+        cg.files[source] = str(path)
         cg.wds[wd] = source
         self._file_wds[wd] = cg
 
@@ -140,7 +140,7 @@ class SlowSources:
             if not self._watched(cg):
                 return
             wanted = [c for c in _V1_USED
-                      if self.layout.v1_root(c) is not None and c not in cg.v1_dirs]
+                      if self.layout.v1_root(c) is not None and c not in cg.v1_ctrls]
         dirs = {}
         for ctrl in wanted:
             d = v1_dir(self.layout, cg.path, ctrl, (v1_paths or {}).get(ctrl))
@@ -161,14 +161,14 @@ class SlowSources:
                     os.close(oom[1])
                     self.fd_budget.give(2)
                 return
-            cg.v1_dirs.update(dirs)
+            cg.v1_ctrls.update(dirs)
             for source, (path, text) in sources.items():
-                cg.files[source] = path
+                cg.files[source] = str(path)
                 cg.polled.add(source)
                 self._reread(cg, source, text=text)
             if oom is not None and self._watched(cg):
                 self._attach_oom(cg, oom, dirs["memory"] / "memory.oom_control")
-            missing = [c for c in wanted if c not in cg.v1_dirs]
+            missing = [c for c in wanted if c not in cg.v1_ctrls]
             if retry and missing and cg.v1_tries < _V1_RETRIES and self._watched(cg):
                 # A runtime moves a new process into each hierarchy in turn: ask again soon.
                 cg.v1_tries += 1
@@ -199,7 +199,7 @@ class SlowSources:
     def _attach_oom(self, cg: WatchedCgroup, fds: tuple[int, int], control: Path) -> None:
         self._close_oom(cg)
         cg.oom_fds = fds
-        cg.files["memory.oom_control"] = control
+        cg.files["memory.oom_control"] = str(control)
         cg.polled.add("memory.oom_control")  # safety net: see _on_oom_eventfd
         self._reread(cg, "memory.oom_control")
         self._thread.add(fds[0], functools.partial(self._on_oom_eventfd, cg))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from agent.model.snapshot import WorkloadIdentity
@@ -46,9 +45,11 @@ class WatchedCgroup:
     #: Ever seen populated since watched (a 50 ms life can coalesce into one `populated 0`).
     seen_populated: bool = False
     frozen: bool | None = None
-    v1_dirs: dict[str, Path] = field(default_factory=dict)
+    #: v1 controllers whose directory of this cgroup was found.
+    v1_ctrls: set[str] = field(default_factory=set)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
+    #: Source -> absolute path (a str: a Path is several times its size, kept per cgroup).
+    files: dict[str, str] = field(default_factory=dict)
     #: File name -> source for files whose notices come through the directory's own watch.
     names: dict[str, str] = field(default_factory=dict)
     #: Kept open from the start: cgroup.events (re-read on each notice) and cpu.stat (read the
