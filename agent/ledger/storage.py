@@ -155,10 +155,15 @@ class LedgerStorage:
         if not include_open:
             sql += " AND u.closed = 1"
         out = []
+        # An incarnation's rows share its identity text: parsed once, one mapping for all.
+        identities: dict[str, Mapping[str, Any]] = {}
         for r in self.store.query(sql, (start, end)):
+            identity = identities.get(r[4])
+            if identity is None:
+                identity = identities[r[4]] = json.loads(r[4])
             out.append(StoredRow(
                 host_id=str(r[0]), boot_id=str(r[1]), inode=int(r[2]), cgroup=str(r[3]),
-                identity=json.loads(r[4]), subject=str(r[5]), meter=str(r[6]),
+                identity=identity, subject=str(r[5]), meter=str(r[6]),
                 period_start=int(r[7]), period_end=int(r[8]), revision=int(r[9]),
                 quantity=int(r[10]), n_samples=int(r[11]), n_resets=int(r[12]),
                 closed=bool(r[13]),
