@@ -24,6 +24,7 @@ from agent.core.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, loa
 from agent.core.exit_codes import ExitCode
 from agent.core.hostinfo import read_host_info
 from agent.core.process_limits import (
+    CycleCollector,
     freeze_long_lived,
     limit_malloc_arenas,
     raise_nofile_limit,
@@ -81,6 +82,7 @@ class Agent:
         self._last_rescan = 0.0
         #: Workloads inotify added while a cycle ran; the cycle's result must include them.
         self._added_during_cycle: list[WorkloadIdentity] = []
+        self._cycles_gc = CycleCollector()
         #: Tree changes amend the snapshot one at a time (no lost updates).
         self._apply_lock = asyncio.Lock()
         self.ctx = AgentContext(
@@ -211,9 +213,14 @@ class Agent:
                 self.ctx.health.fault(comp.name, "on_snapshot", repr(e))
             else:
                 self.ctx.health.clear(comp.name, "on_snapshot")
-        # After the components have digested the snapshot: hand freed memory back.
-        await loop.run_in_executor(None, trim_malloc)
+        # After the components have digested the snapshot: collect reference cycles now and
+        # then, and hand freed memory back.
+        await loop.run_in_executor(None, self._after_cycle)
         return True
+
+    def _after_cycle(self) -> None:
+        self._cycles_gc.maybe_collect()
+        trim_malloc()
 
     def _on_tree_change(self, created: Sequence[str], deleted: Sequence[str],
                         overflow: bool) -> None:

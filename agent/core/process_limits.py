@@ -8,6 +8,7 @@ import ctypes.util
 import functools
 import gc
 import resource
+import time
 
 #: mallopt() parameter numbers (glibc malloc.h).
 M_ARENA_MAX = -8
@@ -76,6 +77,30 @@ GC_THRESHOLDS = (50_000, 20, 20)
 def tune_gc() -> None:
     """Fewer collections: the cyclic collector is for cycles, and the agent makes few."""
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+class CycleCollector:
+    """A full collection of reference cycles at least every `every_s` (after a cycle). With
+    young collections only after 50,000 net allocations, cyclic garbage (a closed HTTP
+    connection's socket, transport and protocol; parsed netlink messages) waited ~16 minutes
+    under churn: 88 connections' worth every 40 s, the bulk of a soak's RSS growth. The
+    collection walks only what is not frozen: a few ms a minute."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self._last = time.monotonic()
+        #: Collections run, and objects they freed (tests and the benchmark read them).
+        self.runs = 0
+        self.freed = 0
+
+    def maybe_collect(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return False
+        self._last = now
+        self.freed += gc.collect()
+        self.runs += 1
+        return True
 
 
 def freeze_long_lived() -> None:
