@@ -86,8 +86,10 @@ class Load:
         self.health_s: list[float] = []
         self.sse_bytes = 0
         self.ls_failures = 0
+        #: The agent's RSS (MiB) each minute of the churn: warm-up and growth told apart.
+        self.rss_mib: list[float] = []
         self.threads = [threading.Thread(target=f, daemon=True)
-                        for f in (self._scrape, self._sse, self._ls)]
+                        for f in (self._scrape, self._sse, self._ls, self._rss)]
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -111,6 +113,10 @@ class Load:
         while not self.stop.wait(1.0):
             self._timed("/metrics", self.scrape_s)
             self._timed("/healthz", self.health_s)
+
+    def _rss(self) -> None:
+        while not self.stop.wait(60.0):
+            self.rss_mib.append(_rss_kib(self.agent.proc.pid) / 1024)
 
     def _sse(self) -> None:
         req = urllib.request.Request(self.agent.base_url + "/api/v1/events/stream?since=0")
@@ -181,6 +187,8 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
     print(f"{len(lives)} lives in {took:.0f} s ({len(lives) / took:.1f}/s achieved); "
           f"/metrics {ms_quantiles(load.scrape_s)}; /healthz {ms_quantiles(load.health_s)}; "
           f"SSE {load.sse_bytes / 1e6:.1f} MB; agentctl ls failures {load.ls_failures}")
+    print("RSS each minute of the churn (MiB): "
+          + ", ".join(f"{r:.1f}" for r in load.rss_mib))
 
 
 
