@@ -5,6 +5,7 @@ idle stretches, period boundaries, final samples, a restart and period closing."
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -128,6 +129,35 @@ def test_idle_samples_are_deferred_then_persisted_within_the_flush_bound(
     total = sum(r.quantity for r in led2.storage.rows(0, 1 << 62, True)
                 if r.meter == "cpu_usec")
     assert total == 400
+
+
+def test_a_read_between_final_and_rmdir_leaves_memory_again(tmp_path: Path) -> None:
+    """A cycle can read a container after its final sample and before its rmdir (emptied:
+    populated 0). Its rows are stored and it leaves memory again, billed exactly; a refilled
+    container (populated again) stays, and one that never had a final is not evicted."""
+    led = open_ledger(tmp_path / "l.db", period=3600)
+    t0 = 1_000_000.0
+    who, other = ident("/a", 7), ident("/b", 8)
+    led.observe_snapshot(snapshot([(who, synth("/a", 7, t0, cpu=100, mem=4096)),
+                                   (other, synth("/b", 8, t0, cpu=5, mem=1))]))
+    led.observe_final(who, synth("/a", 7, t0 + 0.5, cpu=250, mem=4096), "boot-a")
+    baseline = led.open_row_count
+
+    def empty(path: str, inode: int, t: float, cpu: int) -> CgroupSample:
+        return dataclasses.replace(synth(path, inode, t, cpu=cpu, mem=4096), populated=False)
+
+    # The exiting task's last slice, charged after populated 0, shows in the late read.
+    led.observe_snapshot(snapshot([(who, empty("/a", 7, t0 + 1, 260)),
+                                   (other, empty("/b", 8, t0 + 1, 9))]))
+    assert ("boot-a", 7) not in led._series
+    assert led.open_row_count == baseline  # /a's rows left again; /b's were there already
+    assert ("boot-a", 8) in led._series  # emptied, but never had a final: kept
+    cpu = [r for r in led.storage.rows(0, 1 << 62, True)
+           if r.inode == 7 and r.meter == "cpu_usec"]
+    assert sum(r.quantity for r in cpu) == 260 - 100  # from the first snapshot (baseline) on
+    # Refilled: populated again, it stays in memory.
+    led.observe_snapshot(snapshot([(who, synth("/a", 7, t0 + 2, cpu=300, mem=4096))]))
+    assert ("boot-a", 7) in led._series
 
 
 def test_an_ended_container_is_evicted_and_read_back_if_touched_again(tmp_path: Path) -> None:
