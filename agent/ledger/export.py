@@ -113,17 +113,9 @@ def _identity_columns(ident: Mapping[str, Any], cgroup: str) -> dict[str, Any]:
     }
 
 
-def row_record(r: StoredRow,
-               cache: dict[tuple[int, str], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """One row's columns. `cache`: the identity columns by identity object (rows of one
-    incarnation share it, storage.rows), kept for the length of one export."""
+def row_record(r: StoredRow, who: Mapping[str, Any]) -> dict[str, Any]:
+    """One row's columns; `who`: its identity's (_identity_columns)."""
     m = METERS[r.meter]
-    key = (id(r.identity), r.cgroup)
-    who = cache.get(key) if cache is not None else None
-    if who is None:
-        who = _identity_columns(r.identity, r.cgroup)
-        if cache is not None:
-            cache[key] = who
     return {
         "RecordId": record_id(SCHEMA_VERSION, r.host_id, r.boot_id, r.inode, r.subject,
                               r.meter, r.period_start, r.period_end, r.revision),
@@ -153,10 +145,17 @@ def _sort_key(r: StoredRow) -> tuple[Any, ...]:
 
 
 def build_rows(stored: Iterable[StoredRow]) -> list[dict[str, Any]]:
-    # The stored rows hold their identities for the whole export: their ids stay unique.
-    rows = sorted(stored, key=_sort_key)
+    # An incarnation's rows share one identity mapping (storage.rows): its columns are built
+    # once. The rows hold their identities for the whole export, so the ids stay unique.
+    out = []
     cache: dict[tuple[int, str], dict[str, Any]] = {}
-    return [row_record(r, cache) for r in rows]
+    for r in sorted(stored, key=_sort_key):
+        key = (id(r.identity), r.cgroup)
+        who = cache.get(key)
+        if who is None:
+            who = cache[key] = _identity_columns(r.identity, r.cgroup)
+        out.append(row_record(r, who))
+    return out
 
 
 def _group_key(group_by: str) -> Callable[[StoredRow], str]:
@@ -253,12 +252,8 @@ def render_csv(records: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
-    times = [c for c in columns if c in _TIME_COLUMNS]
-    for rec in records:
-        # The columns in order, without DictWriter's per-row dict (same bytes).
-        if times:
-            rec = {**rec, **{c: iso(rec[c]) for c in times}}
-        w.writerow([rec[c] for c in columns])
+    for rec in records:  # csv.writer: DictWriter re-checked every row's keys
+        w.writerow(_text_row(rec, columns).values())
     return buf.getvalue().encode()
 
 
