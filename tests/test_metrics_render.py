@@ -47,8 +47,8 @@ def test_hostile_label_values_round_trip_in_both_formats() -> None:
     snap = _snapshot(HOSTILE)
     renderer = MetricsRenderer(cadvisor=True)
     renderer.prepare(snap)
-    text = renderer.scrape(snap, False).decode()
-    om = renderer.scrape(snap, True).decode()
+    text = b"".join(renderer.scrape(snap, False)).decode()
+    om = b"".join(renderer.scrape(snap, True)).decode()
     expected = set(HOSTILE[:3]) | {"bad\\xffbyte", "ünï"}
     for parse, body in ((text_string_to_metric_families, text), (om_parse, om)):
         names = set()
@@ -64,7 +64,7 @@ def test_counter_values_are_exact_seconds() -> None:
     snap = _snapshot(["a"])
     renderer = MetricsRenderer(cadvisor=True)
     renderer.prepare(snap)
-    text = renderer.scrape(snap, False).decode()
+    text = b"".join(renderer.scrape(snap, False)).decode()
     values: dict[str, list[float]] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -175,8 +175,8 @@ def test_rendered_once_per_snapshot_on_first_scrape() -> None:
     renderer = MetricsRenderer(cadvisor=True)
     renderer.prepare(snap)
     assert renderer.renders == 0  # a cycle alone renders nothing
-    first = renderer.scrape(snap, False)
-    assert renderer.scrape(snap, False) == first and renderer.renders == 1
+    first = b"".join(renderer.scrape(snap, False))
+    assert b"".join(renderer.scrape(snap, False)) == first and renderer.renders == 1
     renderer.scrape(snap, True)
     assert renderer.renders == 1  # both formats come from the one rendering
     nxt = _snapshot(["a", "b", "c"])
@@ -184,7 +184,7 @@ def test_rendered_once_per_snapshot_on_first_scrape() -> None:
     renderer.prepare(nxt)
     renderer.prepare(nxt)
     assert renderer.renders == 1
-    body = renderer.scrape(nxt, False).decode()
+    body = b"".join(renderer.scrape(nxt, False)).decode()
     assert renderer.renders == 2 and 'name="c"' in body and 'name="c"' not in first.decode()
 
 

@@ -116,7 +116,7 @@ class ReadApi:
 
         # Rendering happens on the first scrape of a snapshot: off the event loop.
         loop = asyncio.get_running_loop()
-        parts = await loop.run_in_executor(None, self.renderer.scrape_parts, snap, om)
+        parts = await loop.run_in_executor(None, self.renderer.scrape, snap, om)
         # The rendered parts go out one by one (the writer waits while the socket is
         # behind), never joined: a scrape adds no body-sized copy to the agent's memory.
         resp = web.StreamResponse(headers={"Content-Type": OPENMETRICS if om else TEXT})

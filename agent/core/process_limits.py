@@ -89,7 +89,7 @@ class CycleCollector:
     def __init__(self, every_s: float = 60.0) -> None:
         self.every_s = every_s
         self._last = time.monotonic()
-        #: Collections run, and objects they freed (tests and the benchmark read them).
+        #: Collections run, and objects they freed (tests read them).
         self.runs = 0
         self.freed = 0
 

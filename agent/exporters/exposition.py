@@ -129,13 +129,10 @@ class MetricsRenderer:
         self._seq = snapshot.seq
         self.renders += 1
 
-    def scrape(self, snapshot: Snapshot, openmetrics: bool) -> bytes:
-        """The /metrics body (blocking: call it from a worker thread)."""
-        return b"".join(self.scrape_parts(snapshot, openmetrics))
-
-    def scrape_parts(self, snapshot: Snapshot, openmetrics: bool) -> list[bytes]:
+    def scrape(self, snapshot: Snapshot, openmetrics: bool) -> list[bytes]:
         """The /metrics body as the rendered parts, to be sent one after another: a scrape
-        then holds no copy of the whole body (4 MB at 1,000 workloads) beside the rendering."""
+        then holds no copy of the whole body (4 MB at 1,000 workloads) beside the rendering
+        (blocking: call it from a worker thread)."""
         with self._lock:  # one render per snapshot, also for concurrent scrapes
             if self._seq != snapshot.seq or not self._tails:
                 self._render_snapshot(snapshot)
