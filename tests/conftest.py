@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cgroups import CgroupFactory
+from tests.support.tracked import close_tracked
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -34,3 +35,10 @@ def cgroups() -> Iterator[CgroupFactory]:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_tracked() -> Iterator[None]:
+    """Closes what the test's helpers opened (tests.support.tracked)."""
+    yield
+    close_tracked()

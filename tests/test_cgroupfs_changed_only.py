@@ -20,6 +20,7 @@ from collectors.cgroupfs import FULL_READ_EVERY, CgroupReader
 from collectors.layout import LayoutKind
 from collectors.samples import UNLIMITED, CgroupSample
 from tests.support.cgroups import CgroupFactory, TestCgroup
+from tests.support.tracked import track
 
 pytestmark = pytest.mark.root
 
@@ -71,7 +72,7 @@ def idle_with_whole_read(cgroups: CgroupFactory) -> tuple[TestCgroup, CgroupRead
     """An idle cgroup (one sleeping process), its reader, and the files a whole read reads."""
     cg = cgroups.create()
     sleeper(cg)
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     settle(reader, cg)
     with files_read() as full:
         reader._last.clear()  # as on a first read
@@ -101,7 +102,7 @@ def test_idle_cgroup_skips_cpu_driven_and_limit_files(cgroups: CgroupFactory) ->
 def test_limits_written_while_idle_show_at_the_next_read(cgroups: CgroupFactory) -> None:
     cg = cgroups.create()
     sleeper(cg)
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     before = settle(reader, cg)
     if hybrid(cgroups):
         cg.write("memory", "memory.limit_in_bytes", str(256 << 20))
@@ -124,7 +125,7 @@ def test_limits_written_while_idle_show_at_the_next_read(cgroups: CgroupFactory)
 def test_unwatched_directories_read_limits_every_time(cgroups: CgroupFactory) -> None:
     cg = cgroups.create()
     sleeper(cg)
-    reader = CgroupReader(cgroups.layout, max_open_dirs=0)  # nothing kept, nothing watched
+    reader = track(CgroupReader(cgroups.layout, max_open_dirs=0))  # nothing kept, nothing watched
     settle(reader, cg)
     with files_read() as idle:
         reader.read(cg.rel)
@@ -139,7 +140,7 @@ def test_counters_exact_after_the_cgroup_ran(cgroups: CgroupFactory) -> None:
     cg = cgroups.create()
     if hybrid(cgroups):
         cg.write("cpu", "cpu.cfs_quota_us", "20000")  # throttling counters move while it runs
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     first = settle(reader, cg)
     p = cg.burn(seconds=0.3)
     assert p.wait(timeout=30) == 0
@@ -161,7 +162,7 @@ def test_task_moved_in_rereads_peak(cgroups: CgroupFactory) -> None:
     a = cgroups.create()
     b = cgroups.create()
     p = sleeper(a)
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     settle(reader, b)
     b.add_pid(p.pid)  # a write to b's cgroup.procs; the sleeper does not run
     s = reader.read(b.rel)
@@ -200,7 +201,7 @@ def test_unchanged_files_share_their_parse_changed_ones_are_parsed_again(
     # next read parses them again and matches the kernel's file.
     cg = cgroups.create()
     sleeper(cg)
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     settle(reader, cg)
     a = reader.read(cg.rel)
     b = reader.read(cg.rel)

@@ -5,6 +5,7 @@ with plain string code, independent of collectors/parsers.py."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 
@@ -50,10 +51,11 @@ def num(path: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def uni(tmp_path_factory: pytest.TempPathFactory) -> CgroupReader:
+def uni(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CgroupReader]:
     layout = CgroupLayout(LayoutKind.UNIFIED, UNI / "cgroup")
     empty_proc = tmp_path_factory.mktemp("proc")
-    return CgroupReader(layout, sys_dev_block=UNI / "sys_dev_block", proc_root=empty_proc)
+    with CgroupReader(layout, sys_dev_block=UNI / "sys_dev_block", proc_root=empty_proc) as reader:
+        yield reader
 
 
 def udir(path: str) -> Path:
@@ -221,9 +223,11 @@ def v1_layout(base: Path, kind: LayoutKind, v1: dict[str, str]) -> CgroupLayout:
 
 
 @pytest.fixture(scope="module")
-def hyb() -> CgroupReader:
+def hyb() -> Iterator[CgroupReader]:
     layout = v1_layout(HYB, LayoutKind.HYBRID, {k: k for k in V1_KEYS})
-    return CgroupReader(layout, sys_dev_block=HYB / "sys_dev_block", proc_root=HYB / "proc")
+    with CgroupReader(layout, sys_dev_block=HYB / "sys_dev_block",
+                      proc_root=HYB / "proc") as reader:
+        yield reader
 
 
 def own_memory_path(base: Path) -> str:
@@ -349,10 +353,12 @@ def test_hybrid_v1_paths_and_member_pid(hyb: CgroupReader) -> None:
 
 
 @pytest.fixture(scope="module")
-def leg() -> CgroupReader:
+def leg() -> Iterator[CgroupReader]:
     v1 = {k: k for k in V1_KEYS} | {"cpu": "cpu,cpuacct", "cpuacct": "cpu,cpuacct"}
     layout = v1_layout(LEG, LayoutKind.LEGACY, v1)
-    return CgroupReader(layout, sys_dev_block=HYB / "sys_dev_block", proc_root=LEG / "proc")
+    with CgroupReader(layout, sys_dev_block=HYB / "sys_dev_block",
+                      proc_root=LEG / "proc") as reader:
+        yield reader
 
 
 def test_legacy_workload(leg: CgroupReader) -> None:

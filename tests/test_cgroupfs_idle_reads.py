@@ -13,6 +13,7 @@ import pytest
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
 from tests.support.cgroups import CgroupFactory
+from tests.support.tracked import track
 from tests.test_cgroupfs_changed_only import hybrid, settle, sleeper
 
 pytestmark = pytest.mark.root
@@ -36,7 +37,7 @@ def idle_rereads(reader: CgroupReader, rel: str, n: int = 4) -> CgroupSample:
 def test_an_idle_rereads_sample_is_the_whole_reads(cgroups: CgroupFactory) -> None:
     cg = cgroups.create()
     sleeper(cg)
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     settle(reader, cg)
     s = idle_rereads(reader, cg.rel)
     with CgroupReader(cgroups.layout) as fresh:
@@ -49,7 +50,7 @@ def test_changes_without_cpu_show_after_idle_rereads(cgroups: CgroupFactory) -> 
     cg = cgroups.create()
     elsewhere = cgroups.create()
     p = sleeper(cg)
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     settle(reader, cg)
     idle_rereads(reader, cg.rel)
     # A freeze: no task of the cgroup runs, no file of it is written but the freezer's.
@@ -82,7 +83,7 @@ def test_changes_without_cpu_show_after_idle_rereads(cgroups: CgroupFactory) -> 
 
 def test_a_cgroup_that_runs_again_is_read_in_full(cgroups: CgroupFactory) -> None:
     cg = cgroups.create()
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     sleeper(cg)
     settle(reader, cg)
     before = idle_rereads(reader, cg.rel)
@@ -109,7 +110,7 @@ def test_a_closed_directorys_fd_numbers_given_to_other_files_are_not_compared(
     a, b = cgroups.create(), cgroups.create()
     sleeper(a)
     sleeper(b)
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     settle(reader, a)
     idle_rereads(reader, a.rel)
     key = "pids" if hybrid(cgroups) else "unified"

@@ -13,6 +13,7 @@ import pytest
 
 from collectors.cgroupfs import CgroupReader
 from tests.support.cgroups import CgroupFactory, TestCgroup, open_fd_targets
+from tests.support.tracked import track
 
 pytestmark = pytest.mark.root
 
@@ -25,7 +26,7 @@ def fds_into(cg: TestCgroup) -> list[str]:
 
 def test_kept_files_read_fresh_values(cgroups: CgroupFactory) -> None:
     cg = cgroups.create()
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     first = reader.read(cg.rel)
     kept = fds_into(cg)
     # Files are kept, not only the directories (one per hierarchy).
@@ -43,7 +44,7 @@ def test_kept_files_read_fresh_values(cgroups: CgroupFactory) -> None:
 
 def test_release_closes_dirs_and_files_of_every_hierarchy(cgroups: CgroupFactory) -> None:
     a, b = cgroups.create(), cgroups.create()
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     reader.read(a.rel)
     reader.read(b.rel)
     kept_b = len(fds_into(b))
@@ -57,7 +58,7 @@ def test_release_closes_dirs_and_files_of_every_hierarchy(cgroups: CgroupFactory
 
 def test_removed_cgroup_with_kept_files_reads_vanished(cgroups: CgroupFactory) -> None:
     cg = cgroups.create("again")
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     first = reader.read(cg.rel)
     cg.remove()  # rmdir succeeds while our fds are open: they answer ENODEV from now on
     assert reader.read(cg.rel).vanished

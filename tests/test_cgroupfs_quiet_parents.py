@@ -13,6 +13,7 @@ import pytest
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
 from tests.support.cgroups import CgroupFactory, TestCgroup
+from tests.support.tracked import track
 from tests.test_cgroupfs_changed_only import hybrid, settle, sleeper
 
 pytestmark = pytest.mark.root
@@ -28,7 +29,7 @@ def test_children_of_a_quiet_parent_are_skipped_and_stay_exact(cgroups: CgroupFa
     kids = [parent.child(f"c{i}") for i in range(2)]
     spinners = [spinner(k) for k in kids]
     family = [parent, *kids]
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     for _ in range(3):
         for p in spinners:
             spin(p)  # their memory settles
@@ -81,7 +82,7 @@ def test_a_parent_not_read_again_vouches_for_nothing(cgroups: CgroupFactory) -> 
     parent = cgroups.create("p")
     kid = parent.child("c")
     p = spinner(kid)
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     for _ in range(3):
         spin(p)  # its memory settles
         one_pass(reader, [parent, kid])
@@ -114,7 +115,7 @@ def test_a_child_with_a_cpu_quota_is_always_read(cgroups: CgroupFactory) -> None
         kid.write("cpu", "cpu.cfs_quota_us", "50000")
     else:
         kid.write("unified", "cpu.max", "50000 100000")
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     settle(reader, parent)
     settle(reader, kid)
     skips = reader.idle.hier_skips

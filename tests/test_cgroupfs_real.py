@@ -18,6 +18,7 @@ from collectors.cgroupfs import CgroupReader
 from collectors.layout import LayoutKind
 from collectors.samples import UNLIMITED
 from tests.support.cgroups import CgroupFactory, TestCgroup
+from tests.support.tracked import track
 
 pytestmark = pytest.mark.root
 
@@ -51,7 +52,7 @@ def holder(cg: TestCgroup) -> subprocess.Popen[bytes]:
 
 def test_cpu_usage_equals_kernel_counter(cgroups: CgroupFactory) -> None:
     cg = cgroups.create()
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     before = reader.read(cg.rel)
     assert before.cpu is not None and before.cpu.usage_usec == usage_file(cg)
     p = cg.burn(seconds=0.3)
@@ -74,7 +75,7 @@ def test_cpu_usage_equals_kernel_counter(cgroups: CgroupFactory) -> None:
 
 def test_running_burner_is_bracketed_by_kernel_reads(cgroups: CgroupFactory) -> None:
     cg = cgroups.create()
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     cg.burn()
     values = []
     for _ in range(5):
@@ -99,7 +100,7 @@ def test_memory_and_pids_match_their_files(cgroups: CgroupFactory) -> None:
         cg.write("unified", "memory.max", str(512 << 20))
     cg.write(pids_key, "pids.max", "50")
     p = holder(cg)
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     usage_name = "memory.usage_in_bytes" if hybrid else "memory.current"
     for _ in range(20):  # the kernel may move a page between two reads; retry until still
         s = reader.read(cg.rel, member_pid=p.pid)
@@ -122,7 +123,7 @@ def test_memory_and_pids_match_their_files(cgroups: CgroupFactory) -> None:
     assert s.pids.current == int(cg.read(pids_key, "pids.current")) == 1
     assert s.pids.max == 50
     # Without a member pid (found through cgroup.procs) the answer is the same.
-    again = CgroupReader(cgroups.layout).read(cg.rel)
+    again = track(CgroupReader(cgroups.layout)).read(cg.rel)
     assert again.v1_paths == s.v1_paths and again.pids is not None and again.pids.max == 50
 
 
@@ -130,7 +131,7 @@ def test_empty_cgroup_v1_paths_found(cgroups: CgroupFactory) -> None:
     if cgroups.layout.kind is LayoutKind.UNIFIED:
         pytest.skip("v1 paths exist on hybrid and legacy hosts only")
     cg = cgroups.create()
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     paths = reader.v1_paths(cg.rel)
     for key in ("memory", "pids", "freezer", "cpu", "blkio"):
         root = cgroups.layout.v1_root(key)
@@ -144,7 +145,7 @@ def test_empty_cgroup_v1_paths_found(cgroups: CgroupFactory) -> None:
 
 def test_vanished_between_listing_and_reading(cgroups: CgroupFactory) -> None:
     cg = cgroups.create()
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     assert not reader.read(cg.rel).vanished  # its directories are now kept open
     parent = cg.ref_dir.parent
     listed = [e.name for e in os.scandir(parent) if e.is_dir()]
@@ -153,12 +154,12 @@ def test_vanished_between_listing_and_reading(cgroups: CgroupFactory) -> None:
     s = reader.read(cg.rel)
     assert s.vanished and s.cpu is None and s.memory is None
     # A fresh reader (nothing cached) says the same.
-    assert CgroupReader(cgroups.layout).read(cg.rel).vanished
+    assert track(CgroupReader(cgroups.layout)).read(cg.rel).vanished
 
 
 def test_recreated_cgroup_is_a_new_incarnation(cgroups: CgroupFactory) -> None:
     cg = cgroups.create("again")
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     first = reader.read(cg.rel)
     cg.remove()
     cg2 = cgroups.create("again")
@@ -178,7 +179,7 @@ def test_frozen_via_v1_freezer(cgroups: CgroupFactory) -> None:
         pytest.skip("no v1 freezer hierarchy on this host")
     cg = cgroups.create()
     cg.spawn(["sleep", "300"])
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     assert reader.read(cg.rel).frozen is False
     cg.write("freezer", "freezer.state", "FROZEN")
     wait_for(lambda: cg.read("freezer", "freezer.state").strip() == "FROZEN")
@@ -193,7 +194,7 @@ def test_frozen_via_cgroup_freeze(cgroups: CgroupFactory) -> None:
     if not (cg.dir("unified") / "cgroup.freeze").exists():
         pytest.skip("no cgroup.freeze on this host")
     cg.spawn(["sleep", "300"])
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     cg.write("unified", "cgroup.freeze", "1")
     wait_for(lambda: "frozen 1" in cg.read("unified", "cgroup.events"))
     s = reader.read(cg.rel)
@@ -204,7 +205,7 @@ def test_frozen_via_cgroup_freeze(cgroups: CgroupFactory) -> None:
 
 
 def test_host_root_reads(cgroups: CgroupFactory) -> None:
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     s = reader.read("/")
     assert not s.vanished and s.inode == os.stat(cgroups.layout.reference_root).st_ino
     assert s.cpu is not None and s.cpu.usage_usec is not None and s.cpu.usage_usec > 0
@@ -224,7 +225,7 @@ def test_unified_path_over_the_real_cgroup2_mount(cgroups: CgroupFactory) -> Non
     cg = cgroups.create()
     cg.burn(seconds=0.2).wait(timeout=30)
     wait_for(lambda: not cg.pids())
-    reader = CgroupReader(CgroupLayout(LayoutKind.UNIFIED, cgroups.layout.unified))
+    reader = track(CgroupReader(CgroupLayout(LayoutKind.UNIFIED, cgroups.layout.unified)))
     s = reader.read(cg.rel)
     assert not s.vanished and s.inode == os.stat(cg.dir("unified")).st_ino
     assert s.cpu is not None and s.cpu.usage_usec == usage_file(cg) >= 100_000
@@ -242,7 +243,7 @@ def test_reading_while_cgroups_are_removed(cgroups: CgroupFactory) -> None:
     import threading
 
     cgs = [cgroups.create() for _ in range(40)]
-    reader = CgroupReader(cgroups.layout)
+    reader = track(CgroupReader(cgroups.layout))
     for cg in cgs:
         assert not reader.read(cg.rel).vanished  # directories now kept open
 

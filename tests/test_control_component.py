@@ -65,6 +65,8 @@ class Served:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
+        self.ctx.store.close()
 
 
 @pytest.fixture

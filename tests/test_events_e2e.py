@@ -17,6 +17,7 @@ from agent.core.store import Store
 from agent.events.store import EventLog
 from tests.support.agentd import BIN, RunningAgent, running_agent
 from tests.support.cgroups import CgroupFactory
+from tests.support.tracked import track
 
 PY = sys.executable
 
@@ -115,7 +116,7 @@ def test_agent_start_and_stop_are_events() -> None:
         assert len(started_events) == 1
         assert started_events[0]["fields"]["pid"] == agent.proc.pid
         assert agent.stop() == 0
-        log = EventLog(Store(agent.state_dir / "agent.db"))
+        log = EventLog(track(Store(agent.state_dir / "agent.db")))
         stopped = log.query(types=("agent_stopped",))
         assert [e.fields["pid"] for e in stopped] == [agent.proc.pid]
         assert stopped[0].id > started_events[0]["id"]

@@ -13,6 +13,7 @@ from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadK
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
 from tests.support.cgroups import CgroupFactory
+from tests.support.tracked import track
 from tests.test_events_harness import started
 
 HOST = HostInfo(socket.gethostname(), "b", "m", "k", "hybrid", 2, 1 << 30, "test")
@@ -30,7 +31,7 @@ def test_kernel_and_discovery_give_one_pair(cgroups: CgroupFactory, tmp_path: Pa
             await h.comp.on_snapshot(snap(1))
             cg = cgroups.create()
             proc = cg.spawn([sys.executable, "-S", "-c", "import time; time.sleep(30)"])
-            reader = CgroupReader(h.ctx.layout)
+            reader = track(CgroupReader(h.ctx.layout))
             who = WorkloadIdentity("box-1", WorkloadKind.CONTAINER, "runc", "box",
                                    cg.rel, cg.ref_dir.stat().st_ino, init_pid=proc.pid)
             state = WorkloadState(who, reader.read(cg.rel, member_pid=proc.pid))

@@ -7,12 +7,13 @@ from pathlib import Path
 from agent.core.store import Store
 from agent.events.model import EventContainer
 from agent.events.store import EventLog
+from tests.support.tracked import track
 
 C = EventContainer("id-" + "9" * 20, "svc", "docker", "/docker/abc", 12, "container")
 
 
 def _log(tmp_path: Path) -> EventLog:
-    return EventLog(Store(tmp_path / "agent.db"))
+    return EventLog(track(Store(tmp_path / "agent.db")))
 
 
 def test_ids_increase_and_survive_retention_and_reopen(tmp_path: Path) -> None:

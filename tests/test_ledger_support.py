@@ -19,6 +19,7 @@ from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadK
 from collectors.cgroupfs import CgroupReader
 from collectors.layout import detect_layout
 from collectors.samples import CgroupSample, CpuSample, IoDeviceSample, MemorySample, PidsSample
+from tests.support.tracked import track
 
 BOOT = "boot-a"
 
@@ -61,25 +62,21 @@ def snapshot(states: list[tuple[WorkloadIdentity, CgroupSample]], boot: str = BO
 
 
 def open_ledger(db: Path, period: int = 3600, grace: int = 120) -> Ledger:
-    return Ledger(LedgerStorage(Store(db)), host_id="host-1", period_seconds=period,
+    return Ledger(LedgerStorage(track(Store(db))), host_id="host-1", period_seconds=period,
                   grace_seconds=grace)
 
 
 def context(state_dir: Path, ledger_conf: Mapping[str, Any] | None = None) -> AgentContext:
     return AgentContext(config={"ledger": dict(ledger_conf or {})}, state_dir=state_dir,
-                        layout=detect_layout(), store=Store(state_dir / "agent.db"))
+                        layout=detect_layout(), store=track(Store(state_dir / "agent.db")))
 
 
 # -- real samples ------------------------------------------------------------------------
 
-_READER: list[CgroupReader] = []
-
-
 def real_sample(rel: str) -> CgroupSample:
-    """Read one cgroup from the kernel with the agent's own reader."""
-    if not _READER:
-        _READER.append(CgroupReader(detect_layout()))
-    return _READER[0].read(rel)
+    """Read one cgroup from the kernel in full with the agent's own reader."""
+    with CgroupReader(detect_layout()) as reader:
+        return reader.read(rel)
 
 
 def read_boot_id() -> str:

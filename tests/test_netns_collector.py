@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import struct
 import threading
@@ -241,6 +242,10 @@ def test_link_change_is_seen_next_cycle(nets: NetnsFactory, collector: NetnsColl
 def test_namespaces_come_and_go_without_leaks(nets: NetnsFactory) -> None:
     # Other tests on this host may add namespaces meanwhile: the invariant checked is "one
     # open fd per readable namespace and nothing else", and no fd at all after close().
+    # No collection meanwhile: it could close an earlier test's garbage fds (a count that
+    # fell by 3 once failed CI).
+    gc.collect()
+    gc.disable()
     fds0, kids0, threads0 = open_fds(), children_of_self(), threading.active_count()
     c = NetnsCollector()
     try:
@@ -264,11 +269,13 @@ def test_namespaces_come_and_go_without_leaks(nets: NetnsFactory) -> None:
         assert threading.active_count() == threads0
     finally:
         c.close()
+        gc.enable()
     assert open_fds() == fds0
 
 
 @root
 def test_close_releases_every_socket(nets: NetnsFactory) -> None:
+    gc.collect()
     fds0 = open_fds()
     c = NetnsCollector()
     nets.create()

@@ -12,12 +12,13 @@ import pytest
 
 from agent.core.store import Store
 from agent.core.store_writer import StoreClosed, store_families
+from tests.support.tracked import track
 
 DDL = ("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, v INTEGER NOT NULL UNIQUE)",)
 
 
 def _store(tmp_path: Path, queue_limit: int = 10_000) -> Store:
-    store = Store(tmp_path / "agent.db", queue_limit)
+    store = track(Store(tmp_path / "agent.db", queue_limit))
     store.migrate("t", 1, DDL)
     return store
 

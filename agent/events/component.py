@@ -209,6 +209,8 @@ class EventsComponent(Component):
             self.watcher = None
         if self.final_reads is not None:
             await asyncio.to_thread(self.final_reads.close)
+            if self.ctx is not None and self.final_reads.reader is not self.ctx.reader:
+                self.final_reads.reader.close()  # its own (no daemon's reader to share)
             self.final_reads = None
         self.hub.close()
         await asyncio.gather(*(s.stop() for s in self.sinks), return_exceptions=True)
