@@ -180,3 +180,27 @@ def test_an_ended_container_is_evicted_and_read_back_if_touched_again(tmp_path: 
            if r.inode == 7 and r.meter == "cpu_usec"]
     assert sum(r.quantity for r in cpu) == 400
     assert sum(r.n_samples for r in cpu) == 3  # the late read counted no sample
+
+
+def test_an_equal_identity_from_a_rescan_keeps_idle_samples_on_the_shared_path(
+    tmp_path: Path,
+) -> None:
+    # A rescan hands every workload a new identity object equal to the old one; idle samples
+    # must go on being decided by their shared values (no counter compared), not for the
+    # rest of the life by the comparison path.
+    led = open_ledger(tmp_path / "a.db", period=3600)
+    who = ident("/a", 10)
+    first = synth("/a", 10, 1_000_000.0, cpu=5, mem=4096, pids=1)
+    t = 1_000_000.0
+    led.observe_snapshot(snapshot([(who, first)]))
+    for _ in range(3):
+        t += 1
+        led.observe_snapshot(snapshot([(who, first.at(int(t * 1e9), int(t * 1e9)))]))
+    shared_before = led.shared_idle
+    assert shared_before >= 1
+    again = dataclasses.replace(who)  # the rescan's: equal, another object
+    assert again == who and again is not who
+    for _ in range(5):
+        t += 1
+        led.observe_snapshot(snapshot([(again, first.at(int(t * 1e9), int(t * 1e9)))]))
+    assert led.shared_idle - shared_before == 4  # all but the first after the new object

@@ -67,7 +67,9 @@ class Collector:
                 w.cgroup: old.get(w.cgroup, _Tracked(w)) for w in found.values()
             }
             for w in found.values():
-                self.state.by_path[w.cgroup].identity = w
+                tracked = self.state.by_path[w.cgroup]
+                if tracked.identity != w:  # an equal one stays: consumers compare by `is`
+                    tracked.identity = w
             gone = [p for p in old if p not in self.state.by_path]
             paths = list(self.state.by_path)
         # Removed without an inotify event to say so (watch limit, overflow): close its fds.
@@ -110,7 +112,7 @@ class Collector:
         for t in young:
             t.young -= 1
             ident = self.discovery.identify(t.identity.cgroup)
-            if ident is not None:
+            if ident is not None and ident != t.identity:
                 t.identity = ident
 
     # -- reading -----------------------------------------------------------------------

@@ -119,6 +119,8 @@ class Ledger:
         self.idle_flush_every = IDLE_FLUSH_EVERY
         #: Running counts for the agent's own metrics (since this process started).
         self.stats = {"cycles": 0, "final_samples": 0, "commit_failures": 0, "resets": 0}
+        #: Samples found idle by their shared values alone (no counter compared).
+        self.shared_idle = 0
         self._load()
 
     def _load(self) -> None:
@@ -265,6 +267,7 @@ class Ledger:
         if seen is not None and ident is s.ident and sample.same_values(seen) \
                 and period_of(t1, self.period) == period_of(s.last_wall or 0, self.period):
             idle = True  # the values of a sample found idle, in the same period
+            self.shared_idle += 1
         else:
             counters = _counter_values(sample)
             idle = (bool(self.idle_flush_every) and s.last_wall is not None
@@ -322,8 +325,10 @@ class Ledger:
         """Nothing in the sample moved since the series' last one, in the same period."""
         if period_of(sample.wall_ns, self.period) != period_of(s.last_wall or 0, self.period):
             return False
-        if ident is not s.ident and ident != s.ident:
-            return False
+        if ident is not s.ident:
+            if ident != s.ident:
+                return False
+            s.ident = ident  # an equal one (a rescan's): the next cycle's check is `is`
         n = 0
         for meter, value in counters.items():
             if value is not None:
