@@ -36,7 +36,8 @@ Read only what can have changed (the previous sample's values stand for files no
   period, shares, memory.min/low/high/max, swap.max, v1 limit_in_bytes, soft_limit and
   memsw.limit, pids.max; a write to cgroup.procs (a task moved in) also re-reads pids.peak;
 - everything: first, when `populated` changed, when the v1 paths were resolved again; but
-  the limits of watched directories (see above) at least every FULL_READ_EVERY reads.
+  the limits of watched directories (see above) at least every FULL_READ_EVERY reads and
+  FULL_READ_AFTER_S seconds, whichever is longer.
 
 An idle cgroup is re-read by compare first (collectors.idle_path): when its last quiet read's
 files read the same bytes, the last sample stands, at the new time."""
@@ -46,7 +47,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from collectors.blockdev import BlockDevices
@@ -65,7 +65,7 @@ from collectors.cgroup_v2 import (
 )
 from collectors.idle_path import IdlePath
 from collectors.idle_path import moved as cpu_moved
-from collectors.idle_reads import IdlePlan
+from collectors.last_read import FULL_READ_AFTER_S, FULL_READ_EVERY, LastRead
 from collectors.layout import CgroupLayout, LayoutKind
 from collectors.open_dirs import OpenDirs
 from collectors.samples import (
@@ -78,22 +78,9 @@ from collectors.samples import (
 from collectors.v1_paths import RESOLVE_TTL_S, V1Paths
 from collectors.written_dirs import WrittenDirs
 
-__all__ = ["FULL_READ_EVERY", "RESOLVE_TTL_S", "CgroupReader"]
+__all__ = ["FULL_READ_AFTER_S", "FULL_READ_EVERY", "RESOLVE_TTL_S", "CgroupReader"]
 
-#: Every file is read at least once per this many reads: a staleness bound on files that move
-#: only with CPU in the cgroup. A refresh costs ~5 idle reads (its files opened by path).
-FULL_READ_EVERY = 20
 _PSI_OFF = PressureSample(supported=False)
-
-
-@dataclass(slots=True)
-class _Last:
-    """A cgroup's last sample, and its reads since everything was read."""
-
-    sample: CgroupSample
-    partial_reads: int
-    #: What an idle re-read compares (set by a quiet read), see collectors.idle_reads.
-    plan: IdlePlan | None = None
 
 
 class CgroupReader:
@@ -104,9 +91,10 @@ class CgroupReader:
         sys_dev_block: Path = Path("/sys/dev/block"),
         proc_root: Path = Path("/proc"),
         max_open_dirs: int = 16384,
+        full_read_after_s: float = FULL_READ_AFTER_S,
     ) -> None:
         """`max_open_dirs`: fds kept open between reads, directories and their files
-        (0: none), see OpenDirs."""
+        (0: none), see OpenDirs. `full_read_after_s`: see FULL_READ_AFTER_S."""
         self.layout = layout
         self._kind = layout.kind
         self._ref_root = str(layout.reference_root)
@@ -127,7 +115,8 @@ class CgroupReader:
         self._memsw = mem_root is not None and os.path.exists(
             f"{mem_root}/memory.memsw.usage_in_bytes"
         )
-        self._last: dict[str, _Last] = {}
+        self._last: dict[str, LastRead] = {}
+        self._whole_after_ns = int(full_read_after_s * 1e9)
         # The kept directories whose limits are read only when written to.
         if self._kind is LayoutKind.UNIFIED:
             limit_roots: tuple[str, ...] = (self._ref_root,)
@@ -229,7 +218,7 @@ class CgroupReader:
         stashed: list[CgroupDir] = []
         plan = last.plan if last is not None else None
         if last is not None and plan is not None:
-            whole = last.partial_reads >= FULL_READ_EVERY
+            whole = last.due(mono, self._whole_after_ns)
             same, stashed = self.idle.reread(path, last.sample, plan, whole, member_pid, mono)
             if same:
                 last.partial_reads += 1
@@ -247,7 +236,7 @@ class CgroupReader:
                 d.prefetched = None
 
     def _read_files(
-        self, path: str, member_pid: int | None, mono: int, wall: int, last: _Last | None
+        self, path: str, member_pid: int | None, mono: int, wall: int, last: LastRead | None
     ) -> CgroupSample:
         ref_path = self._ref_root if path == "/" else self._ref_root + path
         before = last.sample if last is not None else None
@@ -308,14 +297,15 @@ class CgroupReader:
         watched."""
         return d is not None and self._written.stale(d.path)
 
-    def _previous(self, path: str, inode: int | None) -> tuple[CgroupSample | None, bool]:
+    def _previous(self, path: str, inode: int | None, mono: int
+                  ) -> tuple[CgroupSample | None, bool]:
         """(the last sample, to stand for files not read now (None: read everything),
-        refresh: every counter file is due again, FULL_READ_EVERY; the limits of a watched
+        refresh: every counter file is due again, LastRead.due; the limits of a watched
         directory change only by a write, which WrittenDirs sees)."""
         last = self._last.get(path)
         if last is None or last.sample.inode != inode:
             return None, False
-        return last.sample, last.partial_reads >= FULL_READ_EVERY
+        return last.sample, last.due(mono, self._whole_after_ns)
 
     def _remember(self, sample: CgroupSample, prev: CgroupSample | None,
                   refresh: bool = False) -> None:
@@ -323,7 +313,7 @@ class CgroupReader:
         if prev is None or last is None or refresh:
             # A whole read: the plan may stay (its bytes are set by IdlePath.carry).
             plan = last.plan if last is not None and last.sample.inode == sample.inode else None
-            self._last[sample.path] = _Last(sample, 0, plan)
+            self._last[sample.path] = LastRead(sample, 0, plan, sample.monotonic_ns)
         else:
             last.sample = sample
             last.partial_reads += 1
@@ -346,7 +336,7 @@ class CgroupReader:
         datas = d.read_many(self._unified_files)
         ctrls = parse_controllers(datas[0])
         populated, frozen = d.memo("cgroup.events", datas[1], events)
-        prev, refresh = self._previous(path, inode)
+        prev, refresh = self._previous(path, inode, mono)
         if prev is not None and prev.populated != populated:
             prev, refresh = None, False  # a cgroup that filled or emptied is read whole
         pressure = self._pressure(d, datas[4:])
@@ -427,7 +417,7 @@ class CgroupReader:
         else:
             psi = ref.read_many(self._psi)
         pressure = self._pressure(ref, psi)
-        prev, refresh = self._previous(path, ref.ino)
+        prev, refresh = self._previous(path, ref.ino, mono)
         if prev is not None and (prev.populated != populated or prev.v1_paths is not paths):
             prev, refresh = None, False  # filled or emptied, or found elsewhere: read whole
 

@@ -83,10 +83,15 @@ class V1Paths:
             and now_ns - e.at_ns < _RESOLVE_TTL_NS
         ):
             return e.paths
-        if e is not None:  # a new incarnation or a new member: its v1 directories may differ
-            for ctrl, rel in e.paths.items():
-                self._drop_dir(self.absolute(ctrl, rel))
         paths, pid = self._resolve(path, member_pid, ref)
+        if e is not None:
+            if e.inode == ref.ino and paths == e.paths:
+                # Resolved to the same directories (after the TTL, say): they stay open, and
+                # the same object tells the reader nothing moved (no whole read, no reopen).
+                paths = e.paths
+            else:  # a new incarnation or a new member elsewhere: its old directories go
+                for ctrl, rel in e.paths.items():
+                    self._drop_dir(self.absolute(ctrl, rel))
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[path] = _Resolved(ref.ino, pid, now_ns, paths)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors import cgroup_dir
-from collectors.cgroupfs import FULL_READ_EVERY, CgroupReader
+from collectors import cgroup_dir, v1_paths
+from collectors.cgroupfs import FULL_READ_AFTER_S, FULL_READ_EVERY, CgroupReader
 from collectors.layout import LayoutKind
 from collectors.samples import UNLIMITED, CgroupSample
 from tests.support.cgroups import CgroupFactory, TestCgroup
@@ -68,11 +68,13 @@ def hybrid(cgroups: CgroupFactory) -> bool:
     return cgroups.layout.kind is not LayoutKind.UNIFIED
 
 
-def idle_with_whole_read(cgroups: CgroupFactory) -> tuple[TestCgroup, CgroupReader, list[str]]:
+def idle_with_whole_read(
+    cgroups: CgroupFactory, full_read_after_s: float = FULL_READ_AFTER_S,
+) -> tuple[TestCgroup, CgroupReader, list[str]]:
     """An idle cgroup (one sleeping process), its reader, and the files a whole read reads."""
     cg = cgroups.create()
     sleeper(cg)
-    reader = track(CgroupReader(cgroups.layout))
+    reader = track(CgroupReader(cgroups.layout, full_read_after_s=full_read_after_s))
     settle(reader, cg)
     with files_read() as full:
         reader._last.clear()  # as on a first read
@@ -176,13 +178,19 @@ LIMITS = {"memory.limit_in_bytes", "memory.soft_limit_in_bytes", "memory.memsw.l
           "memory.swap.max"}
 
 
-def test_every_counter_read_every_n_reads(cgroups: CgroupFactory) -> None:
-    cg, reader, full = idle_with_whole_read(cgroups)
+def _reads(reader: CgroupReader, cg: TestCgroup, n: int) -> list[set[str]]:
+    """The files each of n reads read."""
     reads = []
-    for _ in range(FULL_READ_EVERY + 1):
+    for _ in range(n):
         with files_read() as seen:
             reader.read(cg.rel)
         reads.append(set(seen))
+    return reads
+
+
+def test_every_counter_read_every_n_reads(cgroups: CgroupFactory) -> None:
+    cg, reader, full = idle_with_whole_read(cgroups, full_read_after_s=0)
+    reads = _reads(reader, cg, FULL_READ_EVERY + 1)
     biggest = max(reads, key=len)
     # Everything of the first read but the limits of the watched directories, every N reads.
     assert set(full) - biggest <= LIMITS and set(full) & LIMITS
@@ -190,6 +198,18 @@ def test_every_counter_read_every_n_reads(cgroups: CgroupFactory) -> None:
     if hybrid(cgroups):
         assert {"memory.oom_control", "blkio.throttle.io_serviced_recursive"} <= biggest
     assert min(len(r) for r in reads) < len(biggest)
+
+
+def test_a_refresh_waits_for_its_seconds_as_well_as_its_reads(cgroups: CgroupFactory) -> None:
+    # At short intervals the refresh comes after FULL_READ_AFTER_S, not after N reads.
+    cg, reader, _full = idle_with_whole_read(cgroups, full_read_after_s=2.0)
+    t0 = time.monotonic()
+    quick = _reads(reader, cg, FULL_READ_EVERY + 2)
+    assert time.monotonic() - t0 < 2.0, "too slow to test the time bound"
+    assert not any("pids.peak" in r for r in quick)  # N reads, but not the seconds yet
+    time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))
+    later = _reads(reader, cg, 2)
+    assert "pids.peak" in later[0] and "pids.peak" not in later[1]
 
 
 
@@ -221,3 +241,24 @@ def test_unchanged_files_share_their_parse_changed_ones_are_parsed_again(
         assert c.memory.stat["shmem"] == raw["total_shmem" if hybrid(cgroups) else "shmem"]
     finally:
         shm.unlink(missing_ok=True)
+
+
+def test_v1_paths_resolved_again_to_the_same_directories_keep_them(
+    cgroups: CgroupFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # RESOLVE_TTL_S after their resolution the v1 paths are resolved again, at the next whole
+    # read: the refresh of an idle cgroup. Found the same, the directories stay open and the
+    # next reads are compares again (they were closed and reopened, and the next read was
+    # whole as well: two whole reads and ~20 reopened fds per cgroup per minute).
+    monkeypatch.setattr(v1_paths, "_RESOLVE_TTL_NS", 2_000_000_000)
+    cg, reader, _full = idle_with_whole_read(cgroups, full_read_after_s=2.0)
+    t0 = time.monotonic()
+    quick = _reads(reader, cg, FULL_READ_EVERY + 2)
+    assert time.monotonic() - t0 < 2.0, "too slow to test the time bound"
+    assert quick[-1] == set()  # compares
+    time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))
+    refresh, *after = _reads(reader, cg, 3)
+    assert "pids.peak" in refresh
+    if hybrid(cgroups):
+        assert "cgroup.procs" in refresh  # resolved again
+    assert after == [set(), set()]
