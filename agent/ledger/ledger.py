@@ -16,10 +16,9 @@ turns the differences into usage, split across periods in proportion to time.
 Idle samples cost nothing per cycle: a sample in which no counter, no gauge and no high-water
 mark moved, in the same period as the series' last applied sample, is only counted (Series.idle);
 the stretch is applied in one step when something moves, at a period change, at a final sample,
-before periods close and at least every IDLE_FLUSH_EVERY samples. The result is identical to
-applying each sample (constant memory integrates to m*dt, the same whole byte-seconds; every
-row lies in one period; each sample still counts in n_samples); what a kill -9 loses is only
-the not yet applied count and memory stretch, which the next sample after a restart covers.
+before periods close and at least every IDLE_FLUSH_EVERY samples: identical to applying each
+sample (constant memory integrates to m*dt; every row lies in one period; each sample counts
+in n_samples). A kill -9 loses only the unapplied stretch, which the next sample covers.
 
 The first cycle of a fresh ledger takes a baseline (usage before the agent existed is not
 billed); any incarnation that appears later is billed from zero, which is how a cgroup that
@@ -65,9 +64,9 @@ META_CLOSED_BEFORE = "closed_before"
 
 
 def text(value: str) -> str:
-    """A string that always encodes as UTF-8: a cgroup name may hold undecodable bytes
-    (surrogate-escaped by Python), which SQLite and the exports cannot take; they become
-    \\xNN text. One hostile name must not stop the accounting of every other cgroup."""
+    """A string that always encodes as UTF-8: undecodable bytes in a cgroup name (which
+    SQLite and the exports cannot take) become \\xNN text; one hostile name must not stop
+    the accounting of every other cgroup."""
     try:
         value.encode("utf-8")
         return value
@@ -113,6 +112,7 @@ class Ledger:
         self.storage = storage
         self.host_id = host_id
         self.period = period_seconds
+        self._period_ns = period_seconds * NS
         self.grace = grace_seconds
         self._lock = threading.Lock()
         #: Idle samples are deferred up to this many (0: every sample applied at once).
@@ -192,9 +192,8 @@ class Ledger:
 
     def _evict(self, key: tuple[str, int], wall_ns: int) -> None:
         """A container that ended holds no memory here: its series and open rows are in the
-        store (just committed) and are read back from there if anything touches them again
-        (under churn they were 4 KB per life kept until the period closed; ~1 % of lives
-        were also read by a cycle between their final sample and rmdir, and stayed)."""
+        store (just committed), read back from there if anything touches them again (under
+        churn: 4 KB per life, also for the ~1 % read between final sample and rmdir)."""
         self._series.pop(key, None)
         here = period_of(wall_ns, self.period)
         for start in (here, here - self.period):
@@ -227,8 +226,7 @@ class Ledger:
         try:
             self.storage.commit(batch)
         except Exception:
-            # The database still holds the previous, consistent state: reload it so the next
-            # sample's delta starts from the stored counters (nothing lost, nothing doubled).
+            # Reload the store's consistent state: nothing lost, nothing counted twice.
             log.exception("ledger: could not persist a cycle; reloading the stored state")
             self.stats["commit_failures"] += 1
             self._load()
@@ -252,32 +250,33 @@ class Ledger:
         self, batch: Batch, boot: str, ident: WorkloadIdentity, sample: CgroupSample,
         *, baseline: bool,
     ) -> tuple[str, int] | None:
+        inode = sample.inode if sample.inode is not None else ident.inode
+        key = (boot, inode)
+        s = self._series.get(key)
+        if s is not None and s.seen is not None and ident is s.ident \
+                and sample.same_values(s.seen) and not sample.vanished:
+            # Most samples: idle, sharing the values of the last idle one; no counter compared.
+            mono, t1 = sample.monotonic_ns, sample.wall_ns
+            if s.last_mono is not None and mono <= max(s.last_mono, s.idle_mono):
+                return key  # an older read arriving after a newer one: already accounted
+            if t1 // self._period_ns == (s.last_wall or 0) // self._period_ns:
+                self.shared_idle += 1
+                self._count_idle(batch, key, s, sample)
+                return key
         if sample.vanished or (sample.cpu is None and sample.memory is None
                                and sample.io is None and sample.pids is None):
             return None  # gone, or nothing readable (EACCES): no stretch starts here
-        inode = sample.inode if sample.inode is not None else ident.inode
-        key = (boot, inode)
         s, new = self._series_for(boot, inode)
         if new:
             s.baseline = baseline
         if s.last_mono is not None and sample.monotonic_ns <= max(s.last_mono, s.idle_mono):
             return key  # an older read arriving after a newer one: already accounted
         t1 = sample.wall_ns
-        seen = s.seen
-        if seen is not None and ident is s.ident and sample.same_values(seen) \
-                and period_of(t1, self.period) == period_of(s.last_wall or 0, self.period):
-            idle = True  # the values of a sample found idle, in the same period
-            self.shared_idle += 1
-        else:
-            counters = _counter_values(sample)
-            idle = (bool(self.idle_flush_every) and s.last_wall is not None
-                    and self._idle(s, ident, sample, counters))
+        counters = _counter_values(sample)
+        idle = (bool(self.idle_flush_every) and s.last_wall is not None
+                and self._idle(s, ident, sample, counters))
         if idle:
-            s.seen = sample
-            s.idle += 1
-            s.idle_wall, s.idle_mono = t1, sample.monotonic_ns
-            if s.idle >= self.idle_flush_every:
-                self._apply_idle(batch, key, s)
+            self._count_idle(batch, key, s, sample)
             return key
         s.seen = None
         self._apply_idle(batch, key, s)
@@ -311,6 +310,15 @@ class Ledger:
         s.pids_last = sample.pids.current if sample.pids is not None else None
         self._persist(batch, key, s, ident)
         return key
+
+    def _count_idle(self, batch: Batch, key: tuple[str, int], s: Series,
+                    sample: CgroupSample) -> None:
+        """An idle sample: counted now, applied with the others at the flush bound."""
+        s.seen = sample
+        s.idle += 1
+        s.idle_wall, s.idle_mono = sample.wall_ns, sample.monotonic_ns
+        if s.idle >= self.idle_flush_every:
+            self._apply_idle(batch, key, s)
 
     def _persist(self, batch: Batch, key: tuple[str, int], s: Series,
                  ident: WorkloadIdentity) -> None:
