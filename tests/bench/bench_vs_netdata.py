@@ -7,6 +7,12 @@ the other on that same tree: after a warm-up, CPU (utime + stime from /proc/<pid
 window, RSS at its end. Prints both figures, per cgroup per cycle, and the ratio agentd/netdata
 (target <= 0.5); also agentd's CPU per thread, to see where the rest goes. Asserts nothing.
 
+The window matters. Netdata's cgroups plugin settles slowly: at 500 cgroups, CPU per 10 s from
+its start measured 5, 83, 97, 74, 35, 32, 41, 38, then 24-28 ms/s from 80 s on. agentd's cost
+is flat (~34 ms/s here) but for its once-a-minute rescan and refresh (~60 ms/s in the 10 s that
+hold them). The default window (20-50 s after each start) compares agentd with a Netdata still
+settling; `--warmup 90 --seconds 120` compares both settled, a minute mark included.
+
 Run as root: `.venv/bin/python tests/bench/bench_vs_netdata.py [--cgroups 500] [--warmup 20]
 [--seconds 30]`. Netdata comes from Debian (tests/setup/install-netdata.sh).
 """
