@@ -17,7 +17,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from agent.core.process_limits import raise_nofile_limit
 from agent.kernel.deferred import DeferredWork
@@ -34,7 +33,7 @@ from agent.kernel.inotify import (
     IN_ONLYDIR,
     Inotify,
 )
-from agent.kernel.kernfs import GONE, counter_values, has_subdir, read_text
+from agent.kernel.kernfs import GONE, counter_values, has_subdir, join, read_text
 from agent.kernel.psi import PsiWaiter
 from agent.kernel.watch_sources import PSI_DELAY_S, SlowSources
 from agent.kernel.watch_thread import LoopBridge, locked
@@ -77,6 +76,7 @@ class CgroupWatcher(SlowSources, LoopBridge):
     ) -> None:
         self.layout = layout
         self.root = layout.reference_root
+        self._root_str = str(self.root)
         #: Per-cgroup changes (populated, counters, pressure, gone): the events component.
         self.listener: WatchListener = listener or NoListener()
         #: Directories made and removed: the daemon (discovery, collection, the reader's fds).
@@ -137,8 +137,8 @@ class CgroupWatcher(SlowSources, LoopBridge):
             self.ino.close()
             self.psi_waiter.close()
 
-    def abs_path(self, path: str) -> Path:
-        return self.root if path == "/" else self.root / path.lstrip("/")
+    def abs_path(self, path: str) -> str:
+        return join(self._root_str, path)
 
     # -- the directory tree: IN_CREATE reports new cgroups at once -----------------------
     def _watch_subtree(self, top: str, report_new: bool) -> None:
@@ -239,13 +239,13 @@ class CgroupWatcher(SlowSources, LoopBridge):
             if cg.path in self._dir_by_path:
                 cg.names["cgroup.events"] = "cgroup.events"
             else:
-                self._add_file(cg, "cgroup.events", d / "cgroup.events")
+                self._add_file(cg, "cgroup.events", f"{d}/cgroup.events")
             self.deferred.call(0.0, self._event_sources, cg)
             if self.psi is not None and cg.path != "/":
                 self.deferred.call(PSI_DELAY_S if new else 0.0, self._arm_psi, cg)
         else:
             # Legacy v1: no cgroup.events; emptiness is polled from cgroup.procs.
-            cg.files["cgroup.procs"] = str(d / "cgroup.procs")
+            cg.files["cgroup.procs"] = f"{d}/cgroup.procs"
             cg.polled.add("cgroup.procs")
         if not new:
             self._defer_v1(cg, v1_paths=v1_paths, retry=False)
@@ -254,16 +254,16 @@ class CgroupWatcher(SlowSources, LoopBridge):
                 self._reread(cg, source)
         return self.cgroups.get(cg.path)
 
-    def _keep_files(self, cg: WatchedCgroup, d: Path, dir_fd: int | None) -> bool:
+    def _keep_files(self, cg: WatchedCgroup, d: str, dir_fd: int | None) -> bool:
         """Open the kept files; False when the cgroup is already gone. Past the watch's fd
         budget (or at EMFILE) the files are read by path instead (slower under churn)."""
-        cg.files["cgroup.events"] = str(d / "cgroup.events")
+        cg.files["cgroup.events"] = f"{d}/cgroup.events"
         for name in _KEPT:
             if not self.fd_budget.take(1, name, kept=True):
                 self._mark_short(cg)
                 continue
             try:
-                cg.fds[name] = os.open(name if dir_fd is not None else d / name,
+                cg.fds[name] = os.open(name if dir_fd is not None else f"{d}/{name}",
                                        os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
             except OSError as e:
                 self.fd_budget.give(1, kept=True)
@@ -404,7 +404,7 @@ class CgroupWatcher(SlowSources, LoopBridge):
         if "cpu.stat" in cg.fds:
             data = settled(lambda: self._read_kept(cg, "cpu.stat"))
         else:  # not kept (out of fds): by path
-            text = read_text(self.abs_path(cg.path) / "cpu.stat")
+            text = read_text(f"{self.abs_path(cg.path)}/cpu.stat")
             data = None if text is None else text.encode()
         cpu = cpu_sample(flat(data)) if data is not None else None
         if cpu is None or cpu.usage_usec is None:

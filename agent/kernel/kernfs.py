@@ -40,26 +40,33 @@ def read_text(path: str | Path) -> str | None:
         raise
 
 
-def member_v1_dir(root: Path, ref_dir: Path, ctrl: str) -> Path | None:
+def join(root: str, rel: str) -> str:
+    """`rel` (a cgroup path, "/" for the root) under the directory `root`: plain strings, no
+    pathlib (which interns every part of every path it parses; under churn, every name)."""
+    rel = rel.strip("/")
+    return f"{root}/{rel}" if rel else root
+
+
+def member_v1_dir(root: str, ref_dir: str, ctrl: str) -> str | None:
     """A cgroup's directory in the v1 hierarchy at `root`, from a member's /proc/PID/cgroup.
 
     The hierarchies can differ (here memory sits under /process_api/<id>). A runtime moves a
     new process into one hierarchy after the other, so a member is trusted only once it names
     a directory ending like ours.
     """
-    procs = read_text(ref_dir / "cgroup.procs")
+    procs = read_text(f"{ref_dir}/cgroup.procs")
     for pid in (procs or "").split()[:3]:
         try:
-            member = parse_proc_cgroup((read_text(Path(f"/proc/{pid}/cgroup")) or "").encode())
+            member = parse_proc_cgroup((read_text(f"/proc/{pid}/cgroup") or "").encode())
         except ParseError:
             continue
         at = member.get(ctrl)
-        if at is not None and at.rsplit("/", 1)[-1] == ref_dir.name:
-            return root / at.lstrip("/")
+        if at is not None and at.rsplit("/", 1)[-1] == ref_dir.rsplit("/", 1)[-1]:
+            return join(root, at)
     return None
 
 
-def oom_eventfd(control: Path) -> tuple[int, int] | None:
+def oom_eventfd(control: str) -> tuple[int, int] | None:
     """(eventfd, memory.oom_control fd) registered through cgroup.event_control (v1); None
     when that fails, OSError when out of fds (EMFILE, ENFILE)."""
     try:
@@ -74,7 +81,7 @@ def oom_eventfd(control: Path) -> tuple[int, int] | None:
         os.close(cfd)
         raise
     try:
-        with open(control.parent / "cgroup.event_control", "w") as f:
+        with open(f"{os.path.dirname(control)}/cgroup.event_control", "w") as f:
             f.write(f"{efd} {cfd}")
     except OSError as e:
         os.close(efd)
@@ -86,7 +93,7 @@ def oom_eventfd(control: Path) -> tuple[int, int] | None:
     return efd, cfd
 
 
-def has_subdir(d: Path) -> bool:
+def has_subdir(d: str) -> bool:
     try:
         with os.scandir(d) as it:
             return any(e.is_dir(follow_symlinks=False) for e in it)
@@ -94,17 +101,17 @@ def has_subdir(d: Path) -> bool:
         return False
 
 
-def v1_dir(layout: CgroupLayout, path: str, ctrl: str, given: str | None) -> Path | None:
+def v1_dir(layout: CgroupLayout, path: str, ctrl: str, given: str | None) -> str | None:
     """The directory of cgroup `path` (of the reference tree) in the v1 `ctrl` hierarchy."""
-    root = layout.v1_root(ctrl)
-    assert root is not None
-    ref = layout.reference_root
-    own = ref if path == "/" else ref / path.lstrip("/")
+    v1_root = layout.v1_root(ctrl)
+    assert v1_root is not None
+    root, ref = str(v1_root), str(layout.reference_root)
+    own = join(ref, path)
     if root == ref:
         return own
     if given:
-        return root / given.lstrip("/")
-    same = root / path.lstrip("/")
-    if same.is_dir():
+        return join(root, given)
+    same = join(root, path)
+    if os.path.isdir(same):
         return same
     return member_v1_dir(root, own, ctrl)

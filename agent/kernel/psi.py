@@ -19,7 +19,6 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from agent.kernel.fd_budget import OUT_OF_FDS, FdBudget
 from agent.kernel.kernfs import GONE
@@ -31,10 +30,10 @@ class PsiRefused(Exception):
     """The kernel refuses PSI triggers altogether (message: why): stop asking."""
 
 
-def open_trigger(path: Path, stall_us: int, window_us: int) -> int | None:
+def open_trigger(path: str, stall_us: int, window_us: int) -> int | None:
     """A trigger fd `some <stall> <window>` on `<res>.pressure`; None when the file or the
     cgroup is absent (or one trigger failed); PsiRefused when no trigger can work."""
-    if not path.exists():
+    if not os.path.exists(path):
         return None
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)

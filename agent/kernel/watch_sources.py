@@ -23,7 +23,6 @@ import os
 import select
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.kernel.deferred import DeferredWork
@@ -74,7 +73,7 @@ class SlowSources:
         def _later(self, delay: float, fn: Callable[..., None], *args: object) -> None: ...
         def _reread(self, cg: WatchedCgroup, source: str, notified: bool = False,
                     text: str | bool | None = False) -> None: ...
-        def abs_path(self, path: str) -> Path: ...
+        def abs_path(self, path: str) -> str: ...
 
     def _watched(self, cg: WatchedCgroup) -> bool:
         return self.cgroups.get(cg.path) is cg
@@ -97,11 +96,10 @@ class SlowSources:
     # -- cgroup2 memory.events / pids.events ---------------------------------------------
     def _event_sources(self, cg: WatchedCgroup) -> None:
         d = self.abs_path(cg.path)
-        found: dict[str, Path] = {}
+        found: dict[str, str] = {}
         for source in _NOTIFIED:
-            local = d / f"{source}.local"
-            for path in (local, d / source):
-                if path.exists():
+            for path in (f"{d}/{source}.local", f"{d}/{source}"):
+                if os.path.exists(path):
                     found[source] = path
                     break
         texts = {} if cg.new else {s: read_text(p) for s, p in found.items()}
@@ -111,23 +109,23 @@ class SlowSources:
             dir_watched = cg.path in self._dir_by_path
             for source, path in found.items():
                 if dir_watched:
-                    cg.names[path.name] = source
-                    cg.files[source] = str(path)
+                    cg.names[os.path.basename(path)] = source
+                    cg.files[source] = path
                 else:
                     self._add_file(cg, source, path)
             for source in found:
                 if self._watched(cg):
                     self._reread(cg, source, text=texts.get(source, False))
 
-    def _add_file(self, cg: WatchedCgroup, source: str, path: Path) -> None:
+    def _add_file(self, cg: WatchedCgroup, source: str, path: str) -> None:
         """A watch of the file itself: for cgroups whose directory is not watched."""
         try:
-            wd = self.ino.add_watch(str(path), IN_MODIFY)
+            wd = self.ino.add_watch(path, IN_MODIFY)
         except OSError as e:
             if e.errno in GONE:
                 return  # absent on this kernel or controller
             raise
-        cg.files[source] = str(path)
+        cg.files[source] = path
         cg.wds[wd] = source
         self._file_wds[wd] = cg
 
@@ -146,14 +144,14 @@ class SlowSources:
             d = v1_dir(self.layout, cg.path, ctrl, (v1_paths or {}).get(ctrl))
             if d is not None:
                 dirs[ctrl] = d
-        sources: dict[str, tuple[Path, str | None]] = {}
+        sources: dict[str, tuple[str, str | None]] = {}
         oom: tuple[int, int] | None = None
         for ctrl, d in dirs.items():
             name = "memory.failcnt" if ctrl == "memory" else "pids.events"
-            if (d / name).exists():
-                sources[name] = (d / name, read_text(d / name))
+            if os.path.exists(f"{d}/{name}"):
+                sources[name] = (f"{d}/{name}", read_text(f"{d}/{name}"))
             if ctrl == "memory":
-                oom = self._open_oom(cg, d / "memory.oom_control")
+                oom = self._open_oom(cg, f"{d}/memory.oom_control")
         with self.lock:
             if not self._watched(cg):
                 if oom is not None:
@@ -163,18 +161,18 @@ class SlowSources:
                 return
             cg.v1_ctrls.update(dirs)
             for source, (path, text) in sources.items():
-                cg.files[source] = str(path)
+                cg.files[source] = path
                 cg.polled.add(source)
                 self._reread(cg, source, text=text)
             if oom is not None and self._watched(cg):
-                self._attach_oom(cg, oom, dirs["memory"] / "memory.oom_control")
+                self._attach_oom(cg, oom, f"{dirs['memory']}/memory.oom_control")
             missing = [c for c in wanted if c not in cg.v1_ctrls]
             if retry and missing and cg.v1_tries < _V1_RETRIES and self._watched(cg):
                 # A runtime moves a new process into each hierarchy in turn: ask again soon.
                 cg.v1_tries += 1
                 self._defer_v1(cg, _V1_RETRY_S)
 
-    def _open_oom(self, cg: WatchedCgroup, control: Path) -> tuple[int, int] | None:
+    def _open_oom(self, cg: WatchedCgroup, control: str) -> tuple[int, int] | None:
         """The v1 OOM eventfd and its control fd, within the fd budget."""
         if not self.fd_budget.take(2, "v1 OOM eventfd"):
             with self.lock:
@@ -196,10 +194,10 @@ class SlowSources:
         cg.v1_pending = True
         self.deferred.call(delay_s, self._setup_v1, cg, v1_paths, retry)
 
-    def _attach_oom(self, cg: WatchedCgroup, fds: tuple[int, int], control: Path) -> None:
+    def _attach_oom(self, cg: WatchedCgroup, fds: tuple[int, int], control: str) -> None:
         self._close_oom(cg)
         cg.oom_fds = fds
-        cg.files["memory.oom_control"] = str(control)
+        cg.files["memory.oom_control"] = control
         cg.polled.add("memory.oom_control")  # safety net: see _on_oom_eventfd
         self._reread(cg, "memory.oom_control")
         self._thread.add(fds[0], functools.partial(self._on_oom_eventfd, cg))
@@ -251,7 +249,7 @@ class SlowSources:
         opened: list[tuple[int, str]] = []
         try:
             for res in psi.resources:
-                fd = open_trigger(d / f"{res}.pressure", psi.stall_us, psi.window_us)
+                fd = open_trigger(f"{d}/{res}.pressure", psi.stall_us, psi.window_us)
                 if fd is not None:
                     opened.append((fd, res))
         except PsiRefused as e:
