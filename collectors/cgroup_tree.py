@@ -49,15 +49,23 @@ def walk(root: Path) -> list[CgroupDir]:
     return out
 
 
+def cgroup_path(root: str | Path, path: str) -> str:
+    """Absolute directory of a "/"-rooted cgroup path within the hierarchy at `root`, as a
+    plain string: pathlib interns every part of every path it parses (under churn, every
+    new cgroup's name), so per-cgroup work stays off it."""
+    rel = path.strip("/")
+    return f"{root}/{rel}" if rel else str(root)
+
+
 def cgroup_dir(root: Path, path: str) -> Path:
-    """Absolute directory of a "/"-rooted cgroup path within the hierarchy at `root`."""
-    return root / path.lstrip("/") if path != "/" else root
+    """cgroup_path as a Path."""
+    return Path(cgroup_path(root, path))
 
 
 def inode_of(root: Path, path: str) -> int | None:
     """Directory inode of one cgroup, None if it does not exist (any more)."""
     try:
-        return os.stat(cgroup_dir(root, path)).st_ino
+        return os.stat(cgroup_path(root, path)).st_ino
     except OSError:
         return None
 
@@ -65,7 +73,7 @@ def inode_of(root: Path, path: str) -> int | None:
 def read_procs(root: Path, path: str) -> tuple[int, ...]:
     """PIDs in cgroup.procs of one cgroup; () if the cgroup vanished or has no such file."""
     try:
-        with open(cgroup_dir(root, path) / "cgroup.procs", "rb") as f:
+        with open(f"{cgroup_path(root, path)}/cgroup.procs", "rb") as f:
             data = f.read()
     except OSError:
         # ENOENT/ENODEV: the cgroup vanished; EOPNOTSUPP: a threaded cgroup. Either way: none.

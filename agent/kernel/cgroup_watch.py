@@ -33,7 +33,7 @@ from agent.kernel.inotify import (
     IN_ONLYDIR,
     Inotify,
 )
-from agent.kernel.kernfs import GONE, counter_values, has_subdir, join, read_text
+from agent.kernel.kernfs import GONE, counter_values, has_subdir, read_text
 from agent.kernel.psi import PsiWaiter
 from agent.kernel.watch_sources import PSI_DELAY_S, SlowSources
 from agent.kernel.watch_thread import LoopBridge, locked
@@ -47,6 +47,7 @@ from agent.kernel.watched import (
 )
 from agent.model.snapshot import WorkloadIdentity
 from collectors.cgroup_dir import flat
+from collectors.cgroup_tree import cgroup_path
 from collectors.cgroup_v2 import cpu_sample
 from collectors.layout import CgroupLayout
 from collectors.samples import CgroupSample
@@ -138,7 +139,7 @@ class CgroupWatcher(SlowSources, LoopBridge):
             self.psi_waiter.close()
 
     def abs_path(self, path: str) -> str:
-        return join(self._root_str, path)
+        return cgroup_path(self._root_str, path)
 
     # -- the directory tree: IN_CREATE reports new cgroups at once -----------------------
     def _watch_subtree(self, top: str, report_new: bool) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+from collectors.cgroup_tree import cgroup_path
 from collectors.layout import CgroupLayout
 from collectors.parsers import ParseError, parse_flat, parse_proc_cgroup, parse_single
 
@@ -40,13 +41,6 @@ def read_text(path: str | Path) -> str | None:
         raise
 
 
-def join(root: str, rel: str) -> str:
-    """`rel` (a cgroup path, "/" for the root) under the directory `root`: plain strings, no
-    pathlib (which interns every part of every path it parses; under churn, every name)."""
-    rel = rel.strip("/")
-    return f"{root}/{rel}" if rel else root
-
-
 def member_v1_dir(root: str, ref_dir: str, ctrl: str) -> str | None:
     """A cgroup's directory in the v1 hierarchy at `root`, from a member's /proc/PID/cgroup.
 
@@ -62,7 +56,7 @@ def member_v1_dir(root: str, ref_dir: str, ctrl: str) -> str | None:
             continue
         at = member.get(ctrl)
         if at is not None and at.rsplit("/", 1)[-1] == ref_dir.rsplit("/", 1)[-1]:
-            return join(root, at)
+            return cgroup_path(root, at)
     return None
 
 
@@ -106,12 +100,12 @@ def v1_dir(layout: CgroupLayout, path: str, ctrl: str, given: str | None) -> str
     v1_root = layout.v1_root(ctrl)
     assert v1_root is not None
     root, ref = str(v1_root), str(layout.reference_root)
-    own = join(ref, path)
+    own = cgroup_path(ref, path)
     if root == ref:
         return own
     if given:
-        return join(root, given)
-    same = join(root, path)
+        return cgroup_path(root, given)
+    same = cgroup_path(root, path)
     if os.path.isdir(same):
         return same
     return member_v1_dir(root, own, ctrl)
