@@ -168,13 +168,17 @@ def test_process_in_new_net_namespace() -> None:
         deadline = time.monotonic() + 5
         while True:
             info = read_process(proc.pid)
-            if info is not None and info.namespaces["net"] != _ns("self", "net"):
+            # unshare(2) happens before exec: wait for both, the new namespace and "sleep"
+            if (
+                info is not None
+                and info.namespaces["net"] != _ns("self", "net")
+                and info.name == "sleep"
+            ):
                 break
-            assert time.monotonic() < deadline, "unshare did not take effect"
+            assert time.monotonic() < deadline, "unshare did not exec sleep in a new netns"
             time.sleep(0.01)
         assert info.namespaces["net"] == _ns(proc.pid, "net")
         assert info.namespaces["mnt"] == _ns("self", "mnt")
-        assert info.name == "sleep"
     finally:
         proc.kill()
         proc.wait()
