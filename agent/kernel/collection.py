@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from agent.core.component import AgentContext, Component
+from agent.core.urgency import URGENT
 from agent.identity.discovery import Discovery
 from agent.model.rates import compute_rates
 from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadState
@@ -120,7 +121,9 @@ class Collector:
         """Read samples (no rates yet); vanished cgroups are dropped from the result."""
         out: dict[str, WorkloadState] = {}
         self.reader.begin_pass()
+        give_way = URGENT.give_way  # a final read at `populated 0` goes first
         for ident in idents:
+            give_way()
             sample = self.reader.read(ident.cgroup, member_pid=ident.init_pid, in_pass=True)
             if sample.vanished:
                 continue

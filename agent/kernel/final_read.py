@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import HistogramMetricFamily
 
+from agent.core.urgency import URGENT, Urgency
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
 
@@ -97,8 +98,10 @@ def settled(read: Callable[[], bytes | None], tries: int = 3) -> bytes | None:
 class FinalReadThread:
     """One daemon thread reading final samples in the order the notifications came."""
 
-    def __init__(self, reader: CgroupReader) -> None:
+    def __init__(self, reader: CgroupReader, urgency: Urgency = URGENT) -> None:
         self.reader = reader
+        #: CPU-bound loops elsewhere give way while a read is queued (see agent.core.urgency).
+        self.urgency = urgency
         self.latency = LatencyHistogram()
         self._queue: queue.SimpleQueue[FinalRead | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="final-read", daemon=True)
@@ -106,6 +109,7 @@ class FinalReadThread:
 
     def submit(self, path: str, notified_ns: int,
                deliver: Callable[[CgroupSample], None]) -> None:
+        self.urgency.begin()
         self._queue.put(FinalRead(path, notified_ns, deliver))
 
     def alive(self) -> bool:
@@ -115,7 +119,8 @@ class FinalReadThread:
         # Reads still queued at shutdown are dropped: their cgroups get final: false.
         with contextlib.suppress(queue.Empty):
             while True:
-                self._queue.get_nowait()
+                if self._queue.get_nowait() is not None:
+                    self.urgency.end()
         self._queue.put(None)
         self._thread.join(timeout=5)
 
@@ -129,6 +134,8 @@ class FinalReadThread:
             except Exception:
                 log.exception("final read of %s failed", job.path)
                 continue
+            finally:
+                self.urgency.end()
             self.latency.observe((time.monotonic_ns() - job.notified_ns) / 1e9)
             try:
                 job.deliver(sample)

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+from agent.core.urgency import URGENT
+
 log = logging.getLogger("agent.kernel.watch")
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,6 +36,7 @@ class WatchThread:
         #: Called every `tick_s` while it returns True (set and cleared in this thread only).
         self._ticker: Callable[[], bool] | None = None
         self._tick_s = 0.002
+        self._urgency = URGENT
         self._ticking = False
         self._thread: threading.Thread | None = None
         #: Set at close: a handler in the middle of a burst stops early.
@@ -88,29 +91,43 @@ class WatchThread:
                 continue
             except (OSError, ValueError):
                 return  # closed
-            if self._ticking and time.monotonic() >= next_tick:
+            # A notification may be a cgroup's `populated 0`: the loops that hold the GIL
+            # for long give way until it is handled (agent.core.urgency).
+            tick = self._ticking and time.monotonic() >= next_tick
+            if tick:
                 next_tick = time.monotonic() + self._tick_s
-                ticker = self._ticker
-                try:
-                    self._ticking = ticker is not None and ticker()
-                except Exception:
-                    log.exception("kernel watch ticker failed")
-                    self._ticking = False
-            for fd, _mask in ready:
-                if fd == self._wake:
+            self._urgency.begin()
+            try:
+                if self._handle(ready, tick):
                     return
-                if fd == self._wake_tick:
-                    with contextlib.suppress(BlockingIOError):
-                        os.eventfd_read(fd)
-                    self._ticking = True  # only this thread sets it: no lost wake-up
-                    continue
-                handler = self._handlers.get(fd)
-                if handler is None:
-                    continue
-                try:
-                    handler()
-                except Exception:
-                    log.exception("kernel watch handler failed")
+            finally:
+                self._urgency.end()
+
+    def _handle(self, ready: list[tuple[int, int]], tick: bool) -> bool:
+        """Run the ticker (when `tick`) and the handlers of the ready fds; True: closing."""
+        if tick:
+            ticker = self._ticker
+            try:
+                self._ticking = ticker is not None and ticker()
+            except Exception:
+                log.exception("kernel watch ticker failed")
+                self._ticking = False
+        for fd, _mask in ready:
+            if fd == self._wake:
+                return True
+            if fd == self._wake_tick:
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(fd)
+                self._ticking = True  # only this thread sets it: no lost wake-up
+                continue
+            handler = self._handlers.get(fd)
+            if handler is None:
+                continue
+            try:
+                handler()
+            except Exception:
+                log.exception("kernel watch handler failed")
+        return False
 
 
 class LoopBridge:

@@ -2,11 +2,13 @@
 
 50 cgroup lives a second (cgroup2 and the v1 hierarchies, under our own prefix, removed 10 ms
 after emptying), a /metrics scrape every second, an SSE client on the event stream, and
-`agentctl ls` every 5 s. Printed at the start and at the end: the agent's fds, inotify watches
-(from /proc/<pid>/fdinfo), RSS, the prefix's nr_dying_descendants, and the populated-0 -> final
-read latency p50/p99 (from container_agent_final_read_latency_seconds, bucket upper bounds);
-also the scrape and /healthz latency p50/p99 during the run. Asserts nothing about time.
-Run as root: `.venv/bin/python tests/bench/bench_soak.py [--duration SECONDS]`.
+`agentctl ls` every 5 s; with `--idle N`, N more cgroups each holding a sleeping process (issue
+11 asks for the final-read latency at 1,000 cgroups with a cycle running). Printed at the start
+and at the end: the agent's fds, inotify watches (from /proc/<pid>/fdinfo), RSS, the prefix's
+nr_dying_descendants, and the populated-0 -> final read latency p50/p99 (from
+container_agent_final_read_latency_seconds, bucket upper bounds); also the scrape and /healthz
+latency p50/p99 during the run. Asserts nothing about time.
+Run as root: `.venv/bin/python tests/bench/bench_soak.py [--duration SECONDS] [--idle N]`.
 """
 
 from __future__ import annotations
@@ -159,8 +161,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=600.0, help="seconds of churn (600)")
     p.add_argument("--rate", type=float, default=50.0, help="cgroup lives per second (50)")
+    p.add_argument("--idle", type=int, default=0,
+                   help="cgroups holding a sleeping process, besides the churn (0)")
     args = p.parse_args()
     with cgroup_factory("soak") as factory, tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.idle):
+            factory.create(f"idle-{i:05d}").spawn(["sleep", str(int(args.duration) + 900)])
         agent = RunningAgent(Path(tmp), {"interval": 1}, [])
         try:
             agent.wait_ready(timeout=180)  # a host busy with other cgroups starts slowly
