@@ -21,6 +21,7 @@ from agent.exporters.metrics import (
     label_value,
     render_specs,
 )
+from agent.exporters.render_rows import RowCache
 from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
 from collectors.samples import UNLIMITED, CgroupSample, CpuSample, MemorySample
 
@@ -134,7 +135,7 @@ def _threads_max(s: CgroupSample) -> float | None:
 
 CADVISOR_SPECS: tuple[Spec, ...] = (
     Spec("container_last_seen", "gauge", "Last time the container was seen",
-         _value(lambda s: s.wall_ns / 1e9)),
+         _value(lambda s: s.wall_ns / 1e9), volatile=True),
     Spec("container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed",
          _cpu_total, ("cpu",)),
     Spec("container_cpu_user_seconds_total", "counter", "Cumulative user cpu time",
@@ -191,10 +192,11 @@ CADVISOR_SPECS: tuple[Spec, ...] = (
 )
 
 
-def cadvisor_render(snapshot: Snapshot) -> list[RenderedFamily]:
-    """The cAdvisor families as exposition lines (the scrape path)."""
+def cadvisor_render(snapshot: Snapshot, cache: RowCache | None = None) -> list[RenderedFamily]:
+    """The cAdvisor families as exposition lines (the scrape path; `cache`: see
+    agent.exporters.render_rows)."""
     return render_specs(snapshot.workloads.values(), CADVISOR_SPECS, _label_names,
-                        _labels_with_runtime_labels)
+                        _labels_with_runtime_labels, cache)
 
 
 def cadvisor_families(snapshot: Snapshot) -> list[Metric]:

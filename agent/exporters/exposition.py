@@ -26,6 +26,7 @@ from agent.exporters.metrics import (
     DEFAULT_OPTIONS,
     MetricsOptions,
     RenderedFamily,
+    WorkloadRowCaches,
     agent_families,
     render_workload_families,
 )
@@ -92,6 +93,8 @@ class MetricsRenderer:
         self._lock = threading.Lock()
         self._families: list[RenderedFamily] = []
         self._tails: dict[bool, bytes] = {}
+        #: Each workload's rendered lines, reused while its values are unchanged.
+        self._rows = WorkloadRowCaches()
         #: Sequence number of the snapshot rendered (None: nothing rendered).
         self._seq: int | None = None
         #: Snapshots rendered (each at most once; tests and benchmarks read it).
@@ -121,9 +124,9 @@ class MetricsRenderer:
         others = agent_families(snapshot)
         others.extend(self_families())
         others.extend(self._component_families(snapshot, per_cycle=True))
-        families = render_workload_families(snapshot, self.options)
+        families = render_workload_families(snapshot, self.options, self._rows)
         if self.cadvisor:
-            families += cadvisor_render(snapshot)
+            families += cadvisor_render(snapshot, self._rows.cadvisor)
         self._tails = {om: _render(others, om) for om in (False, True)}
         self._families = families
         self._seq = snapshot.seq

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent.core.config import METRIC_GROUPS
+from agent.core.urgency import URGENT
+from agent.exporters.render_rows import LabelsOf, RowCache
 from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
 from collectors.samples import UNLIMITED, CgroupSample
 
@@ -68,6 +70,9 @@ class Spec:
     extra: tuple[str, ...] = ()
     #: The metric group (MetricsOptions.groups) it belongs to; "" for the cAdvisor table.
     group: str = ""
+    #: Its value depends on the read's time, not only on the values read: rendered anew
+    #: even for a workload whose values did not change (render_rows).
+    volatile: bool = False
 
 
 def _one(get: Callable[[CgroupSample], float | None], scale: float = 1.0) -> Callable[
@@ -275,7 +280,6 @@ class Families:
 
 
 #: The label names of a spec table and how a workload fills them.
-LabelsOf = Callable[[WorkloadState], list[str]]
 
 
 def families_from_specs(
@@ -304,25 +308,19 @@ def snapshot_families(snapshot: Snapshot) -> list[Metric]:
             *agent_families(snapshot)]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if value != value:
-        return "NaN"
-    return repr(float(value))
-
-
 @dataclass(frozen=True, slots=True)
 class RenderedFamily:
-    """One family's sample lines, with its header for each format (rendered once for both)."""
+    """One family's sample lines, with its header for each format (rendered once for both).
+    The lines are kept as the workloads' pieces (the row cache's bytes, shared) and joined
+    per scrape: a rendering then holds no second copy of the body between scrapes."""
 
     text_header: bytes
     om_header: bytes
-    lines: bytes
+    pieces: tuple[bytes, ...]
+
+    @property
+    def lines(self) -> bytes:
+        return b"".join(self.pieces)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,41 +342,45 @@ def _id_label(w: WorkloadState) -> list[str]:
 
 
 def render_workload_families(
-    snapshot: Snapshot, options: MetricsOptions = DEFAULT_OPTIONS
+    snapshot: Snapshot, options: MetricsOptions = DEFAULT_OPTIONS,
+    caches: WorkloadRowCaches | None = None,
 ) -> list[RenderedFamily]:
-    """The workload metrics as exposition lines, straight from WORKLOAD_SPECS."""
+    """The workload metrics as exposition lines, straight from WORKLOAD_SPECS (`caches`: the
+    rows of the last render, reused for workloads whose values did not change)."""
     workloads = [w for w in snapshot.workloads.values()
                  if options.plain_cgroups or w.identity.kind is not WorkloadKind.CGROUP]
     info, *rest = WORKLOAD_SPECS
     specs = [s for s in rest if s.group in options.groups]
+    c = caches if caches is not None else WorkloadRowCaches()
     if options.identity_labels:
-        return render_specs(workloads, [info, *specs], LABELS, workload_labels)
-    return [*render_specs(workloads, [info], LABELS, workload_labels),
-            *render_specs(workloads, specs, ["id"], _id_label)]
+        return render_specs(workloads, [info, *specs], LABELS, workload_labels, c.info)
+    return [*render_specs(workloads, [info], LABELS, workload_labels, c.info),
+            *render_specs(workloads, specs, ["id"], _id_label, c.metrics)]
+
+
+@dataclass(slots=True)
+class WorkloadRowCaches:
+    """The row caches of the workload tables (one per table: their rows differ)."""
+
+    info: RowCache = field(default_factory=RowCache)
+    metrics: RowCache = field(default_factory=RowCache)
+    cadvisor: RowCache = field(default_factory=RowCache)
 
 
 def render_specs(
     workloads: Iterable[WorkloadState], specs: Iterable[Spec], names: list[str],
-    labels_of: LabelsOf,
+    labels_of: LabelsOf, cache: RowCache | None = None,
 ) -> list[RenderedFamily]:
-    """A spec table as exposition lines: each workload's label text is built once."""
-    workloads = list(workloads)
-    prefixes = [
-        ",".join(f'{k}="{_escape(v)}"' for k, v in zip(names, labels_of(w), strict=True))
-        for w in workloads
-    ]
+    """A spec table as exposition lines: each workload's row of lines comes from `cache`
+    while its values are unchanged (see agent.exporters.render_rows); None renders all."""
+    specs = list(specs)
+    table = cache if cache is not None else RowCache()
+    rows = table.rows(list(workloads), specs, names, labels_of)
     out: list[RenderedFamily] = []
-    for spec in specs:
-        lines: list[str] = []
-        for w, prefix in zip(workloads, prefixes, strict=True):
-            for extra, value in spec.values(w):
-                if extra:
-                    extra_text = ",".join(
-                        f'{k}="{_escape(v)}"' for k, v in zip(spec.extra, extra, strict=True))
-                    lines.append(f"{spec.name}{{{prefix},{extra_text}}} {_number(value)}\n")
-                else:
-                    lines.append(f"{spec.name}{{{prefix}}} {_number(value)}\n")
-        if not lines:
+    for i, spec in enumerate(specs):
+        URGENT.give_way()  # a final read at `populated 0` goes first
+        pieces = tuple(piece for row in rows if (piece := row[i]))
+        if not pieces:
             continue
         # OpenMetrics names a counter family without its samples' `_total` suffix.
         om_family = spec.name
@@ -387,7 +389,7 @@ def render_specs(
         out.append(RenderedFamily(
             f"# HELP {spec.name} {spec.help}\n# TYPE {spec.name} {spec.type}\n".encode(),
             f"# HELP {om_family} {spec.help}\n# TYPE {om_family} {spec.type}\n".encode(),
-            "".join(lines).encode(),
+            pieces,
         ))
     return out
 
