@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: run test test-v2 lint system-deps bench dashboards clean
+.PHONY: run test test-v2 lint system-deps bench dashboards clean bpf-optional
+# The eBPF program that keeps a cgroup's CPU counter at its rmdir (collectors/final_cpu.py).
+BPF_OBJ := collectors/bpf/final_cpu.bpf.o
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +18,16 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(VPY) -m pip install -q -e '.[test]'
 	touch $@
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed bpf-optional
 	$(VENV)/bin/agentd
+
+$(BPF_OBJ): collectors/bpf/final_cpu.bpf.c collectors/bpf/build.sh
+	bash collectors/bpf/build.sh
+
+# `make run` without clang/bpftool: the agent runs without the rmdir probe (and says so).
+bpf-optional:
+	@if [ ! -e $(BPF_OBJ) ] || [ collectors/bpf/final_cpu.bpf.c -nt $(BPF_OBJ) ]; then \
+		bash collectors/bpf/build.sh --optional; fi
 
 system-deps:
 	bash tests/setup/install-system.sh
@@ -35,15 +45,15 @@ dashboards: $(VENV)/.installed-dashboards
 	$(VPY) -m dashboards
 
 # CA_STRICT_SKIPS=1: a skip outside tests/skip_allowlist.py fails the run.
-test: system-deps $(VENV)/.installed-test lint
+test: system-deps $(VENV)/.installed-test $(BPF_OBJ) lint
 	CA_STRICT_SKIPS=1 $(VPY) -m pytest -p no:cacheprovider tests
 
 # The pure cgroup v2 tests (tests/test_v2_*.py) in a Debian 12 guest with systemd, under qemu.
-test-v2: system-deps $(VENV)/.installed-test
+test-v2: system-deps $(VENV)/.installed-test $(BPF_OBJ)
 	PYTHON=$(VPY) bash tests/v2host/run.sh
 
 bench: $(VENV)/.installed-test
 	for b in tests/bench/bench_*.py; do $(VPY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(BPF_OBJ)

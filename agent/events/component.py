@@ -17,12 +17,12 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from agent.core.component import AgentContext, Component, Setting
+from agent.core.component import AgentContext, Component
 from agent.core.store_writer import StoreClosed, store_families
 from agent.events.api import EventsApi, Hub
 from agent.events.lifecycle import (
@@ -37,6 +37,8 @@ from agent.events.lifecycle import (
 )
 from agent.events.model import Event, EventContainer, EventType, severity_for
 from agent.events.poll_scope import limited_subtrees
+from agent.events.rmdir_final import RmdirFinals
+from agent.events.settings import SETTINGS
 from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
 from agent.kernel.cgroup_watch import CgroupWatcher
@@ -83,50 +85,6 @@ def _inode(watcher: CgroupWatcher | None, path: str) -> int | None:
         return None
 
 
-def _resources(v: Any) -> str | None:
-    bad = [r for r in v if r not in ("cpu", "memory", "io", "irq")]
-    return f"unknown PSI resource {bad[0]!r} (cpu, memory, io, irq)" if bad else None
-
-
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be > 0"
-
-
-def _share(v: Any) -> str | None:
-    return None if 0 < v <= 1 else "must be in (0, 1]"
-
-
-def _window(v: Any) -> str | None:
-    return None if 500_000 <= v <= 10_000_000 else "must be between 500000 and 10000000 µs"
-
-
-SETTINGS: Mapping[str, Setting] = MappingProxyType(
-    {
-        "retention_days": Setting((int, float), 14, "keep events this many days", _positive),
-        "retention_count": Setting(int, 100_000, "keep at most this many events", _positive),
-        "some_stall_us": Setting(int, 150_000, "PSI trigger: stall µs per window", _positive),
-        "window_us": Setting(int, 2_000_000, "PSI trigger window, µs (2 s multiples "
-                             "without CAP_SYS_RESOURCE)", _window),
-        "pressure_resources": Setting(list, ["cpu", "memory", "io"], "PSI files to watch",
-                                      _resources),
-        "cpu_throttled_share": Setting((int, float), 0.25, "throttled share of a cycle", _share),
-        "grafana_url": Setting(str, "", "Grafana base URL for annotations (empty: off)"),
-        "grafana_token": Setting(str, "", "Grafana service account token"),
-        "webhook_url": Setting(str, "", "URL that receives each event as JSON (empty: off)"),
-        "queue_size": Setting(int, 1000, "events queued per sink before dropping", _positive),
-        "retry_limit": Setting(int, 5, "delivery retries after the first try"),
-        "retry_backoff_s": Setting((int, float), 0.5, "first retry delay, doubled each time",
-                                   _positive),
-        "retry_backoff_max_s": Setting((int, float), 30, "longest retry delay", _positive),
-        "delivery_timeout_s": Setting((int, float), 5, "timeout of one delivery", _positive),
-        "poll_interval_s": Setting((int, float), 0.5, "polling of v1 counters without "
-                                   "notification (pids.events, memory.failcnt)", _positive),
-        "heartbeat_s": Setting((int, float), 15, "SSE keep-alive comment interval", _positive),
-        "watch_new_cgroups": Setting(bool, True, "inotify the whole tree for new cgroups"),
-    }
-)
-
-
 class EventsComponent(Component):
     name = "events"
     settings = SETTINGS
@@ -139,6 +97,7 @@ class EventsComponent(Component):
         self.sinks: list[Sink] = []
         self.watcher: CgroupWatcher | None = None
         self.final_reads: FinalReadThread | None = None
+        self.rmdir = RmdirFinals()
         self._own_watcher = False
         #: Final reads under way per incarnation, and the incarnations removed meanwhile.
         self._final_pending: Counter[tuple[str, int]] = Counter()
@@ -166,6 +125,8 @@ class EventsComponent(Component):
         self.hub.last_id = await asyncio.to_thread(self.log.last_id)
         self._api.heartbeat_s = float(cfg.get("heartbeat_s", 15))
         self.final_reads = FinalReadThread(ctx.reader or CgroupReader(ctx.layout))
+        ctx.host_facts["final_cpu_at_rmdir"] = await asyncio.to_thread(
+            self.rmdir.open, ctx.layout, bool(cfg.get("rmdir_probe", True)))
         self._prune()
         self.sinks = build_sinks({**{k: s.default for k, s in SETTINGS.items()}, **cfg})
         for sink in self.sinks:
@@ -212,6 +173,7 @@ class EventsComponent(Component):
             if self.ctx is not None and self.final_reads.reader is not self.ctx.reader:
                 self.final_reads.reader.close()  # its own (no daemon's reader to share)
             self.final_reads = None
+        self.rmdir.close()
         self.hub.close()
         await asyncio.gather(*(s.stop() for s in self.sinks), return_exceptions=True)
 
@@ -303,8 +265,11 @@ class EventsComponent(Component):
             self._final_pending[key] += 1
 
         def deliver(sample: CgroupSample) -> None:
+            last = at_empty
+            if sample.vanished or sample.cpu is None:  # removed first: the rmdir kept its CPU
+                last = self.rmdir.sample(cg, wait=True) or at_empty
             with contextlib.suppress(RuntimeError):  # loop closed at shutdown
-                loop.call_soon_threadsafe(self._after_final, cg, sample, at_empty)
+                loop.call_soon_threadsafe(self._after_final, cg, sample, last)
 
         reads.submit(cg.path, cg.notified_ns or time.monotonic_ns(), deliver)
 
@@ -415,9 +380,12 @@ class EventsComponent(Component):
             # The final read may have reopened files after the tree watch let them go: release
             # again once it is done, so no fd pins the removed cgroup (idempotent).
             self.final_reads.reader.release(cg.path)
-        if self._running.get(key):
-            # Removed before we could read it (or while we were not told): last cycle's data.
-            self._stopped(cg.identity, self._last_sample(cg.identity), final=False)
+        rmdir = self.rmdir.sample(cg, wait=False)  # taken in any case: each is used once
+        if self._running.get(key) or (key not in self._running and rmdir is not None):
+            if rmdir is not None:  # removed before any read: the CPU its rmdir kept
+                self._emptied(cg, rmdir, partial=True)
+            else:  # removed before we could read it, or while we were not told: last cycle's
+                self._stopped(cg.identity, self._last_sample(cg.identity), final=False)
         self._running.pop(key, None)
         self._usage.pop(key, None)
 

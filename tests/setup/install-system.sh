@@ -3,7 +3,8 @@
 # reports what is missing: the tests that need these skip with the reason.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-pkgs=(runc busybox-static iproute2 prometheus procps)
+# clang, llvm, bpftool, libbpf-dev: `make` builds the rmdir probe (collectors/bpf); libbpf1 loads it.
+pkgs=(runc busybox-static iproute2 prometheus procps clang llvm bpftool libbpf-dev libbpf1)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

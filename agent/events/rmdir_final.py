@@ -1,0 +1,62 @@
+"""A cgroup's final CPU counter from its rmdir (collectors.final_cpu), for the lifecycle.
+
+When a runtime removes a cgroup at once, the final read at `populated 0` finds its files gone
+(or never gets the notice): what the kernel counted is then only known from the eBPF program
+that ran inside the rmdir. Its value is what cpu.stat would have shown at the rmdir, so it
+stands for the final read's CPU (a CPU-only final, like the read from the kept fd at
+`populated 0`, which it beats: that one can miss the exiting task's last slice).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from agent.kernel.watched import WatchedCgroup
+from collectors.final_cpu import ProbeUnavailable, RmdirCpuProbe
+from collectors.layout import CgroupLayout
+from collectors.samples import CgroupSample, CpuSample
+
+log = logging.getLogger("agent.events")
+
+
+class RmdirFinals:
+    def __init__(self) -> None:
+        self.probe: RmdirCpuProbe | None = None
+        #: What /api/v1/host says of it ("ebpf", or "off: <why>").
+        self.fact = "off: not started"
+
+    def open(self, layout: CgroupLayout, enabled: bool) -> str:
+        """Load the probe where it can run; the host fact either way (blocking: in a thread)."""
+        if not enabled:
+            self.fact = "off: events.rmdir_probe = false"
+        elif layout.unified is None:
+            self.fact = "off: no cgroup2 hierarchy (CPU comes from cpuacct)"
+        else:
+            try:
+                self.probe = RmdirCpuProbe.open()
+                self.fact = "ebpf"
+            except ProbeUnavailable as e:
+                self.fact = f"off: {e}"
+                log.info("final CPU at rmdir not kept: %s", e)
+        return self.fact
+
+    def sample(self, cg: WatchedCgroup, wait: bool) -> CgroupSample | None:
+        """The counter kept at `cg`'s rmdir as a CPU-only final sample (taken: once only);
+        `wait`: allow the few µs by which the rmdir's tracepoint follows its files' removal
+        (call it off the event loop then)."""
+        probe = self.probe
+        if probe is None:
+            return None
+        got = probe.wait_take(cg.inode) if wait else probe.take(cg.inode)
+        if got is None:
+            return None
+        # bpf_ktime_get_ns() is CLOCK_MONOTONIC: the rmdir's wall time from the same offset.
+        wall = time.time_ns() - (time.monotonic_ns() - got.at_ns)
+        return CgroupSample(cg.path, cg.inode, got.at_ns, wall,
+                            cpu=CpuSample(usage_usec=got.usage_usec), populated=False)
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
+            self.probe = None
