@@ -28,6 +28,8 @@ mkdir -p "$work/stage/repo" "$work/stage/results"
 (cd "$repo" && git ls-files -z -co --exclude-standard \
     | xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh \
     | tar --null -T - -cf -) | tar -xf - -C "$work/stage/repo"
+# Built by make, ignored by git: the rmdir eBPF program (CO-RE: relocated to the guest's kernel).
+cp "$repo/collectors/bpf/final_cpu.bpf.o" "$work/stage/repo/collectors/bpf/"
 mkfs.ext4 -q -F -L ca-v2-work -d "$work/stage" "$work/work.img" 256M
 
 echo "v2 guest: booting (TCG, 2 CPUs, 2 GiB, at most ${limit} s)"
