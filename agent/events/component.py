@@ -42,7 +42,7 @@ from agent.events.settings import SETTINGS
 from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
 from agent.kernel.cgroup_watch import CgroupWatcher
-from agent.kernel.final_read import FinalReadThread, latency_family
+from agent.kernel.final_read import FinalReadThread, latency_family, recent_latency_family
 from agent.kernel.watched import NoListener, PollScope, PsiTrigger, WatchedCgroup
 from agent.model.snapshot import Snapshot, WorkloadIdentity, WorkloadState
 from collectors.cgroupfs import CgroupReader
@@ -198,6 +198,7 @@ class EventsComponent(Component):
             out.extend(store_families(self.log.store.writer))
         if self.final_reads is not None:
             out.append(latency_family(self.final_reads.latency))
+            out.append(recent_latency_family(self.final_reads.latency))
         return out
 
     def emit(

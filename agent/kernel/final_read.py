@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from agent.core.urgency import URGENT, Urgency
 from collectors.cgroupfs import CgroupReader
@@ -141,6 +141,24 @@ class FinalReadThread:
                 job.deliver(sample)
             except Exception:
                 log.exception("final sample of %s not delivered", job.path)
+
+
+#: The quantiles of the recent latencies exported exactly (the histogram's buckets only bound
+#: them: a p99 "<= 10 ms" or "<= 25 ms" says less than the value).
+RECENT_QUANTILES = (0.5, 0.9, 0.99)
+
+
+def recent_latency_family(hist: LatencyHistogram) -> GaugeMetricFamily:
+    fam = GaugeMetricFamily(
+        "container_agent_final_read_latency_recent_seconds",
+        f"Quantiles of the last {_RECENT // 2}-{_RECENT} final reads' latency (exact, from "
+        "a ring of the latest values)", labels=["quantile"],
+    )
+    for q in RECENT_QUANTILES:
+        value = hist.quantile(q)
+        if value is not None:
+            fam.add_metric([repr(q)], value)
+    return fam
 
 
 def latency_family(hist: LatencyHistogram) -> HistogramMetricFamily:

@@ -31,6 +31,16 @@ from tests.support.churn import Churn, agent_fds, inotify_watches
 
 _BUCKET = re.compile(
     r'^container_agent_final_read_latency_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+_RECENT = re.compile(
+    r'^container_agent_final_read_latency_recent_seconds\{quantile="([^"]+)"\} (\S+)$', re.M)
+
+
+def _recent_quantiles(metrics: str) -> str:
+    """The exact quantiles of the latest 2,048-4,096 final reads (the agent's ring)."""
+    found = {q: float(v) for q, v in _RECENT.findall(metrics)}
+    if not found:
+        return "none yet"
+    return ", ".join(f"p{float(q) * 100:g} {v * 1e3:.2f} ms" for q, v in found.items())
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -71,11 +81,13 @@ def _dying(factory: CgroupFactory) -> int:
 def report(label: str, agent: RunningAgent, factory: CgroupFactory) -> None:
     pid = agent.proc.pid
     fds = agent_fds(pid)
+    metrics = agent.get_text("/metrics")
     print(f"[{label}] fds {len(fds)} (on removed dirs: "
           f"{sum(1 for f in fds if '(deleted)' in f)}), inotify watches "
           f"{inotify_watches(pid)}, RSS {_rss_kib(pid) / 1024:.1f} MiB, prefix "
           f"nr_dying_descendants {_dying(factory)}, final read "
-          f"{_latency_quantiles(agent.get_text('/metrics'))}")
+          f"{_latency_quantiles(metrics)}; the latest reads exactly: "
+          f"{_recent_quantiles(metrics)}")
 
 
 class Load:
@@ -90,6 +102,8 @@ class Load:
         self.ls_failures = 0
         #: The agent's RSS (MiB) each minute of the churn: warm-up and growth told apart.
         self.rss_mib: list[float] = []
+        #: The exact quantiles of the latest final reads, each minute.
+        self.recent_latency: list[str] = []
         self.threads = [threading.Thread(target=f, daemon=True)
                         for f in (self._scrape, self._sse, self._ls, self._rss)]
 
@@ -119,6 +133,10 @@ class Load:
     def _rss(self) -> None:
         while not self.stop.wait(60.0):
             self.rss_mib.append(_rss_kib(self.agent.proc.pid) / 1024)
+            try:
+                self.recent_latency.append(_recent_quantiles(self.agent.get_text("/metrics")))
+            except OSError:
+                self.recent_latency.append("(no answer)")
 
     def _sse(self) -> None:
         req = urllib.request.Request(self.agent.base_url + "/api/v1/events/stream?since=0")
@@ -195,6 +213,8 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
           f"SSE {load.sse_bytes / 1e6:.1f} MB; agentctl ls failures {load.ls_failures}")
     print("RSS each minute of the churn (MiB): "
           + ", ".join(f"{r:.1f}" for r in load.rss_mib))
+    print("final read latency of the latest reads, each minute: "
+          + "; ".join(load.recent_latency))
 
 
 
