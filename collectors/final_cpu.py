@@ -82,7 +82,7 @@ class RmdirCpuProbe:
     def __init__(self, lib: ctypes.CDLL, obj: int, link: int, map_fd: int) -> None:
         self._lib, self._link, self._map_fd = lib, link, map_fd
         self._obj: int | None = obj
-        #: Entries taken (tests and /api/v1/host read it).
+        #: Entries taken (tests read it).
         self.taken = 0
 
     @classmethod
