@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from tests.support.churn_checks import usage_usec
 from tests.support.v2guest import (
     CGROUP_ROOT,
     ensure_agent_running,
@@ -19,11 +20,6 @@ from tests.support.v2guest import (
 )
 
 BURN = "i=0; while [ $i -lt 40000 ]; do i=$((i+1)); done"
-
-
-def _usage_usec(d: Path) -> int:
-    stat = dict(line.split() for line in (d / "cpu.stat").read_text().splitlines())
-    return int(stat["usage_usec"])
 
 
 def test_a_cgroup_removed_at_once_ends_with_its_exact_cpu() -> None:
@@ -57,7 +53,7 @@ def test_a_cgroup_removed_at_once_ends_with_its_exact_cpu() -> None:
                                f"{cgroup} stopped")
             fields = stopped[-1]["fields"]
             assert fields["final"] is True, fields
-            assert fields["cpu_usage_usec"] == _usage_usec(parent) > 0, fields
+            assert fields["cpu_usage_usec"] == usage_usec(parent) > 0, fields
     finally:
         for parent in parents:
             for d in (parent / "life", parent):

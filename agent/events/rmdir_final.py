@@ -23,23 +23,20 @@ log = logging.getLogger("agent.events")
 class RmdirFinals:
     def __init__(self) -> None:
         self.probe: RmdirCpuProbe | None = None
-        #: What /api/v1/host says of it ("ebpf", or "off: <why>").
-        self.fact = "off: not started"
 
     def open(self, layout: CgroupLayout, enabled: bool) -> str:
-        """Load the probe where it can run; the host fact either way (blocking: in a thread)."""
+        """Load the probe where it can run; what /api/v1/host says of it ("ebpf", or
+        "off: <why>"). Blocking: call it in a thread."""
         if not enabled:
-            self.fact = "off: events.rmdir_probe = false"
-        elif layout.unified is None:
-            self.fact = "off: no cgroup2 hierarchy (CPU comes from cpuacct)"
-        else:
-            try:
-                self.probe = RmdirCpuProbe.open()
-                self.fact = "ebpf"
-            except ProbeUnavailable as e:
-                self.fact = f"off: {e}"
-                log.info("final CPU at rmdir not kept: %s", e)
-        return self.fact
+            return "off: events.rmdir_probe = false"
+        if layout.unified is None:
+            return "off: no cgroup2 hierarchy (CPU comes from cpuacct)"
+        try:
+            self.probe = RmdirCpuProbe.open()
+        except ProbeUnavailable as e:
+            log.info("final CPU at rmdir not kept: %s", e)
+            return f"off: {e}"
+        return "ebpf"
 
     def sample(self, cg: WatchedCgroup, wait: bool) -> CgroupSample | None:
         """The counter kept at `cg`'s rmdir as a CPU-only final sample (taken: once only);

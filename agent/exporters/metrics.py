@@ -24,7 +24,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent.core.config import METRIC_GROUPS
-from agent.core.urgency import URGENT
 from agent.exporters.render_rows import LabelsOf, RowCache
 from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
 from collectors.samples import UNLIMITED, CgroupSample
@@ -279,9 +278,6 @@ class Families:
         return iter(self._by_name.values())
 
 
-#: The label names of a spec table and how a workload fills them.
-
-
 def families_from_specs(
     workloads: Iterable[WorkloadState], specs: Iterable[Spec], names: list[str],
     labels_of: LabelsOf,
@@ -378,7 +374,6 @@ def render_specs(
     rows = table.rows(list(workloads), specs, names, labels_of)
     out: list[RenderedFamily] = []
     for i, spec in enumerate(specs):
-        URGENT.give_way()  # a final read at `populated 0` goes first
         pieces = tuple(piece for row in rows if (piece := row[i]))
         if not pieces:
             continue
