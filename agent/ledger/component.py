@@ -24,8 +24,9 @@ from prometheus_client.metrics_core import Metric
 from agent.api.errors import json_error
 from agent.core.component import AgentContext, Component, Setting
 from agent.core.exit_codes import ExitCode
-from agent.ledger.export import ExportError, MissingPyarrow, check_format, check_group_by, export
+from agent.ledger.export import ExportError, check_format, check_group_by
 from agent.ledger.export import parse_time as parse_export_time
+from agent.ledger.export_relay import ExportJob, ExportRunner
 from agent.ledger.ledger import Ledger
 from agent.ledger.storage import LedgerStorage
 from agent.model.snapshot import Snapshot, WorkloadIdentity
@@ -74,6 +75,8 @@ class LedgerComponent(Component):
         self._finals: queue.SimpleQueue[tuple[WorkloadIdentity, CgroupSample] | None] = (
             queue.SimpleQueue())
         self._final_writer: threading.Thread | None = None
+        #: Billing exports, each in a child process (agent.ledger.export_relay says why).
+        self._exports = ExportRunner()
 
     async def start(self, ctx: AgentContext) -> None:
         conf = ctx.section(self.name)
@@ -175,18 +178,10 @@ class LedgerComponent(Component):
         if self.ledger is None:
             return json_error("the ledger is not running", ExitCode.UNAVAILABLE)
         ledger = self.ledger
-
-        def run() -> tuple[bytes, str]:
-            if include_open:  # open rows as of now, idle stretches included
-                ledger.flush_idle()
-            return export(ledger.storage.rows(start, end, include_open), fmt, group_by)
-
-        try:
-            body, media = await asyncio.to_thread(run)
-        except MissingPyarrow as e:
-            return json_error(str(e), ExitCode.FAILED, status=501)
-        except ExportError as e:
-            return json_error(str(e), ExitCode.USAGE)
-        # Rows of periods ending at or before this instant are final (corrections aside).
-        return web.Response(body=body, headers={
-            "Content-Type": media, "X-Ledger-Closed-Before": str(ledger.closed_before)})
+        if include_open:  # open rows as of now, idle stretches included
+            await asyncio.to_thread(ledger.flush_idle)
+        # Rows of periods ending at or before this instant are final (corrections aside);
+        # read before the export's own read, so it holds for every row the export sees.
+        headers = {"X-Ledger-Closed-Before": str(ledger.closed_before)}
+        job = ExportJob(ledger.storage.store.path, start, end, fmt, group_by, include_open)
+        return await self._exports.respond(request, job, headers)

@@ -32,6 +32,12 @@ from agent.ledger.storage import SELF, UNATTRIBUTED, StoredRow
 
 SCHEMA_VERSION = 1
 FORMATS = ("csv", "jsonl", "parquet", "json")
+MEDIA_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "jsonl": "application/x-ndjson",
+    "json": "application/json",
+    "parquet": "application/vnd.apache.parquet",
+}
 GROUP_KEYS = ("container", "pod", "namespace", "runtime")
 
 ROW_COLUMNS = (
@@ -236,12 +242,14 @@ def export(
     else:
         records, columns = build_rows(stored), ROW_COLUMNS
     if fmt == "csv":
-        return render_csv(records, columns), "text/csv; charset=utf-8"
-    if fmt == "jsonl":
-        return render_jsonl(records, columns), "application/x-ndjson"
-    if fmt == "json":
-        return render_json(records, columns), "application/json"
-    return render_parquet(records, columns), "application/vnd.apache.parquet"
+        body = render_csv(records, columns)
+    elif fmt == "jsonl":
+        body = render_jsonl(records, columns)
+    elif fmt == "json":
+        body = render_json(records, columns)
+    else:
+        body = render_parquet(records, columns)
+    return body, MEDIA_TYPES[fmt]
 
 
 def _text_row(rec: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:

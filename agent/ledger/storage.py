@@ -20,10 +20,12 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.core.store import Store
 from agent.ledger.meters import CPU_USEC, METERS, Aggregation
+
+if TYPE_CHECKING:  # the export child reads through its own connection, without the store
+    from agent.core.store import Store
 
 COMPONENT = "ledger"
 SELF = "self"
@@ -144,37 +146,45 @@ class LedgerStorage:
 
     def rows(self, start: int, end: int, include_open: bool = False) -> list[StoredRow]:
         """Rows whose period starts in [start, end), closed ones only unless include_open."""
-        sql = (
-            "SELECT i.host_id, u.boot_id, u.inode, i.cgroup,"
-            " COALESCE(u.identity_json, i.identity_json), u.subject, u.meter, u.period_start,"
-            " u.period_end, u.revision, u.quantity, u.n_samples, u.n_resets, u.closed"
-            " FROM ledger_usage u JOIN ledger_incarnation i"
-            " ON i.boot_id = u.boot_id AND i.inode = u.inode"
-            " WHERE u.period_start >= ? AND u.period_start < ?"
-        )
-        if not include_open:
-            sql += " AND u.closed = 1"
-        out = []
-        # An incarnation's rows share its identity text: parsed once, one mapping for all.
-        identities: dict[str, Mapping[str, Any]] = {}
-        for r in self.store.query(sql, (start, end)):
-            identity = identities.get(r[4])
-            if identity is None:
-                identity = identities[r[4]] = json.loads(r[4])
-            out.append(StoredRow(
-                host_id=str(r[0]), boot_id=str(r[1]), inode=int(r[2]), cgroup=str(r[3]),
-                identity=identity, subject=str(r[5]), meter=str(r[6]),
-                period_start=int(r[7]), period_end=int(r[8]), revision=int(r[9]),
-                quantity=int(r[10]), n_samples=int(r[11]), n_resets=int(r[12]),
-                closed=bool(r[13]),
-            ))
-        return out
+        with self.store.reading() as db:
+            return stored_rows(db, start, end, include_open)
 
     # -- the cycle's transaction ----------------------------------------------------------
     def commit(self, batch: Batch) -> None:
         """Write the batch in one transaction of the store's writer and wait for the commit:
         the next observation reads what this one stored (call it from a worker thread)."""
         self.store.write(lambda db: _write_batch(db, batch))
+
+
+def stored_rows(db: sqlite3.Connection, start: int, end: int,
+                include_open: bool = False) -> list[StoredRow]:
+    """Rows whose period starts in [start, end), closed ones only unless include_open (any
+    read connection: the agent's, or an export process's own)."""
+    sql = (
+        "SELECT i.host_id, u.boot_id, u.inode, i.cgroup,"
+        " COALESCE(u.identity_json, i.identity_json), u.subject, u.meter, u.period_start,"
+        " u.period_end, u.revision, u.quantity, u.n_samples, u.n_resets, u.closed"
+        " FROM ledger_usage u JOIN ledger_incarnation i"
+        " ON i.boot_id = u.boot_id AND i.inode = u.inode"
+        " WHERE u.period_start >= ? AND u.period_start < ?"
+    )
+    if not include_open:
+        sql += " AND u.closed = 1"
+    out = []
+    # An incarnation's rows share its identity text: parsed once, one mapping for all.
+    identities: dict[str, Mapping[str, Any]] = {}
+    for r in db.execute(sql, (start, end)):
+        identity = identities.get(r[4])
+        if identity is None:
+            identity = identities[r[4]] = json.loads(r[4])
+        out.append(StoredRow(
+            host_id=str(r[0]), boot_id=str(r[1]), inode=int(r[2]), cgroup=str(r[3]),
+            identity=identity, subject=str(r[5]), meter=str(r[6]),
+            period_start=int(r[7]), period_end=int(r[8]), revision=int(r[9]),
+            quantity=int(r[10]), n_samples=int(r[11]), n_resets=int(r[12]),
+            closed=bool(r[13]),
+        ))
+    return out
 
 
 def _write_batch(db: sqlite3.Connection, batch: Batch) -> None:

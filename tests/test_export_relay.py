@@ -1,0 +1,218 @@
+"""Billing exports run in a child process (agent.ledger.export_relay): the file is the one the
+in-process export would give, it is not computed in the agent's process, the child's failures
+reach the client as one-line errors, a child cut short never passes for a whole file, and a
+client that goes away takes its child with it.
+
+The `_FakeChild` jobs run a shell or Python one-liner in place of the export child, to fail
+in ways the real one seldom does; the rest runs the real child on a real ledger database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+import agent.ledger.export as export_mod
+from agent.ledger.component import LedgerComponent
+from agent.ledger.export import export
+from agent.ledger.export_relay import ExportJob, ExportRunner
+from agent.ledger.periods import NS
+from tests.test_ledger_support import context, ident, snapshot, synth
+
+T0 = 1_800_000_000
+
+
+async def _ledger_with_rows(state_dir: Path) -> LedgerComponent:
+    comp = LedgerComponent()
+    await comp.start(context(state_dir, {"period_seconds": 10, "grace_seconds": 0}))
+    for i, path in enumerate(("/a", "/b", "/a/c"), start=5):
+        w = ident(path, i)
+        await comp.on_snapshot(snapshot([(w, synth(path, i, T0 + 1, cpu=100 * i))],
+                                        boot=comp.boot_id))
+        await comp.on_snapshot(snapshot([(w, synth(path, i, T0 + 4, cpu=900 * i))],
+                                        boot=comp.boot_id))
+    assert comp.ledger is not None
+    comp.ledger.close_due((T0 + 20) * NS)
+    return comp
+
+
+async def _exports(state_dir: Path) -> dict[str, Any]:
+    comp = await _ledger_with_rows(state_dir)
+    assert comp.ledger is not None
+    storage = comp.ledger.storage
+    out: dict[str, Any] = {}
+    app = web.Application()
+    app.add_routes(comp.routes())
+    async with TestClient(TestServer(app)) as client:
+        for fmt in ("csv", "jsonl", "json", "parquet"):
+            r = await client.get("/api/v1/billing", params={"from": "0", "format": fmt})
+            out[fmt] = (r.status, r.headers["Content-Type"], await r.read(),
+                        export(await asyncio.to_thread(storage.rows, 0, 2**62), fmt))
+        r = await client.get("/api/v1/billing",
+                             params={"from": "0", "format": "csv", "group_by": "runtime"})
+        out["grouped"] = (await r.read(), export(storage.rows(0, 2**62), "csv", "runtime"))
+    await comp.stop()
+    return out
+
+
+def test_the_child_gives_the_in_process_file_byte_for_byte(tmp_path: Path) -> None:
+    out = asyncio.run(_exports(tmp_path))
+    for fmt in ("csv", "jsonl", "json", "parquet"):
+        status, media, body, (expected, expected_media) = out[fmt]
+        assert status == 200, body
+        assert media == expected_media
+        assert body == expected and len(body) > 100, fmt
+    body, (expected, _) = out["grouped"]
+    assert body == expected and b",runtime,runc," in body
+
+
+def test_the_export_is_not_computed_in_the_agents_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What would hold the agent's GIL: the row building and the rendering. Broken here, in
+    this process only: the child, a process of its own, still renders."""
+    def broken(*_a: object, **_k: object) -> bytes:
+        raise AssertionError("rendered in the agent's process")
+
+    monkeypatch.setattr(export_mod, "render_csv", broken)
+    monkeypatch.setattr(export_mod, "build_rows", broken)
+    out = asyncio.run(_only_csv(tmp_path))
+    assert out[0] == 200 and out[1].startswith(b"RecordId,x_SchemaVersion,")
+    assert out[1].count(b"\n") == 1 + out[2]  # a header and every stored row
+
+
+async def _only_csv(state_dir: Path) -> tuple[int, bytes, int]:
+    comp = await _ledger_with_rows(state_dir)
+    app = web.Application()
+    app.add_routes(comp.routes())
+    async with TestClient(TestServer(app)) as client:
+        r = await client.get("/api/v1/billing", params={"from": "0", "format": "csv"})
+        got = (r.status, await r.read())
+    assert comp.ledger is not None
+    stored = len(comp.ledger.storage.rows(0, 2**62))
+    await comp.stop()
+    return got[0], got[1], stored
+
+
+def test_parquet_without_pyarrow_is_a_clear_501(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "blocker" / "pyarrow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('pyarrow hidden for this test')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(blocker.parent), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+    async def run() -> tuple[int, dict[str, Any]]:
+        comp = await _ledger_with_rows(tmp_path / "state")
+        app = web.Application()
+        app.add_routes(comp.routes())
+        async with TestClient(TestServer(app)) as client:
+            r = await client.get("/api/v1/billing", params={"from": "0", "format": "parquet"})
+            got = (r.status, await r.json())
+        await comp.stop()
+        return got
+
+    status, body = asyncio.run(run())
+    assert status == 501 and body["exit_code"] == 1
+    assert body["error"] == "format parquet needs pyarrow (pip install 'container-agent[parquet]')"
+
+
+@dataclass(frozen=True)
+class _FakeChild(ExportJob):
+    """A named fake: `command` in place of the export child."""
+    command: tuple[str, ...] = ()
+
+    def argv(self) -> list[str]:
+        return list(self.command)
+
+
+def _fake(script: str) -> _FakeChild:
+    return _FakeChild(Path("/nonexistent"), 0, 1, "csv", None, False,
+                      command=("/bin/sh", "-c", script))
+
+
+async def _serve(job: ExportJob, then: Any) -> Any:
+    runner = ExportRunner()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await runner.respond(request, job, {"X-Test": "1"})
+
+    app = web.Application()
+    app.add_routes([web.get("/export", handler)])
+    async with TestClient(TestServer(app)) as client:
+        return await then(client)
+
+
+async def _status_json(client: TestClient[Any, Any]) -> tuple[int, dict[str, Any]]:
+    r = await client.get("/export")
+    return r.status, await r.json()
+
+
+@pytest.mark.parametrize(("script", "status", "exit_code", "error"), [
+    ("echo 'some warning' >&2; echo 'to: not after from' >&2; exit 2", 400, 2,
+     "to: not after from"),
+    ("echo 'format parquet needs pyarrow' >&2; exit 3", 501, 1,
+     "format parquet needs pyarrow"),
+    ("exit 7", 500, 1, "export failed: the export process exited with status 7"),
+])
+def test_a_child_that_fails_before_writing_gives_a_one_line_error(
+        script: str, status: int, exit_code: int, error: str) -> None:
+    got = asyncio.run(_serve(_fake(script), _status_json))
+    assert got == (status, {"error": error, "exit_code": exit_code})
+
+
+def test_a_child_cut_short_never_passes_for_a_whole_file() -> None:
+    async def read(client: TestClient[Any, Any]) -> tuple[int, str, bytes | str]:
+        r = await client.get("/export")
+        try:
+            return r.status, r.headers["Content-Type"], await r.read()
+        except aiohttp.ClientPayloadError as e:
+            return r.status, r.headers["Content-Type"], f"payload error: {e}"
+
+    whole = asyncio.run(_serve(_fake("printf 'a,b\\n1,2\\n'"), read))
+    assert whole == (200, "text/csv; charset=utf-8", b"a,b\n1,2\n")
+    cut = asyncio.run(_serve(_fake("printf 'a,b\\n1,'; exit 1"), read))
+    assert cut[0] == 200 and isinstance(cut[2], str) and cut[2].startswith("payload error")
+
+
+def _children_with(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if marker in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def test_a_client_that_goes_away_takes_its_child_with_it() -> None:
+    marker = f"export-child-{uuid.uuid4().hex}"
+    # A child that sends its first bytes, then would run for a minute.
+    job = _FakeChild(Path("/nonexistent"), 0, 1, "csv", None, False, command=(
+        sys.executable, "-c",
+        "import sys, time; sys.stdout.write('a,b\\n'); sys.stdout.flush(); time.sleep(60)",
+        marker))
+
+    async def leave_early(client: TestClient[Any, Any]) -> tuple[int, int, int]:
+        r = await client.get("/export")
+        first = await r.content.readany()
+        running = len(_children_with(marker))
+        r.close()  # the client goes away mid-file
+        for _ in range(200):
+            if not _children_with(marker):
+                break
+            await asyncio.sleep(0.02)
+        return len(first), running, len(_children_with(marker))
+
+    # Killed while the client is still there: it would have slept a minute.
+    assert asyncio.run(_serve(job, leave_early)) == (4, 1, 0)
