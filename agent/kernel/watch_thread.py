@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from agent.core.urgency import URGENT
+from collectors.file_calls import hold_gil_in_this_thread
 
 log = logging.getLogger("agent.kernel.watch")
 P = ParamSpec("P")
@@ -82,6 +83,9 @@ class WatchThread:
         os.close(self._wake_tick)
 
     def _run(self) -> None:
+        # The final read at `populated 0` runs here, in the thread that took the notice: its
+        # cgroupfs calls keep the GIL (collectors.file_calls). epoll and inotify still yield it.
+        hold_gil_in_this_thread()
         next_tick = 0.0
         while True:
             timeout = max(0.0, next_tick - time.monotonic()) if self._ticking else -1
@@ -143,6 +147,9 @@ class LoopBridge:
     def alive(self) -> bool:
         """Whether the watch thread runs (it stops only at close, or on a bug)."""
         return self._thread.alive()
+
+    def in_watch_thread(self) -> bool:
+        return threading.get_ident() == self._thread.ident
 
     def _tell(self, fn: Callable[..., None], *args: object) -> None:
         """Listeners live on the event loop: called there, from the watch thread too."""
