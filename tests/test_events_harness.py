@@ -16,7 +16,6 @@ from agent.core.store import Store
 from agent.events.component import SETTINGS, EventsComponent
 from agent.events.model import Event
 from agent.model.snapshot import WorkloadIdentity
-from collectors.cgroupfs import CgroupReader
 from collectors.layout import detect_layout
 from collectors.samples import CgroupSample
 
@@ -45,15 +44,13 @@ class Harness:
 
 
 @asynccontextmanager
-async def started(tmp: Path, reader: CgroupReader | None = None,
-                  **settings: Any) -> AsyncIterator[Harness]:
+async def started(tmp: Path, **settings: Any) -> AsyncIterator[Harness]:
     cfg = {k: s.default for k, s in SETTINGS.items()}
     cfg.update(settings)
     store = Store(tmp / "agent.db")
     ctx = AgentContext(
         config={"interval": 5, "events": MappingProxyType(cfg)},
         state_dir=tmp, layout=detect_layout(), store=store, loop=asyncio.get_running_loop(),
-        reader=reader,
     )
     comp = EventsComponent()
     h = Harness(comp, ctx)

@@ -251,8 +251,8 @@ class EventsComponent(Component):
         # Empty: the final read was submitted by _submit_final; its result stops it.
 
     def _submit_final(self, cg: WatchedCgroup) -> None:
-        """The moment the cgroup is seen empty (in the watch thread, or on the loop after a
-        poll): the runtime may rmdir it any moment now, so it is read at once."""
+        """In the watch thread, the moment the cgroup is seen empty: the runtime may rmdir it
+        any moment now, so the read goes to the final-read thread at once."""
         reads, loop = self.final_reads, self.loop
         if reads is None or loop is None or mirrors_children(cg):
             return
@@ -272,12 +272,9 @@ class EventsComponent(Component):
             with contextlib.suppress(RuntimeError):  # loop closed at shutdown
                 loop.call_soon_threadsafe(self._after_final, cg, sample, last)
 
-        notified_ns = cg.notified_ns or time.monotonic_ns()
-        watcher = self.watcher
-        if watcher is not None and watcher.in_watch_thread():
-            reads.read_now(cg.path, notified_ns, deliver)  # no hand-off (final_read says why)
-        else:
-            reads.submit(cg.path, notified_ns, deliver)
+        # The read itself is not done here: the watch thread must stay free for the next
+        # notice (a mkdir 15 ms before its rmdir was missed while it read; test_churn).
+        reads.submit(cg.path, cg.notified_ns or time.monotonic_ns(), deliver)
 
     def _after_final(self, cg: WatchedCgroup, sample: CgroupSample,
                      at_empty: CgroupSample | None) -> None:

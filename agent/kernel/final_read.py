@@ -1,13 +1,13 @@
-"""The final read of a cgroup that just emptied: at once, in the thread that took the notice.
+"""The final read of a cgroup that just emptied, in a thread of its own.
 
 At `populated 0` the runtime may remove the cgroup any moment (some at once): its last counters
-must be read before that. The kernel watch thread, which took the notice off inotify, reads it
-there and then (`read_now`): a hand-off to another thread waited for that thread's wake-up and
-for the GIL (p99 2-7 ms measured), and the watch thread's cgroupfs calls keep the GIL
-(collectors.file_calls). The delivery, which may wait for the rmdir probe, and reads asked from
-other threads (`submit`) go to one thread of this class, in order. The result goes to `deliver`
-(called in that thread: the ledger queues it, events hop to the loop). Latency from the
-notification's arrival to the finished read is kept for
+must be read before that. The event loop may be busy (a scrape, an amend, a burst of inotify
+events), the shared reader's default executor is busy with the cycle, and the kernel watch
+thread must stay free for the next notice (read there, a mkdir 15 ms before its rmdir went
+unseen), so the read is done here, one thread that does nothing else. Its ~50 cgroupfs calls
+keep the GIL (collectors.file_calls): with os.pread each could wait for the GIL again
+afterwards. The result goes to `deliver` (called in this thread: the ledger queues it, events
+hop to the loop). Latency from the notification's arrival to the finished read is kept for
 `container_agent_final_read_latency_seconds`.
 """
 
@@ -42,14 +42,6 @@ class FinalRead:
     path: str
     #: monotonic_ns when the notification was taken off the inotify fd.
     notified_ns: int
-    deliver: Callable[[CgroupSample], None]
-
-
-@dataclass(frozen=True, slots=True)
-class ReadSample:
-    """A final read done by read_now, waiting for its delivery."""
-    path: str
-    sample: CgroupSample
     deliver: Callable[[CgroupSample], None]
 
 
@@ -115,29 +107,14 @@ class FinalReadThread:
         #: CPU-bound loops elsewhere give way while a read is queued (see agent.core.urgency).
         self.urgency = urgency
         self.latency = LatencyHistogram()
-        self._queue: queue.SimpleQueue[FinalRead | ReadSample | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[FinalRead | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="final-read", daemon=True)
         self._thread.start()
 
     def submit(self, path: str, notified_ns: int,
                deliver: Callable[[CgroupSample], None]) -> None:
-        """Read in this class's thread (for callers that must not wait for the read)."""
         self.urgency.begin()
         self._queue.put(FinalRead(path, notified_ns, deliver))
-
-    def read_now(self, path: str, notified_ns: int,
-                 deliver: Callable[[CgroupSample], None]) -> None:
-        """Read in the caller's thread, now; deliver in this class's thread."""
-        self.urgency.begin()
-        try:
-            sample = self.reader.read(path, member_pid=None)
-        except Exception:
-            log.exception("final read of %s failed", path)
-            return
-        finally:
-            self.urgency.end()
-        self.latency.observe((time.monotonic_ns() - notified_ns) / 1e9)
-        self._queue.put(ReadSample(path, sample, deliver))
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -146,7 +123,7 @@ class FinalReadThread:
         # Reads still queued at shutdown are dropped: their cgroups get final: false.
         with contextlib.suppress(queue.Empty):
             while True:
-                if isinstance(self._queue.get_nowait(), FinalRead):
+                if self._queue.get_nowait() is not None:
                     self.urgency.end()
         self._queue.put(None)
         self._thread.join(timeout=5)
@@ -158,17 +135,14 @@ class FinalReadThread:
             job = self._queue.get()
             if job is None:
                 return
-            if isinstance(job, ReadSample):
-                sample = job.sample
-            else:
-                try:
-                    sample = self.reader.read(job.path, member_pid=None)
-                except Exception:
-                    log.exception("final read of %s failed", job.path)
-                    continue
-                finally:
-                    self.urgency.end()
-                self.latency.observe((time.monotonic_ns() - job.notified_ns) / 1e9)
+            try:
+                sample = self.reader.read(job.path, member_pid=None)
+            except Exception:
+                log.exception("final read of %s failed", job.path)
+                continue
+            finally:
+                self.urgency.end()
+            self.latency.observe((time.monotonic_ns() - job.notified_ns) / 1e9)
             try:
                 job.deliver(sample)
             except Exception:

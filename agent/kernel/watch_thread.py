@@ -83,8 +83,8 @@ class WatchThread:
         os.close(self._wake_tick)
 
     def _run(self) -> None:
-        # The final read at `populated 0` runs here, in the thread that took the notice: its
-        # cgroupfs calls keep the GIL (collectors.file_calls). epoll and inotify still yield it.
+        # Its cgroupfs reads (cgroup.events, cpu.stat on kept fds, every 2 ms for a young
+        # cgroup) keep the GIL (collectors.file_calls); epoll and inotify still yield it.
         hold_gil_in_this_thread()
         next_tick = 0.0
         while True:
@@ -147,9 +147,6 @@ class LoopBridge:
     def alive(self) -> bool:
         """Whether the watch thread runs (it stops only at close, or on a bug)."""
         return self._thread.alive()
-
-    def in_watch_thread(self) -> bool:
-        return threading.get_ident() == self._thread.ident
 
     def _tell(self, fn: Callable[..., None], *args: object) -> None:
         """Listeners live on the event loop: called there, from the watch thread too."""
