@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeVar
 
-from collectors import file_calls
 from collectors.parsers import ParseError, parse_flat
 from collectors.samples import EMPTY, UNLIMITED
 
@@ -104,7 +103,7 @@ class CgroupDir:
             return
         self.owned = True
         try:
-            self.fd = file_calls.current().open(path, _O_DIR)
+            self.fd = os.open(path, _O_DIR)
         except OSError as e:
             if e.errno in DIR_VANISHED:
                 raise Vanished(path) from None
@@ -112,12 +111,11 @@ class CgroupDir:
 
     def close(self) -> None:
         if self.owned and self.fd >= 0:
-            _close = file_calls.current().close
             if self.files:
                 for fd in self.files.values():
-                    _close(fd)
+                    os.close(fd)
                 self.files.clear()
-            _close(self.fd)
+            os.close(self.fd)
             self.fd = -1
 
     def __enter__(self) -> CgroupDir:
@@ -137,7 +135,7 @@ class CgroupDir:
         dfd = self.fd
         files = self.files
         pool = self.pool if keep else None
-        _open, _pread, _close = file_calls.current()
+        _open, _pread, _close = os.open, os.pread, os.close
         if self.record is not None:
             self.record.extend(names)
         pre = self.prefetched
@@ -160,7 +158,7 @@ class CgroupDir:
             try:
                 data: bytes | None = _pread(fd, _BUF, 0)
                 if len(data) >= _MAYBE_MORE:  # type: ignore[arg-type]
-                    data = _read_rest(_pread, fd, data)  # type: ignore[arg-type]
+                    data = _read_rest(fd, data)  # type: ignore[arg-type]
             except OSError as e:
                 self._failed(e.errno)
                 data = None
@@ -222,11 +220,11 @@ def read_file(path: str) -> bytes | None:
         os.close(fd)
 
 
-def _read_rest(pread: Callable[[int, int, int], bytes], fd: int, first: bytes) -> bytes:
+def _read_rest(fd: int, first: bytes) -> bytes:
     chunks = [first]
     at = len(first)
     while True:
-        more = pread(fd, _BUF, at)
+        more = os.pread(fd, _BUF, at)
         if not more:
             return b"".join(chunks)
         chunks.append(more)

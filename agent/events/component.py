@@ -272,8 +272,6 @@ class EventsComponent(Component):
             with contextlib.suppress(RuntimeError):  # loop closed at shutdown
                 loop.call_soon_threadsafe(self._after_final, cg, sample, last)
 
-        # The read itself is not done here: the watch thread must stay free for the next
-        # notice (a mkdir 15 ms before its rmdir was missed while it read; test_churn).
         reads.submit(cg.path, cg.notified_ns or time.monotonic_ns(), deliver)
 
     def _after_final(self, cg: WatchedCgroup, sample: CgroupSample,

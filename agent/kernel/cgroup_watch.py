@@ -46,7 +46,6 @@ from agent.kernel.watched import (
     WatchListener,
 )
 from agent.model.snapshot import WorkloadIdentity
-from collectors import file_calls
 from collectors.cgroup_dir import flat
 from collectors.cgroup_tree import cgroup_path
 from collectors.cgroup_v2 import cpu_sample
@@ -291,7 +290,7 @@ class CgroupWatcher(SlowSources, LoopBridge):
         if fd is None:
             return None
         try:
-            return file_calls.current().pread(fd, 4096, 0)
+            return os.pread(fd, 4096, 0)
         except OSError as e:
             if e.errno in GONE:
                 return None

@@ -2,13 +2,10 @@
 
 At `populated 0` the runtime may remove the cgroup any moment (some at once): its last counters
 must be read before that. The event loop may be busy (a scrape, an amend, a burst of inotify
-events), the shared reader's default executor is busy with the cycle, and the kernel watch
-thread must stay free for the next notice (read there, a mkdir 15 ms before its rmdir went
-unseen), so the read is done here, one thread that does nothing else. Its ~50 cgroupfs calls
-keep the GIL (collectors.file_calls): with os.pread each could wait for the GIL again
-afterwards. The result goes to `deliver` (called in this thread: the ledger queues it, events
-hop to the loop). Latency from the notification's arrival to the finished read is kept for
-`container_agent_final_read_latency_seconds`.
+events), and the shared reader's default executor is busy with the cycle, so the read is done
+here, one thread that does nothing else. The result goes to `deliver` (called in this thread:
+the ledger queues it, events hop to the loop). Latency from the notification's arrival to the
+finished read is kept for `container_agent_final_read_latency_seconds`.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from agent.core.urgency import URGENT, Urgency
 from collectors.cgroupfs import CgroupReader
-from collectors.file_calls import hold_gil_in_this_thread
 from collectors.samples import CgroupSample
 
 log = logging.getLogger("agent.kernel.final_read")
@@ -129,8 +125,6 @@ class FinalReadThread:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        # ~50 cgroupfs calls per read: none gives the GIL away (collectors.file_calls).
-        hold_gil_in_this_thread()
         while True:
             job = self._queue.get()
             if job is None:

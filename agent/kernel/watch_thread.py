@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from agent.core.urgency import URGENT
-from collectors.file_calls import hold_gil_in_this_thread
 
 log = logging.getLogger("agent.kernel.watch")
 P = ParamSpec("P")
@@ -83,9 +82,6 @@ class WatchThread:
         os.close(self._wake_tick)
 
     def _run(self) -> None:
-        # Its cgroupfs reads (cgroup.events, cpu.stat on kept fds, every 2 ms for a young
-        # cgroup) keep the GIL (collectors.file_calls); epoll and inotify still yield it.
-        hold_gil_in_this_thread()
         next_tick = 0.0
         while True:
             timeout = max(0.0, next_tick - time.monotonic()) if self._ticking else -1
