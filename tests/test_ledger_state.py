@@ -7,6 +7,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+import agent.ledger.storage as storage
 from agent.ledger.ledger import Ledger
 from agent.ledger.storage import StoredRow
 from tests.test_ledger_support import ident, open_ledger, snapshot, synth
@@ -181,6 +184,28 @@ def test_parent_balances_with_an_unattributed_row(tmp_path: Path) -> None:
     led.close_due((T0 + 10) * 10**9)
     assert total(led, "/p", "cpu_usec") == 10000
     assert total(led, "/p", "cpu_usec", "unattributed") == 10000 - 3000 - 600
+
+
+def test_a_churned_period_closes_in_chunks_and_balances(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many short lives under one parent: every row closes (over several UPDATE chunks), and
+    the parent's unattributed row is its CPU minus all its children's, the one under a
+    directory the agent never tracked included (its nearest tracked ancestor is the parent)."""
+    monkeypatch.setattr(storage, "CLOSE_CHUNK", 3)
+    led = open_ledger(tmp_path / "a.db", period=10, grace=0)
+    p = ident("/p", 1, kind="cgroup")
+    led.observe_snapshot(snapshot([(p, synth("/p", 1, T0 + 1, cpu=100))]))
+    for i in range(10):  # seen only by their final samples
+        led.observe_final(ident(f"/p/c{i}", 10 + i),
+                          synth(f"/p/c{i}", 10 + i, T0 + 2, cpu=100 * (i + 1)), "boot-a")
+    led.observe_final(ident("/p/mid/x", 30), synth("/p/mid/x", 30, T0 + 2, cpu=7), "boot-a")
+    led.observe_snapshot(snapshot([(p, synth("/p", 1, T0 + 3, cpu=10100))]))
+    assert len([r for r in rows(led) if r.period_start == T0]) > 3 * storage.CLOSE_CHUNK
+    led.close_due((T0 + 10) * 10**9)
+    assert [r for r in rows(led) if r.period_start == T0 and not r.closed] == []
+    assert total(led, "/p", "cpu_usec") == 10000
+    assert total(led, "/p", "cpu_usec", "unattributed") == 10000 - 5500 - 7
+    assert {r.cgroup for r in rows(led) if r.subject == "unattributed"} == {"/p"}
 
 
 def test_a_stretch_into_a_period_that_closes_in_the_same_cycle_is_kept(tmp_path: Path) -> None:

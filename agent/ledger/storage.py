@@ -247,6 +247,12 @@ def _write_correction(db: sqlite3.Connection, key: RowKey, acc: RowAcc) -> bool:
     return m == CPU_USEC
 
 
+#: Rows closed per UPDATE: SQLite collects the rows of an UPDATE that changes the index it
+#: scans before writing them, in memory; one statement for a churned hour (100,000s of rows)
+#: took tens of MB.
+CLOSE_CHUNK = 2000
+
+
 def _close(db: sqlite3.Connection, before: int) -> set[tuple[int, int]]:
     periods = {
         (int(a), int(b)) for a, b in db.execute(
@@ -254,10 +260,12 @@ def _close(db: sqlite3.Connection, before: int) -> set[tuple[int, int]]:
             " WHERE closed = 0 AND period_end <= ?", (before,))
     }
     # The identity is frozen into the row as it was when the row closed.
-    db.execute(
+    while db.execute(
         "UPDATE ledger_usage SET closed = 1, identity_json = (SELECT i.identity_json FROM"
         " ledger_incarnation i WHERE i.boot_id = ledger_usage.boot_id AND i.inode ="
-        " ledger_usage.inode) WHERE closed = 0 AND period_end <= ?", (before,))
+        " ledger_usage.inode) WHERE rowid IN (SELECT rowid FROM ledger_usage"
+        " WHERE closed = 0 AND period_end <= ? LIMIT ?)", (before, CLOSE_CHUNK)).rowcount:
+        pass
     return periods
 
 
@@ -272,27 +280,39 @@ def _reconcile(db: sqlite3.Connection, period_start: int, period_end: int) -> No
     """For each parent, unattributed = own CPU delta - its children's, as (correction) rows.
 
     A child is the nearest tracked descendant of the same boot; a parent gets a row when it had
-    children in the period or the kernel said it has descendants (it is not a leaf).
+    children in the period or the kernel said it has descendants (it is not a leaf). Under
+    churn a period holds 100,000s of incarnations: per path only its CPU total and its latest
+    incarnation are kept, and the state's two fields come from SQL (json_extract), not from a
+    parsed copy of each state.
     """
-    totals: dict[tuple[str, str], list[tuple[int, int, bool, int]]] = defaultdict(list)
-    for boot, inode, cgroup, state, total in db.execute(
-        "SELECT u.boot_id, u.inode, i.cgroup, i.state_json, SUM(u.quantity) FROM ledger_usage u"
+    # (boot, path) -> CPU of all its incarnations, and its latest: ((last_wall, inode), inode,
+    # own CPU, inner). Where a path had two incarnations in one period, the later one is the
+    # parent.
+    per_path: dict[tuple[str, str], tuple[int, tuple[tuple[int, int], int, int, bool]]] = {}
+    for boot, inode, cgroup, inner, last_wall, total in db.execute(
+        "SELECT u.boot_id, u.inode, i.cgroup, json_extract(i.state_json, '$.inner'),"
+        " json_extract(i.state_json, '$.last_wall'), SUM(u.quantity) FROM ledger_usage u"
         " JOIN ledger_incarnation i ON i.boot_id = u.boot_id AND i.inode = u.inode"
         " WHERE u.subject = ? AND u.meter = ? AND u.period_start = ?"
         " GROUP BY u.boot_id, u.inode", (SELF, CPU_USEC, period_start)):
-        st = json.loads(state)
-        totals[(str(boot), str(cgroup))].append(
-            (int(inode), int(total), bool(st.get("inner")), int(st.get("last_wall") or 0)))
-    # Where a path had two incarnations in one period, the later one is the parent.
-    parents = {k: max(v, key=lambda x: (x[3], x[0])) for k, v in totals.items()}
+        key = (str(boot), str(cgroup))
+        this = ((int(last_wall or 0), int(inode)), int(inode), int(total), bool(inner))
+        got = per_path.get(key)
+        if got is None:
+            per_path[key] = (this[2], this)
+        else:
+            per_path[key] = (got[0] + this[2], max(got[1], this))
     children_sum: dict[tuple[str, str], int] = defaultdict(int)
-    for (boot, path), incs in totals.items():
+    for (boot, path), (path_total, _) in per_path.items():
         anc = _parent_path(path)
-        while anc is not None and (boot, anc) not in totals:
+        while anc is not None and (boot, anc) not in per_path:
             anc = _parent_path(anc)
         if anc is not None:
-            children_sum[(boot, anc)] += sum(t for _, t, _, _ in incs)
-    for (boot, path), (inode, total, inner, _) in sorted(parents.items()):
+            children_sum[(boot, anc)] += path_total
+    parents = {k: latest for k, (_, latest) in per_path.items()
+               if k in children_sum or latest[3]}
+    del per_path
+    for (boot, path), (_, inode, total, inner) in sorted(parents.items()):
         if (boot, path) not in children_sum and not inner:
             continue
         want = total - children_sum.get((boot, path), 0)
