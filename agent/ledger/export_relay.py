@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from agent.ledger.export_child import EXIT_BAD_REQUEST, EXIT_NO_PYARROW
 #: Exports running at once (more wait): each is a process of ~40 MB at its peak.
 MAX_CONCURRENT = 2
 _CHUNK = 1 << 16
+log = logging.getLogger("agent.ledger.export_relay")
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,13 @@ async def _relay(request: web.Request, proc: asyncio.subprocess.Process,
             return _failure(code, (await errors).decode(errors="replace"))
     resp = web.StreamResponse(headers={"Content-Type": MEDIA_TYPES[fmt], **headers})
     await resp.prepare(request)
-    while chunk:
-        await resp.write(chunk)
-        chunk = await out.read(_CHUNK)
+    try:
+        while chunk:
+            await resp.write(chunk)
+            chunk = await out.read(_CHUNK)
+    except ConnectionResetError:  # the client went away mid-file: its child is stopped
+        log.debug("billing export client left before the end")
+        return resp
     if await proc.wait() != 0:
         # Cut short after the headers went out: drop the connection without the final chunk,
         # so no client takes the part for the whole file.
