@@ -67,3 +67,33 @@ def test_workload_seen_only_by_cycles(tmp_path: Path) -> None:
             assert events[1].type == "container_stopped" and events[1].fields["final"] is False
             assert len(events) == 2
     asyncio.run(body())
+
+
+def test_a_snapshot_older_than_the_rmdir_does_not_start_it_again(
+        cgroups: CgroupFactory, tmp_path: Path) -> None:
+    """A cycle read the cgroup while it ran; the life ended and the cgroup was removed before
+    that snapshot was published (test_churn saw it): no second start, no second stop."""
+    async def body() -> None:
+        async with started(tmp_path, watch_new_cgroups=False) as h:
+            await h.comp.on_snapshot(snap(1))
+            cg = cgroups.create()
+            proc = cg.spawn([sys.executable, "-S", "-c", "import time; time.sleep(30)"])
+            reader = track(CgroupReader(h.ctx.layout))
+            who = WorkloadIdentity("box-2", WorkloadKind.CONTAINER, "runc", "box",
+                                   cg.rel, cg.ref_dir.stat().st_ino, init_pid=proc.pid)
+            stale = WorkloadState(who, reader.read(cg.rel, member_pid=proc.pid))
+            await h.comp.on_snapshot(snap(2, stale))
+            proc.kill()
+            proc.wait()
+            await h.wait_for(lambda: h.events("container_stopped", "box-2"))
+            assert h.comp.watcher is not None
+            reader.release(cg.rel)
+            cg.remove()
+            await h.wait_for(lambda: cg.rel not in h.comp.watcher.cgroups)  # type: ignore[union-attr]
+            await h.comp.on_snapshot(snap(3))
+            await h.comp.on_snapshot(snap(4, stale))  # collected before the rmdir
+            await h.comp.on_snapshot(snap(5))
+            types = [e.type for e in h.events(container="box-2")]
+            assert types == ["container_started", "container_stopped"]
+            assert h.events("container_stopped", "box-2")[0].fields["final"] is True
+    asyncio.run(body())

@@ -71,6 +71,9 @@ PER_UNIT = frozenset({EventType.OOM, EventType.OOM_KILL, EventType.OOM_GROUP_KIL
 MAX_PER_UNIT = 100
 #: A control component's frozen/thawed and the kernel's for the same cgroup are one event.
 _DEDUPE_S = 5.0
+#: Removed incarnations remembered (an incarnation, path and inode, never comes back): a
+#: snapshot is at most a few cycles old, 1,024 covers 20 s of 50 removals a second.
+GONE_KEPT = 1024
 _FREEZE_GRACE_S = 0.5
 #: Retention also runs every this many events.
 _PRUNE_EVERY = 5000
@@ -105,6 +108,9 @@ class EventsComponent(Component):
         self._pending_lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self._running: dict[tuple[str, int], bool] = {}
+        #: Incarnations whose directory is gone (the latest GONE_KEPT): a snapshot collected
+        #: before the rmdir and published after it must not start them again.
+        self._gone: dict[tuple[str, int], None] = {}
         self._usage: dict[tuple[str, int], int] = {}
         self._throttled: set[tuple[str, int]] = set()
         self._prev: Snapshot | None = None
@@ -389,6 +395,9 @@ class EventsComponent(Component):
                 self._stopped(cg.identity, self._last_sample(cg.identity), final=False)
         self._running.pop(key, None)
         self._usage.pop(key, None)
+        self._gone[key] = None
+        if len(self._gone) > GONE_KEPT:
+            del self._gone[next(iter(self._gone))]
 
     def _last_sample(self, who: WorkloadIdentity) -> CgroupSample | None:
         snapshot = self.ctx.latest() if self.ctx else None
@@ -419,7 +428,8 @@ class EventsComponent(Component):
                     self._running.setdefault(key, True)  # running before we started
             elif not self._running.get(key) and key not in prev_states and (
                 state.sample.populated is not False and key not in self._running
-            ) and not (watched is not None and mirrors_children(watched)):
+            ) and key not in self._gone and not (
+                watched is not None and mirrors_children(watched)):
                 self._running[key] = True
                 self.emit(EventType.CONTAINER_STARTED, who, "", {"source": "discovery"})
             said = throttle_episode(self._throttled, state, prev_states.get(key), limit)
