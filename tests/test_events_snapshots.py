@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,9 +13,9 @@ from types import MappingProxyType
 from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadKind, WorkloadState
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
-from tests.support.cgroups import CgroupFactory
+from tests.support.cgroups import CgroupFactory, TestCgroup
 from tests.support.tracked import track
-from tests.test_events_harness import started
+from tests.test_events_harness import Harness, started
 
 HOST = HostInfo(socket.gethostname(), "b", "m", "k", "hybrid", 2, 1 << 30, "test")
 
@@ -24,17 +25,23 @@ def snap(seq: int, *states: WorkloadState) -> Snapshot:
                     MappingProxyType({s.identity.id: s for s in states}))
 
 
+def _sleeper(h: Harness, cgroups: CgroupFactory, box: str
+             ) -> tuple[TestCgroup, subprocess.Popen[bytes], CgroupReader, WorkloadState]:
+    """A test cgroup running a sleeping process, and its state as a cycle would read it."""
+    cg = cgroups.create()
+    proc = cg.spawn([sys.executable, "-S", "-c", "import time; time.sleep(30)"])
+    reader = track(CgroupReader(h.ctx.layout))
+    who = WorkloadIdentity(box, WorkloadKind.CONTAINER, "runc", "box",
+                           cg.rel, cg.ref_dir.stat().st_ino, init_pid=proc.pid)
+    return cg, proc, reader, WorkloadState(who, reader.read(cg.rel, member_pid=proc.pid))
+
+
 def test_kernel_and_discovery_give_one_pair(cgroups: CgroupFactory, tmp_path: Path) -> None:
     async def body() -> None:
         # No tree watch: the cgroup becomes known through a snapshot, as discovery reports it.
         async with started(tmp_path, watch_new_cgroups=False) as h:
             await h.comp.on_snapshot(snap(1))
-            cg = cgroups.create()
-            proc = cg.spawn([sys.executable, "-S", "-c", "import time; time.sleep(30)"])
-            reader = track(CgroupReader(h.ctx.layout))
-            who = WorkloadIdentity("box-1", WorkloadKind.CONTAINER, "runc", "box",
-                                   cg.rel, cg.ref_dir.stat().st_ino, init_pid=proc.pid)
-            state = WorkloadState(who, reader.read(cg.rel, member_pid=proc.pid))
+            cg, proc, _reader, state = _sleeper(h, cgroups, "box-1")
             await h.comp.on_snapshot(snap(2, state))
             await h.comp.on_snapshot(snap(3, state))
             proc.kill()
@@ -72,28 +79,23 @@ def test_workload_seen_only_by_cycles(tmp_path: Path) -> None:
 def test_a_snapshot_older_than_the_rmdir_does_not_start_it_again(
         cgroups: CgroupFactory, tmp_path: Path) -> None:
     """A cycle read the cgroup while it ran; the life ended and the cgroup was removed before
-    that snapshot was published (test_churn saw it): no second start, no second stop."""
+    that snapshot, the first to hold it, was published (test_churn saw it): no second start
+    and no second stop."""
     async def body() -> None:
-        async with started(tmp_path, watch_new_cgroups=False) as h:
+        async with started(tmp_path) as h:  # the kernel path follows the new cgroup
             await h.comp.on_snapshot(snap(1))
-            cg = cgroups.create()
-            proc = cg.spawn([sys.executable, "-S", "-c", "import time; time.sleep(30)"])
-            reader = track(CgroupReader(h.ctx.layout))
-            who = WorkloadIdentity("box-2", WorkloadKind.CONTAINER, "runc", "box",
-                                   cg.rel, cg.ref_dir.stat().st_ino, init_pid=proc.pid)
-            stale = WorkloadState(who, reader.read(cg.rel, member_pid=proc.pid))
-            await h.comp.on_snapshot(snap(2, stale))
+            cg, proc, reader, stale = _sleeper(h, cgroups, "box-2")
+            await h.wait_for(lambda: h.events("container_started", cg.rel))
             proc.kill()
             proc.wait()
-            await h.wait_for(lambda: h.events("container_stopped", "box-2"))
-            assert h.comp.watcher is not None
+            await h.wait_for(lambda: h.events("container_stopped", cg.rel))
             reader.release(cg.rel)
             cg.remove()
-            await h.wait_for(lambda: cg.rel not in h.comp.watcher.cgroups)  # type: ignore[union-attr]
+            await h.wait_for(lambda: stale.identity.incarnation in h.comp._gone)
+            await h.comp.on_snapshot(snap(2, stale))  # collected before the rmdir
             await h.comp.on_snapshot(snap(3))
-            await h.comp.on_snapshot(snap(4, stale))  # collected before the rmdir
-            await h.comp.on_snapshot(snap(5))
-            types = [e.type for e in h.events(container="box-2")]
-            assert types == ["container_started", "container_stopped"]
-            assert h.events("container_stopped", "box-2")[0].fields["final"] is True
+            got = [(e.type, e.fields.get("source"), e.fields.get("final"))
+                   for e in h.events() if e.container and e.container.cgroup == cg.rel]
+            assert got == [("container_started", "kernel", None),
+                           ("container_stopped", None, True)], got
     asyncio.run(body())
