@@ -1,7 +1,7 @@
 """The child process of a billing export: one export of the ledger to stdout.
 
 Started by agent.ledger.export_relay, which says why exports run in a process of their own.
-It imports no more than the export needs (no aiohttp, no collectors): it starts in ~60 ms.
+It imports no more than the export needs (no aiohttp, no collectors): it starts in ~70 ms.
 Its exit status says how it ended: 0 done, 2 a bad request (its one-line reason on stderr),
 3 parquet asked without pyarrow, anything else a failure.
 """

@@ -285,10 +285,10 @@ def _reconcile(db: sqlite3.Connection, period_start: int, period_end: int) -> No
     incarnation are kept, and the state's two fields come from SQL (json_extract), not from a
     parsed copy of each state.
     """
-    # (boot, path) -> CPU of all its incarnations, and its latest: ((last_wall, inode), inode,
-    # own CPU, inner). Where a path had two incarnations in one period, the later one is the
-    # parent.
-    per_path: dict[tuple[str, str], tuple[int, tuple[tuple[int, int], int, int, bool]]] = {}
+    # (boot, path) -> CPU of all its incarnations, and its latest (by last_wall, then inode):
+    # (last_wall, inode, own CPU, inner). Where a path had two incarnations in one period, the
+    # later one is the parent.
+    per_path: dict[tuple[str, str], tuple[int, tuple[int, int, int, bool]]] = {}
     for boot, inode, cgroup, inner, last_wall, total in db.execute(
         "SELECT u.boot_id, u.inode, i.cgroup, json_extract(i.state_json, '$.inner'),"
         " json_extract(i.state_json, '$.last_wall'), SUM(u.quantity) FROM ledger_usage u"
@@ -296,7 +296,7 @@ def _reconcile(db: sqlite3.Connection, period_start: int, period_end: int) -> No
         " WHERE u.subject = ? AND u.meter = ? AND u.period_start = ?"
         " GROUP BY u.boot_id, u.inode", (SELF, CPU_USEC, period_start)):
         key = (str(boot), str(cgroup))
-        this = ((int(last_wall or 0), int(inode)), int(inode), int(total), bool(inner))
+        this = (int(last_wall or 0), int(inode), int(total), bool(inner))
         got = per_path.get(key)
         if got is None:
             per_path[key] = (this[2], this)
