@@ -186,6 +186,32 @@ def test_parent_balances_with_an_unattributed_row(tmp_path: Path) -> None:
     assert total(led, "/p", "cpu_usec", "unattributed") == 10000 - 3000 - 600
 
 
+def test_each_parent_balances_against_its_nearest_children_in_a_tree(tmp_path: Path) -> None:
+    """A sibling whose name extends another's ("a-b" beside "a"), a grandchild, and a path with
+    two incarnations in the period: each CPU goes to its nearest tracked ancestor only."""
+    led = open_ledger(tmp_path / "a.db", period=10, grace=0)
+    p, a, ab = ident("/p", 1, kind="cgroup"), ident("/p/a", 2), ident("/p/a-b", 4)
+    inner = {"nr_descendants": 1}
+    led.observe_snapshot(snapshot([(p, synth("/p", 1, T0 + 1, cpu=100, stat=inner)),
+                                   (a, synth("/p/a", 2, T0 + 1, cpu=0, stat=inner)),
+                                   (ab, synth("/p/a-b", 4, T0 + 1, cpu=0))]))
+    led.observe_final(ident("/p/a/x", 3), synth("/p/a/x", 3, T0 + 2, cpu=500), "boot-a")
+    # /p/q had descendants the agent never tracked: both incarnations' CPU is unattributed,
+    # on the later one's row.
+    for inode, t, cpu in ((5, T0 + 1.5, 50), (6, T0 + 2.5, 60)):
+        led.observe_final(ident("/p/q", inode), synth("/p/q", inode, t, cpu=cpu, stat=inner),
+                          "boot-a")
+    led.observe_snapshot(snapshot([(p, synth("/p", 1, T0 + 3, cpu=10100, stat=inner)),
+                                   (a, synth("/p/a", 2, T0 + 3, cpu=3000, stat=inner)),
+                                   (ab, synth("/p/a-b", 4, T0 + 3, cpu=700))]))
+    led.close_due((T0 + 10) * 10**9)
+    assert total(led, "/p", "cpu_usec", "unattributed") == 10000 - 3000 - 700 - 50 - 60
+    assert total(led, "/p/a", "cpu_usec", "unattributed") == 3000 - 500
+    assert {(r.cgroup, r.inode, r.quantity) for r in rows(led) if r.subject == "unattributed"
+            and r.cgroup == "/p/q"} == {("/p/q", 6, 110)}
+    assert {r.cgroup for r in rows(led) if r.subject == "unattributed"} == {"/p", "/p/a", "/p/q"}
+
+
 def test_a_churned_period_closes_in_chunks_and_balances(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Many short lives under one parent: every row closes (over several UPDATE chunks), and

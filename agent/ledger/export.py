@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.ledger.meters import METERS, Aggregation
-from agent.ledger.storage import SELF, UNATTRIBUTED, StoredRow
+from agent.ledger.meters import METERS, SELF, UNATTRIBUTED, Aggregation
+from agent.ledger.storage import StoredRow
 
 SCHEMA_VERSION = 1
 FORMATS = ("csv", "jsonl", "parquet", "json")

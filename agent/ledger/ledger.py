@@ -43,11 +43,12 @@ from agent.ledger.meters import (
     NET_RX_BYTES,
     NET_TX_BYTES,
     PIDS_PEAK,
+    SELF,
 )
 from agent.ledger.network_totals import netns_of, network_totals
 from agent.ledger.periods import NS, period_of, split
 from agent.ledger.series import Series
-from agent.ledger.storage import SELF, Batch, LedgerStorage, RowAcc, RowKey, dump_json
+from agent.ledger.storage import Batch, LedgerStorage, RowAcc, RowKey, dump_json
 from agent.model.snapshot import Snapshot, WorkloadIdentity
 from collectors.samples import CgroupSample
 

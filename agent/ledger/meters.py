@@ -11,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+#: A usage row's subject: the incarnation's own use, or (on a parent) the part of its CPU
+#: that none of its tracked children account for.
+SELF = "self"
+UNATTRIBUTED = "unattributed"
+
 
 class Method(StrEnum):
     EXACT_COUNTER = "exact_counter"

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.ledger.meters import CPU_USEC, METERS, Aggregation
+from agent.ledger.reconcile import reconcile
 
 if TYPE_CHECKING:  # the export child reads through its own connection, without the store
     from agent.core.store import Store
 
 COMPONENT = "ledger"
-SELF = "self"
-UNATTRIBUTED = "unattributed"
 
 DDL_V1 = (
     "CREATE TABLE ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -223,7 +221,7 @@ def _write_batch(db: sqlite3.Connection, batch: Batch) -> None:
     if batch.close_before is not None:
         touched |= _close(db, batch.close_before)
     for period in sorted(touched):
-        _reconcile(db, *period)
+        reconcile(db, *period)
 
 
 def _write_correction(db: sqlite3.Connection, key: RowKey, acc: RowAcc) -> bool:
@@ -267,70 +265,6 @@ def _close(db: sqlite3.Connection, before: int) -> set[tuple[int, int]]:
         " WHERE closed = 0 AND period_end <= ? LIMIT ?)", (before, CLOSE_CHUNK)).rowcount:
         pass
     return periods
-
-
-def _parent_path(path: str) -> str | None:
-    if path == "/":
-        return None
-    head = path.rsplit("/", 1)[0]
-    return head or "/"
-
-
-def _reconcile(db: sqlite3.Connection, period_start: int, period_end: int) -> None:
-    """For each parent, unattributed = own CPU delta - its children's, as (correction) rows.
-
-    A child is the nearest tracked descendant of the same boot; a parent gets a row when it had
-    children in the period or the kernel said it has descendants (it is not a leaf). Under
-    churn a period holds 100,000s of incarnations: per path only its CPU total and its latest
-    incarnation are kept, and the state's two fields come from SQL (json_extract), not from a
-    parsed copy of each state.
-    """
-    # (boot, path) -> CPU of all its incarnations, and its latest (by last_wall, then inode):
-    # (last_wall, inode, own CPU, inner). Where a path had two incarnations in one period, the
-    # later one is the parent.
-    per_path: dict[tuple[str, str], tuple[int, tuple[int, int, int, bool]]] = {}
-    for boot, inode, cgroup, inner, last_wall, total in db.execute(
-        "SELECT u.boot_id, u.inode, i.cgroup, json_extract(i.state_json, '$.inner'),"
-        " json_extract(i.state_json, '$.last_wall'), SUM(u.quantity) FROM ledger_usage u"
-        " JOIN ledger_incarnation i ON i.boot_id = u.boot_id AND i.inode = u.inode"
-        " WHERE u.subject = ? AND u.meter = ? AND u.period_start = ?"
-        " GROUP BY u.boot_id, u.inode", (SELF, CPU_USEC, period_start)):
-        key = (str(boot), str(cgroup))
-        this = (int(last_wall or 0), int(inode), int(total), bool(inner))
-        got = per_path.get(key)
-        if got is None:
-            per_path[key] = (this[2], this)
-        else:
-            per_path[key] = (got[0] + this[2], max(got[1], this))
-    children_sum: dict[tuple[str, str], int] = defaultdict(int)
-    for (boot, path), (path_total, _) in per_path.items():
-        anc = _parent_path(path)
-        while anc is not None and (boot, anc) not in per_path:
-            anc = _parent_path(anc)
-        if anc is not None:
-            children_sum[(boot, anc)] += path_total
-    parents = {k: latest for k, (_, latest) in per_path.items()
-               if k in children_sum or latest[3]}
-    del per_path
-    for (boot, path), (_, inode, total, inner) in sorted(parents.items()):
-        if (boot, path) not in children_sum and not inner:
-            continue
-        want = total - children_sum.get((boot, path), 0)
-        have_sum, have_rev = db.execute(
-            "SELECT SUM(quantity), MAX(revision) FROM ledger_usage WHERE boot_id = ? AND"
-            " inode = ? AND subject = ? AND meter = ? AND period_start = ?",
-            (boot, inode, UNATTRIBUTED, CPU_USEC, period_start)).fetchone()
-        if have_rev is not None and want == have_sum:
-            continue
-        rev = 0 if have_rev is None else int(have_rev) + 1
-        db.execute(
-            "INSERT INTO ledger_usage (boot_id, inode, subject, meter, period_start, period_end,"
-            " revision, quantity, n_samples, n_resets, closed, identity_json) SELECT ?, ?, ?, ?,"
-            " ?, ?, ?, ?, 0, 0, 1, identity_json FROM ledger_incarnation"
-            " WHERE boot_id = ? AND inode = ?",
-            (boot, inode, UNATTRIBUTED, CPU_USEC, period_start, period_end, rev,
-             want - int(have_sum or 0), boot, inode),
-        )
 
 
 def dump_json(value: Mapping[str, Any] | Iterable[Any]) -> str:

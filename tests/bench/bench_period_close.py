@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import agent.ledger.storage as storage
 from agent.core.process_limits import limit_malloc_arenas, trim_malloc
 from agent.core.store_writer import CACHE_KIB
+from agent.ledger.reconcile import reconcile
 from tests.test_ledger_support import BOOT, ident, open_ledger, snapshot, synth
 
 T0 = 1_800_000_000
@@ -99,7 +100,7 @@ def main() -> None:
         db.execute("BEGIN")
         periods = _measured(lib, "close", lambda: storage._close(db, T0 + 7200))
         for period in sorted(periods):
-            _measured(lib, "reconcile", lambda p=period: storage._reconcile(db, *p))
+            _measured(lib, "reconcile", lambda p=period: reconcile(db, *p))
         _measured(lib, "commit", lambda: db.execute("COMMIT"))
         db.close()
         rss1 = _rss_mib()
