@@ -7,8 +7,10 @@ after emptying), a /metrics scrape every second, an SSE client on the event stre
 and at the end: the agent's fds, inotify watches (from /proc/<pid>/fdinfo), RSS, the prefix's
 nr_dying_descendants, and the populated-0 -> final read latency p50/p99 (from
 container_agent_final_read_latency_seconds, bucket upper bounds); also the scrape and /healthz
-latency p50/p99 during the run. Asserts nothing about time.
-Run as root: `.venv/bin/python tests/bench/bench_soak.py [--duration SECONDS] [--idle N]`.
+latency p50/p99 during the run, and the ledger's closed boundary: with `--period 300` (the
+ledger's period, default an hour) churned periods close inside the run. Asserts nothing about
+time. Run as root:
+`.venv/bin/python tests/bench/bench_soak.py [--duration SECONDS] [--idle N] [--period SECONDS]`.
 """
 
 from __future__ import annotations
@@ -82,12 +84,14 @@ def report(label: str, agent: RunningAgent, factory: CgroupFactory) -> None:
     pid = agent.proc.pid
     fds = agent_fds(pid)
     metrics = agent.get_text("/metrics")
+    closed = re.search(r"^container_agent_ledger_closed_before_seconds (\S+)$", metrics, re.M)
+    closed_at = time.strftime("%H:%M:%S", time.gmtime(float(closed.group(1)))) if closed else "?"
     print(f"[{label}] fds {len(fds)} (on removed dirs: "
           f"{sum(1 for f in fds if '(deleted)' in f)}), inotify watches "
           f"{inotify_watches(pid)}, RSS {_rss_kib(pid) / 1024:.1f} MiB, prefix "
           f"nr_dying_descendants {_dying(factory)}, final read "
           f"{_latency_quantiles(metrics)}; the latest reads exactly: "
-          f"{_recent_quantiles(metrics)}")
+          f"{_recent_quantiles(metrics)}; ledger periods closed before {closed_at} UTC")
 
 
 class Load:
@@ -179,13 +183,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=600.0, help="seconds of churn (600)")
     p.add_argument("--rate", type=float, default=50.0, help="cgroup lives per second (50)")
+    p.add_argument("--period", type=int, default=3600,
+                   help="ledger period_seconds (3600); shorter puts period closes, each of a"
+                        " churned period, inside the soak (grace: a fifth of it, at most 120 s)")
     p.add_argument("--idle", type=int, default=0,
                    help="cgroups holding a sleeping process, besides the churn (0)")
     args = p.parse_args()
     with cgroup_factory("soak") as factory, tempfile.TemporaryDirectory() as tmp:
         for i in range(args.idle):
             factory.create(f"idle-{i:05d}").spawn(["sleep", str(int(args.duration) + 900)])
-        agent = RunningAgent(Path(tmp), {"interval": 1}, [])
+        ledger = {"period_seconds": args.period, "grace_seconds": min(120, args.period // 5)}
+        agent = RunningAgent(Path(tmp), {"interval": 1, "ledger": ledger}, [])
         try:
             agent.wait_ready(timeout=180)  # a host busy with other cgroups starts slowly
             soak(agent, factory, args.duration, args.rate)
