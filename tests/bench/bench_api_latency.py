@@ -1,7 +1,8 @@
 """/healthz and /metrics latency while agentd is busy: 1,000 real cgroups, a churn of cgroup
 lives (events and ledger final samples written), billing exports back to back, and /metrics and
 /healthz each fetched 20 times a second. Prints p50/p99/max of each (target: /healthz p99 <= 10
-ms) and the store writer's figures. Asserts nothing.
+ms) and the store writer's figures. The two clients are processes of their own
+(latency_probe.py), so their figures hold no waits for this process's GIL. Asserts nothing.
 
 `--compare DIR` runs the same load a second time on the same tree with the agent code of another
 checkout (e.g. main: `git archive main | tar -x -C /tmp/main`), for a before/after in one run.
@@ -11,8 +12,10 @@ Run as root: `.venv/bin/python tests/bench/bench_api_latency.py [--compare DIR]`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -27,36 +30,26 @@ from tests.support.agentd import RunningAgent
 from tests.support.cgroups import CgroupFactory, cgroup_factory
 from tests.support.churn import Churn
 
+PROBE = Path(__file__).with_name("latency_probe.py")
 _STORE = re.compile(r"^(container_agent_store_\w+) (\S+)$", re.M)
 _SLOW = re.compile(r"Executing (.*) took (\d+\.\d+) seconds")
 _CALLBACK = re.compile(r"(?:coro=<|Handle (?:when=\S+ )?)([\w.]+)\(")
 
 
-class Fetcher:
-    """GET one path at a fixed rate in a thread, recording each answer's latency (s)."""
+class Probe:
+    """GET one path at a fixed rate from a process of its own (tests/bench/latency_probe.py)."""
 
     def __init__(self, agent: RunningAgent, path: str, rate: float) -> None:
-        self.url, self.period = agent.base_url + path, 1.0 / rate
+        self.proc = subprocess.Popen(
+            [sys.executable, str(PROBE), agent.base_url + path, str(rate)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.latency: list[float] = []
         self.errors = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        due = time.monotonic()
-        while not self.stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                with urllib.request.urlopen(self.url, timeout=30) as resp:
-                    resp.read()
-            except urllib.error.HTTPError as e:  # a 503 (stale snapshot) is still an answer
-                e.read()
-            except OSError:
-                self.errors += 1
-                continue
-            self.latency.append(time.perf_counter() - t0)
-            due += self.period
-            self.stop.wait(max(0.0, due - time.monotonic()))
+    def finish(self) -> None:
+        out, _ = self.proc.communicate(input="", timeout=60)
+        got = json.loads(out)
+        self.latency, self.errors = got["latency"], got["errors"]
 
 
 class Exporter:
@@ -105,15 +98,15 @@ def slow_callbacks(log: str) -> None:
 
 
 def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interval: float,
-        code: str | None, debug_loop: bool) -> None:
+        code: str | None, debug_loop: bool, exports: bool, metrics_rate: float) -> None:
     with tempfile.TemporaryDirectory(prefix="ca-bench-api-") as tmp:
         saved = dict(os.environ)
-        if code:
-            os.environ["PYTHONPATH"] = code  # agentd imports `agent` from that checkout
         if debug_loop:
             os.environ["PYTHONASYNCIODEBUG"] = "1"
         try:
-            agent = RunningAgent(Path(tmp), {"interval": interval}, [])
+            # `code`: agentd imports `agent` from that checkout
+            agent = RunningAgent(Path(tmp), {"interval": interval}, [],
+                                 code=Path(code) if code else None)
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -122,7 +115,7 @@ def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interva
             seq = agent.get("/healthz")["snapshot_seq"]
             agent.wait_for(lambda: agent.get("/healthz")["snapshot_seq"] >= seq + 3,
                            timeout=300, interval=0.2)
-            measure(label, agent, factory, seconds, rate)
+            measure(label, agent, factory, seconds, rate, exports, metrics_rate)
         finally:
             agent.stop(timeout=120)
         errors = sorted({line for line in agent.log().splitlines()
@@ -135,20 +128,20 @@ def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interva
 
 
 def measure(label: str, agent: RunningAgent, factory: CgroupFactory, seconds: float,
-            rate: float) -> None:
-    health = Fetcher(agent, "/healthz", 20)
-    metrics = Fetcher(agent, "/metrics", 20)
+            rate: float, exports: bool, metrics_rate: float) -> None:
+    health = Probe(agent, "/healthz", 20)
+    metrics = Probe(agent, "/metrics", metrics_rate)
     exporter = Exporter(agent)
-    workers = (health, metrics, exporter)
-    for w in workers:
-        w.thread.start()
+    if exports:
+        exporter.thread.start()
     t0 = time.monotonic()
     lives = Churn(factory, rate, 0.01, workers=8).run(seconds)
     took = time.monotonic() - t0
-    for w in workers:
-        w.stop.set()
-    for w in workers:
-        w.thread.join(timeout=130)
+    exporter.stop.set()
+    health.finish()
+    metrics.finish()
+    if exports:
+        exporter.thread.join(timeout=130)
     host = agent.get("/api/v1/host")
     store = dict(_STORE.findall(agent.get_text("/metrics")))
     print(f"[{label}] {host['workloads']} workloads; {len(lives)} lives in {took:.0f} s; "
@@ -166,6 +159,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="seconds of churn (30)")
     p.add_argument("--rate", type=float, default=20.0, help="cgroup lives per second (20)")
     p.add_argument("--interval", type=float, default=1.0, help="agentd --interval (1)")
+    p.add_argument("--metrics-rate", type=float, default=20.0,
+                   help="/metrics scrapes per second (20; Prometheus scrapes every 15 s by"
+                        " default, every 1 s at the most aggressive)")
+    p.add_argument("--no-exports", action="store_true",
+                   help="no billing exports (what the exports add, against a run with them)")
     p.add_argument("--compare", default="", help="another checkout to run the same load with")
     p.add_argument("--debug-loop", action="store_true",
                    help="asyncio debug mode: print the callbacks that held the loop > 100 ms "
@@ -176,10 +174,12 @@ def main() -> None:
         for i in range(args.cgroups):
             factory.create(f"c{i:04d}")
         print(f"created {args.cgroups} cgroups in {time.monotonic() - t0:.1f} s")
-        run("this", factory, args.seconds, args.rate, args.interval, None, args.debug_loop)
+        run("this", factory, args.seconds, args.rate, args.interval, None, args.debug_loop,
+            not args.no_exports, args.metrics_rate)
         if args.compare:
             run(Path(args.compare).name or args.compare, factory, args.seconds, args.rate,
-                args.interval, str(Path(args.compare).resolve()), args.debug_loop)
+                args.interval, str(Path(args.compare).resolve()), args.debug_loop,
+                not args.no_exports, args.metrics_rate)
 
 
 if __name__ == "__main__":

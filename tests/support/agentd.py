@@ -53,7 +53,9 @@ def write_toml(path: Path, config: dict[str, Any]) -> None:
 
 class RunningAgent:
     def __init__(self, workdir: Path, config: dict[str, Any], args: list[str],
-                 nofile: int | None = None) -> None:
+                 nofile: int | None = None, code: Path | None = None) -> None:
+        """`code`: the checkout whose `agent` package runs (default: this one); benchmarks
+        compare another checkout's code on the same tree with it."""
         self.workdir = workdir
         self.port = free_port()
         self.state_dir = workdir / "state"
@@ -68,7 +70,7 @@ class RunningAgent:
         self._final_log: str | None = None
         # This checkout's code, not the one the venv was installed from (a worktree's tests
         # would otherwise run another branch's agentd).
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(code or REPO))
 
         def limit() -> None:  # `nofile`: the open-file limit, soft and hard
             if nofile is not None:

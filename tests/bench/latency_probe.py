@@ -1,0 +1,49 @@
+"""GET one URL at a fixed rate, in a process of its own, until its stdin closes; then print
+{"latency": [seconds, ...], "errors": n} as one JSON line.
+
+The benchmarks' clients run here, not in their own process: a client thread sharing a GIL with
+the benchmark's churn threads and body-reading fetchers measures its own waits for that GIL too.
+Run: `python tests/bench/latency_probe.py URL RATE` (stdin open for as long as it should run).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+
+def main() -> None:
+    url, period = sys.argv[1], 1.0 / float(sys.argv[2])
+    stop = threading.Event()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    latency: list[float] = []
+    errors = 0
+    due = time.monotonic()
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                resp.read()
+        except urllib.error.HTTPError as e:  # a 503 (stale snapshot) is still an answer
+            e.read()
+        except OSError:
+            errors += 1
+            stop.wait(0.05)
+            continue
+        latency.append(time.perf_counter() - t0)
+        due += period
+        stop.wait(max(0.0, due - time.monotonic()))
+    print(json.dumps({"latency": latency, "errors": errors}))
+
+
+if __name__ == "__main__":
+    main()
