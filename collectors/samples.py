@@ -160,6 +160,17 @@ class CgroupSample:
             and self.populated is other.populated and self.frozen is other.frozen
         )
 
+    def equal_values(self, other: CgroupSample) -> bool:
+        """The values same_values() looks at, compared field by field: for a sample read anew
+        where the reader kept no parsed file to share (a directory it could not keep open)."""
+        return (
+            self.inode == other.inode and self.populated == other.populated
+            and self.frozen == other.frozen and self.cpu == other.cpu
+            and self.memory == other.memory and self.pids == other.pids
+            and self.io == other.io and self.stat == other.stat
+            and self.pressure == other.pressure
+        )
+
     @property
     def io_totals(self) -> tuple[int, int, int, int] | None:
         """(rbytes, wbytes, rios, wios) summed over devices."""

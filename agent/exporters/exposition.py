@@ -8,7 +8,9 @@ Content negotiation: OpenMetrics when the client asks for it, Prometheus text ot
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -160,7 +162,7 @@ def self_families() -> list[Metric]:
     with _SELF.oneshot():
         times = _SELF.cpu_times()
         mem = _SELF.memory_info()
-        fd_count = _SELF.num_fds()
+    fd_count = open_fd_count()
     cpu = CounterMetricFamily("container_agent_process_cpu_seconds",
                               "CPU time the agent has used (user + system)")
     cpu.add_metric([], times.user + times.system)
@@ -171,3 +173,15 @@ def self_families() -> list[Metric]:
     fds = GaugeMetricFamily("container_agent_process_open_fds", "File descriptors open")
     fds.add_metric([], fd_count)
     return [cpu, rss, vms, fds]
+
+
+def open_fd_count() -> int:
+    """The process's open fds. Since Linux 6.2 the size of /proc/self/fd is their number: one
+    stat, where listing it (psutil's num_fds) took ~10 ms with the 18,000 fds the kernel
+    watch keeps for 1,000 cgroups on a hybrid host; older kernels say 0 and get the listing
+    (less the fd the listing itself holds open)."""
+    with contextlib.suppress(OSError):
+        size = os.stat("/proc/self/fd").st_size
+        if size > 0:
+            return size
+    return max(0, _SELF.num_fds() - 1)
