@@ -2,7 +2,8 @@
 lives (events and ledger final samples written), billing exports back to back, and /metrics and
 /healthz each fetched 20 times a second. Prints p50/p99/max of each (target: /healthz p99 <= 10
 ms) and the store writer's figures. The two clients are processes of their own
-(latency_probe.py), so their figures hold no waits for this process's GIL. Asserts nothing.
+(tests/support/latency_probe.py), so their figures hold no waits for this process's GIL.
+Asserts nothing.
 
 `--compare DIR` runs the same load a second time on the same tree with the agent code of another
 checkout (e.g. main: `git archive main | tar -x -C /tmp/main`), for a before/after in one run.
@@ -12,10 +13,8 @@ Run as root: `.venv/bin/python tests/bench/bench_api_latency.py [--compare DIR]`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,27 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.support.agentd import RunningAgent
 from tests.support.cgroups import CgroupFactory, cgroup_factory
 from tests.support.churn import Churn
+from tests.support.latency_probe import Probe
 
-PROBE = Path(__file__).with_name("latency_probe.py")
 _STORE = re.compile(r"^(container_agent_store_\w+) (\S+)$", re.M)
 _SLOW = re.compile(r"Executing (.*) took (\d+\.\d+) seconds")
 _CALLBACK = re.compile(r"(?:coro=<|Handle (?:when=\S+ )?)([\w.]+)\(")
-
-
-class Probe:
-    """GET one path at a fixed rate from a process of its own (tests/bench/latency_probe.py)."""
-
-    def __init__(self, agent: RunningAgent, path: str, rate: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PROBE), agent.base_url + path, str(rate)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.latency: list[float] = []
-        self.errors = 0
-
-    def finish(self) -> None:
-        out, _ = self.proc.communicate(input="", timeout=60)
-        got = json.loads(out)
-        self.latency, self.errors = got["latency"], got["errors"]
 
 
 class Exporter:
@@ -129,8 +112,8 @@ def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interva
 
 def measure(label: str, agent: RunningAgent, factory: CgroupFactory, seconds: float,
             rate: float, exports: bool, metrics_rate: float) -> None:
-    health = Probe(agent, "/healthz", 20)
-    metrics = Probe(agent, "/metrics", metrics_rate)
+    health = Probe(agent.base_url + "/healthz", 20)
+    metrics = Probe(agent.base_url + "/metrics", metrics_rate)
     exporter = Exporter(agent)
     if exports:
         exporter.thread.start()

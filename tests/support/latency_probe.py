@@ -3,17 +3,34 @@
 
 The benchmarks' clients run here, not in their own process: a client thread sharing a GIL with
 the benchmark's churn threads and body-reading fetchers measures its own waits for that GIL too.
-Run: `python tests/bench/latency_probe.py URL RATE` (stdin open for as long as it should run).
+Run: `python tests/support/latency_probe.py URL RATE` (stdin open for as long as it should
+run), or through `Probe` from a benchmark.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+
+
+class Probe:
+    """This script in a process of its own, GETting `url` at `rate` per second until finish()."""
+
+    def __init__(self, url: str, rate: float) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, url, str(rate)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.latency: list[float] = []
+        self.errors = 0
+
+    def finish(self) -> None:
+        out, _ = self.proc.communicate(input="", timeout=60)
+        got = json.loads(out)
+        self.latency, self.errors = got["latency"], got["errors"]
 
 
 def main() -> None:
