@@ -188,6 +188,33 @@ def test_rendered_once_per_snapshot_on_first_scrape() -> None:
     assert renderer.renders == 2 and 'name="c"' in body and 'name="c"' not in first.decode()
 
 
+def test_snapshots_render_after_their_cycle_only_while_something_scrapes() -> None:
+    from dataclasses import replace
+
+    from agent.exporters.exposition import RENDER_AHEAD_WINDOW_S
+
+    renderer = MetricsRenderer(cadvisor=False)
+    first = _snapshot(["a"])
+    assert not renderer.render_ahead(first)  # never scraped: nothing rendered
+    assert renderer.renders == 0
+    renderer.scrape(first, False)
+    scraped = renderer.scraped_ns
+    assert renderer.renders == 1 and scraped is not None
+    nxt = replace(_snapshot(["a", "b"]), seq=2)
+    renderer.prepare(nxt)
+    assert renderer.render_ahead(nxt, scraped + 10**9)
+    assert renderer.renders == 2
+    body = b"".join(renderer.scrape(nxt, False))
+    assert renderer.renders == 2  # the scrape found it rendered
+    fresh = MetricsRenderer(cadvisor=False)
+    assert body == b"".join(fresh.scrape(nxt, False))
+    late = replace(_snapshot(["a", "b", "c"]), seq=3)
+    renderer.prepare(late)
+    assert not renderer.render_ahead(
+        late, renderer.scraped_ns + int(RENDER_AHEAD_WINDOW_S * 1e9) + 1)  # scraper gone
+    assert renderer.renders == 2
+
+
 def test_identity_labels_once_groups_and_plain_cgroups() -> None:
     from dataclasses import replace
 

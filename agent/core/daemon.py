@@ -213,12 +213,16 @@ class Agent:
                 self.ctx.health.fault(comp.name, "on_snapshot", repr(e))
             else:
                 self.ctx.health.clear(comp.name, "on_snapshot")
-        # After the components have digested the snapshot: collect reference cycles now and
-        # then, and hand freed memory back.
-        await loop.run_in_executor(None, self._after_cycle)
+        # After the components have digested the snapshot: render it for /metrics if someone
+        # scrapes, collect reference cycles now and then, and hand freed memory back.
+        await loop.run_in_executor(None, self._after_cycle, snap)
         return True
 
-    def _after_cycle(self) -> None:
+    def _after_cycle(self, snap: Snapshot) -> None:
+        try:
+            self.renderer.render_ahead(snap)
+        except Exception:  # the next scrape renders it (and says why it fails)
+            log.exception("rendering snapshot %d for /metrics failed", snap.seq)
         self._cycles_gc.maybe_collect()
         trim_malloc()
 

@@ -1,7 +1,8 @@
-"""Rendering /metrics: the snapshot's families are rendered at most once per snapshot, by the
-first scrape that asks for it (at 1 s cycles and 15 s scrapes most snapshots are never
-scraped, so rendering each cycle would be wasted); later scrapes of the same snapshot reuse
-the bytes and only add the components' (small, live) families.
+"""Rendering /metrics: the snapshot's families are rendered at most once per snapshot: right
+after its cycle while something scrapes (within RENDER_AHEAD_WINDOW_S), so a scrape only sends
+bytes; with no scraper, by the first scrape that asks for it (an agent nobody scrapes renders
+nothing). Later scrapes of the same snapshot reuse the bytes and only add the components'
+(small, live) families.
 
 Content negotiation: OpenMetrics when the client asks for it, Prometheus text otherwise.
 """
@@ -12,6 +13,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -72,10 +74,16 @@ def wants_openmetrics(accept: str) -> bool:
     return "application/openmetrics-text" in accept
 
 
-class MetricsRenderer:
-    """Renders a snapshot once, for both formats, on the first scrape that asks for it.
+#: While something has scraped within this many seconds, each snapshot is rendered right after
+#: its cycle (render_ahead), and scrapes only send bytes; with no scraper, nothing is rendered.
+RENDER_AHEAD_WINDOW_S = 120.0
 
-    Per snapshot (the first scrape, in a worker thread: the API stays responsive): the
+
+class MetricsRenderer:
+    """Renders a snapshot once, for both formats: right after its cycle while something scrapes
+    (render_ahead), else on the first scrape that asks for it.
+
+    Per snapshot (in a worker thread: the API stays responsive): the
     workload families, the agent's own, and the families of components whose metrics depend
     only on the snapshot (`Component.snapshot_metrics`). Per scrape: only the other
     components' small, live counters (events, deliveries). A snapshot amended between cycles
@@ -103,6 +111,8 @@ class MetricsRenderer:
         self.renders = 0
         #: The agent's live families (component health), rendered at every scrape.
         self.live_families: Callable[[], list[Metric]] = lambda: []
+        #: time.monotonic_ns() of the latest scrape (None: never scraped).
+        self.scraped_ns: int | None = None
 
     def _component_families(self, snapshot: Snapshot, per_cycle: bool) -> list[Metric]:
         out: list[Metric] = []
@@ -134,14 +144,29 @@ class MetricsRenderer:
         self._seq = snapshot.seq
         self.renders += 1
 
+    def _rendered(self, snapshot: Snapshot) -> tuple[list[RenderedFamily], dict[bool, bytes]]:
+        with self._lock:  # one render per snapshot, also for concurrent scrapes
+            if self._seq != snapshot.seq or not self._tails:
+                self._render_snapshot(snapshot)
+            return self._families, self._tails
+
+    def render_ahead(self, snapshot: Snapshot, now_ns: int | None = None) -> bool:
+        """Render `snapshot` now if something scraped within RENDER_AHEAD_WINDOW_S: a first
+        scrape then only sends bytes (1,000 workloads: ~9 against ~23 ms here). Called after
+        the cycle's components are done with the snapshot; blocking: from a worker thread."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        last = self.scraped_ns
+        if last is None or now - last > RENDER_AHEAD_WINDOW_S * 1e9:
+            return False
+        self._rendered(snapshot)
+        return True
+
     def scrape(self, snapshot: Snapshot, openmetrics: bool) -> list[bytes]:
         """The /metrics body as the rendered parts, to be sent one after another: a scrape
         then holds no copy of the whole body (4 MB at 1,000 workloads) beside the rendering
         (blocking: call it from a worker thread)."""
-        with self._lock:  # one render per snapshot, also for concurrent scrapes
-            if self._seq != snapshot.seq or not self._tails:
-                self._render_snapshot(snapshot)
-            families, tails = self._families, self._tails
+        self.scraped_ns = time.monotonic_ns()
+        families, tails = self._rendered(snapshot)
         live = _render(self._component_families(snapshot, per_cycle=False)
                        + self.live_families(), openmetrics)
         parts: list[bytes] = []
