@@ -44,6 +44,7 @@ from agent.events.store import EventLog
 from agent.kernel.cgroup_watch import CgroupWatcher
 from agent.kernel.final_read import FinalReadThread, latency_family, recent_latency_family
 from agent.kernel.watched import NoListener, PollScope, PsiTrigger, WatchedCgroup
+from agent.model.recent_keys import RecentKeys
 from agent.model.snapshot import Snapshot, WorkloadIdentity, WorkloadState
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
@@ -110,7 +111,7 @@ class EventsComponent(Component):
         self._running: dict[tuple[str, int], bool] = {}
         #: Incarnations whose directory is gone (the latest GONE_KEPT): a snapshot collected
         #: before the rmdir and published after it must not start them again.
-        self._gone: dict[tuple[str, int], None] = {}
+        self._gone: RecentKeys[tuple[str, int]] = RecentKeys(GONE_KEPT)
         self._usage: dict[tuple[str, int], int] = {}
         self._throttled: set[tuple[str, int]] = set()
         self._prev: Snapshot | None = None
@@ -395,9 +396,7 @@ class EventsComponent(Component):
                 self._stopped(cg.identity, self._last_sample(cg.identity), final=False)
         self._running.pop(key, None)
         self._usage.pop(key, None)
-        self._gone[key] = None
-        if len(self._gone) > GONE_KEPT:
-            del self._gone[next(iter(self._gone))]
+        self._gone.add(key)
 
     def _last_sample(self, who: WorkloadIdentity) -> CgroupSample | None:
         snapshot = self.ctx.latest() if self.ctx else None

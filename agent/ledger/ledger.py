@@ -49,6 +49,7 @@ from agent.ledger.network_totals import netns_of, network_totals
 from agent.ledger.periods import NS, period_of, split
 from agent.ledger.series import Series
 from agent.ledger.storage import Batch, LedgerStorage, RowAcc, RowKey, dump_json
+from agent.model.recent_keys import RecentKeys
 from agent.model.snapshot import Snapshot, WorkloadIdentity
 from collectors.samples import CgroupSample
 
@@ -131,7 +132,7 @@ class Ledger:
         self._open: dict[RowKey, RowAcc] = self.storage.open_rows()
         self._series: dict[tuple[str, int], Series] = {}
         #: Incarnations that had their final sample, most recent last (ENDED_KEPT at most).
-        self._ended: dict[tuple[str, int], None] = {}
+        self._ended: RecentKeys[tuple[str, int]] = RecentKeys(ENDED_KEPT)
         self._net: dict[tuple[str, str], Series] = {}
 
     # -- entry points ---------------------------------------------------------------------
@@ -187,9 +188,7 @@ class Ledger:
             self.stats["final_samples"] += 1
             if key is not None:
                 self._evict(key, sample.wall_ns)
-                self._ended[key] = None
-                if len(self._ended) > ENDED_KEPT:
-                    del self._ended[next(iter(self._ended))]
+                self._ended.add(key)
 
     def _evict(self, key: tuple[str, int], wall_ns: int) -> None:
         """A container that ended holds no memory here: its series and open rows are in the
