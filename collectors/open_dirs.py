@@ -132,7 +132,7 @@ class OpenDirs:
         others = 0
         if self._squeezed:
             self._regrow_ns = now_ns + int(self.REGROW_AFTER_S * 1e9)
-            others = max(0, _open_fds() - self._n)
+            others = max(0, open_fd_count() - self._n)
         self._cap = self._compute_cap(others)
         return self._n < self._cap
 
@@ -143,11 +143,11 @@ class OpenDirs:
         (at least one directory), and stop growing for REGROW_AFTER_S. True when something
         was closed."""
         idle = sorted((d.used_ns, p) for p, d in self._dirs.items() if d.used_ns != now_ns)
-        target = -1  # counted after the first drop: listing /proc/self/fd takes an fd too
+        target = -1  # counted after the first drop: older kernels list /proc/self/fd (an fd)
         for _used, path in idle:
             self.drop(path)
             if target < 0:
-                target = self._compute_cap(max(0, _open_fds() - self._n))
+                target = self._compute_cap(max(0, open_fd_count() - self._n))
             if self._n <= target:
                 break
         self._cap = self._n
@@ -177,9 +177,15 @@ class OpenDirs:
             self.drop(path)
 
 
-def _open_fds() -> int:
-    """Fds the process holds now (0 when /proc cannot tell)."""
+def open_fd_count() -> int:
+    """Fds the process holds now (0 when /proc cannot tell). Since Linux 6.2 the size of
+    /proc/self/fd is their number: one stat, where listing it took ~10 ms with the 18,000 fds
+    kept for 1,000 cgroups on a hybrid host; older kernels say 0 and get the listing (less the
+    fd the listing itself holds open)."""
     try:
-        return len(os.listdir("/proc/self/fd"))
+        size = os.stat("/proc/self/fd").st_size
+        if size > 0:
+            return size
+        return max(0, len(os.listdir("/proc/self/fd")) - 1)
     except OSError:
         return 0

@@ -6,9 +6,11 @@ import os
 import time
 from pathlib import Path
 
-import agent.exporters.exposition as exposition
+import psutil
+
 from agent.core.hostinfo import memory_bytes
 from agent.exporters.exposition import self_families
+from collectors.open_dirs import open_fd_count
 
 
 def _values() -> dict[str, float]:
@@ -44,14 +46,14 @@ def test_open_fds_are_counted_without_listing_them_where_the_kernel_says() -> No
     assert os.stat("/proc/self/fd").st_size > 0  # this host's kernel (6.18) has it
     extra = [os.open("/dev/null", os.O_RDONLY) for _ in range(40)]
     try:
-        by_size = exposition.open_fd_count()
+        by_size = open_fd_count()
         by_listing = len(os.listdir("/proc/self/fd")) - 1
-        by_psutil = max(0, exposition._SELF.num_fds() - 1)
+        by_psutil = max(0, psutil.Process().num_fds() - 1)
     finally:
         for fd in extra:
             os.close(fd)
     assert by_size == by_listing == by_psutil
-    assert exposition.open_fd_count() == by_size - 40
+    assert open_fd_count() == by_size - 40
 
 
 def test_host_memory_is_memtotal() -> None:

@@ -9,9 +9,7 @@ Content negotiation: OpenMetrics when the client asks for it, Prometheus text ot
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,6 +33,7 @@ from agent.exporters.metrics import (
     render_workload_families,
 )
 from agent.model.snapshot import Snapshot
+from collectors.open_dirs import open_fd_count
 
 log = logging.getLogger("agent.metrics")
 
@@ -199,14 +198,3 @@ def self_families() -> list[Metric]:
     fds.add_metric([], fd_count)
     return [cpu, rss, vms, fds]
 
-
-def open_fd_count() -> int:
-    """The process's open fds. Since Linux 6.2 the size of /proc/self/fd is their number: one
-    stat, where listing it (psutil's num_fds) took ~10 ms with the 18,000 fds the kernel
-    watch keeps for 1,000 cgroups on a hybrid host; older kernels say 0 and get the listing
-    (less the fd the listing itself holds open)."""
-    with contextlib.suppress(OSError):
-        size = os.stat("/proc/self/fd").st_size
-        if size > 0:
-            return size
-    return max(0, _SELF.num_fds() - 1)
