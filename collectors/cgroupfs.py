@@ -308,8 +308,11 @@ class CgroupReader:
         return last.sample, last.due(mono, self._whole_after_ns)
 
     def _remember(self, sample: CgroupSample, prev: CgroupSample | None,
-                  refresh: bool = False) -> None:
+                  refresh: bool = False) -> CgroupSample:
+        """Keep `sample` as the cgroup's last; returned sharing the last one's equal values."""
         last = self._last.get(sample.path)
+        if last is not None and last.sample.inode == sample.inode:
+            sample = sample.sharing(last.sample)
         if prev is None or last is None or refresh:
             # A whole read: the plan may stay (its bytes are set by IdlePath.carry).
             plan = last.plan if last is not None and last.sample.inode == sample.inode else None
@@ -317,6 +320,7 @@ class CgroupReader:
         else:
             last.sample = sample
             last.partial_reads += 1
+        return sample
 
     def _pressure(self, d: CgroupDir, datas: list[bytes | None]) -> PressureSample | None:
         """The PSI files' sample; parsed only when their bytes changed since the last read."""
@@ -370,8 +374,7 @@ class CgroupReader:
             frozen=frozen,
             stat=stat or EMPTY,
         )
-        self._remember(sample, prev, refresh)
-        return sample
+        return self._remember(sample, prev, refresh)
 
     # -- hybrid and legacy ---------------------------------------------------------------
     def _read_v1(
@@ -476,8 +479,7 @@ class CgroupReader:
             stat=stat or EMPTY,
             v1_paths=paths,
         )
-        self._remember(sample, prev, refresh)
-        return sample
+        return self._remember(sample, prev, refresh)
 
     @staticmethod
     def _gone(dir_path: str, inode: int) -> bool:

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 EMPTY: Mapping[str, int] = MappingProxyType({})
+_V = TypeVar("_V")
 
 #: An unlimited value (`max`) is reported as this sentinel in limit fields.
 UNLIMITED = -1
@@ -160,15 +162,22 @@ class CgroupSample:
             and self.populated is other.populated and self.frozen is other.frozen
         )
 
-    def equal_values(self, other: CgroupSample) -> bool:
-        """The values same_values() looks at, compared field by field: for a sample read anew
-        where the reader kept no parsed file to share (a directory it could not keep open)."""
-        return (
-            self.inode == other.inode and self.populated == other.populated
-            and self.frozen == other.frozen and self.cpu == other.cpu
-            and self.memory == other.memory and self.pids == other.pids
-            and self.io == other.io and self.stat == other.stat
-            and self.pressure == other.pressure
+    def sharing(self, prev: CgroupSample) -> CgroupSample:
+        """This sample with each value equal to `prev`'s replaced by `prev`'s object, so that
+        same_values() holds for an unchanged cgroup whose files were parsed anew (one whose
+        directory the reader could not keep open): the users of same_values (rates, the
+        ledger's idle samples, the /metrics row cache) then skip it as they skip an idle
+        re-read."""
+        cpu, memory, io = _kept(self.cpu, prev.cpu), _kept(self.memory, prev.memory), _kept(
+            self.io, prev.io)
+        pids, pressure = _kept(self.pids, prev.pids), _kept(self.pressure, prev.pressure)
+        stat = _kept(self.stat, prev.stat)
+        if (cpu is self.cpu and memory is self.memory and io is self.io and pids is self.pids
+                and pressure is self.pressure and stat is self.stat):
+            return self
+        return CgroupSample(
+            self.path, self.inode, self.monotonic_ns, self.wall_ns, self.vanished, cpu, memory,
+            io, pids, pressure, self.populated, self.frozen, stat, self.v1_paths,
         )
 
     @property
@@ -182,3 +191,8 @@ class CgroupSample:
             sum(d.rios or 0 for d in self.io),
             sum(d.wios or 0 for d in self.io),
         )
+
+
+def _kept(new: _V, old: _V) -> _V:
+    """`old` where it equals `new` (an immutable value: either object stands for both)."""
+    return old if new is old or (new is not None and new == old) else new

@@ -138,6 +138,24 @@ def test_unwatched_directories_read_limits_every_time(cgroups: CgroupFactory) ->
     assert s.pids is not None and s.pids.max == 33
 
 
+def test_unchanged_values_read_anew_are_the_last_samples_objects(
+        cgroups: CgroupFactory) -> None:
+    """Without kept directories every file is parsed anew; values equal to the last read's
+    are handed on as its objects, so same_values() holds (rates, the ledger and the /metrics
+    rows skip an unchanged cgroup) and a changed value is new."""
+    cg = cgroups.create()
+    sleeper(cg)
+    reader = track(CgroupReader(cgroups.layout, max_open_dirs=0))
+    first = settle(reader, cg)
+    again = reader.read(cg.rel)
+    assert again.same_values(first) and again.monotonic_ns > first.monotonic_ns
+    cg.write("pids" if hybrid(cgroups) else "unified", "pids.max", "33")
+    s = reader.read(cg.rel)
+    assert not s.same_values(again)
+    assert s.pids is not None and s.pids.max == 33 and s.pids is not again.pids
+    assert s.cpu is again.cpu and s.stat is again.stat
+
+
 def test_counters_exact_after_the_cgroup_ran(cgroups: CgroupFactory) -> None:
     cg = cgroups.create()
     if hybrid(cgroups):

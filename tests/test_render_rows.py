@@ -75,37 +75,6 @@ def test_kept_rows_render_exactly_what_a_fresh_renderer_does() -> None:
     assert _body(fourth, rows, om=True) == _body(fourth, None, om=True)
 
 
-def _read_anew(w: WorkloadState, seq: int) -> WorkloadState:
-    """Read again with nothing changed, by a reader that kept no parsed file to share (a
-    directory past the fd budget): equal values in new objects."""
-    s = w.sample
-    cpu, memory, pids = s.cpu, s.memory, s.pids
-    assert cpu is not None and memory is not None and pids is not None
-    fresh = replace(s.at(s.monotonic_ns + seq * 10**9, s.wall_ns + seq * 10**9),
-                    cpu=replace(cpu), memory=replace(memory), pids=replace(pids),
-                    stat=MappingProxyType(dict(s.stat)))
-    assert fresh.cpu is not cpu and not fresh.same_values(s) and fresh.equal_values(s)
-    return WorkloadState(w.identity, fresh)
-
-
-def test_rows_are_reused_for_equal_values_read_anew() -> None:
-    rows = WorkloadRowCaches()
-    states = [workload(i) for i in range(10)]
-    _body(_snap(1, states), rows)
-    made = rows.metrics.rendered
-    again = _snap(2, [_read_anew(w, 2) for w in states])
-    assert _body(again, rows) == _body(again, None)
-    assert rows.metrics.rendered == made and rows.metrics.reused == 10
-    busy = again.workloads[states[0].identity.id]
-    cpu = busy.sample.cpu
-    assert cpu is not None
-    moved = WorkloadState(busy.identity, replace(
-        busy.sample, cpu=replace(cpu, usage_usec=cpu.usage_usec + 1)))
-    third = _snap(3, [moved, *[_read_anew(w, 3) for w in states[1:]]])
-    assert _body(third, rows) == _body(third, None)
-    assert rows.metrics.rendered == made + 1
-
-
 def test_other_options_start_the_rows_afresh() -> None:
     states = [workload(i) for i in range(3)]
     rows = WorkloadRowCaches()

@@ -90,8 +90,7 @@ class RowCache:
                 URGENT.give_way()
             wid = w.identity.id
             row = old.get(wid)
-            if row is not None and (row.sample.same_values(w.sample)
-                                    or row.sample.equal_values(w.sample)) and (
+            if row is not None and row.sample.same_values(w.sample) and (
                     row.identity is w.identity or row.identity == w.identity):
                 if volatile:
                     lines = list(row.lines)

@@ -1,6 +1,7 @@
 """/metrics latency on the first scrape of each snapshot (the one that renders it) and on a
 second scrape of the same snapshot (rendered bytes only), with N idle cgroups and nothing else
-running: what a Prometheus that scrapes less often than the agent's cycle sees. Asserts nothing.
+running: what a Prometheus that scrapes less often than the agent's cycle sees, and the agent's
+CPU meanwhile. Asserts nothing.
 
 `--compare DIR` runs the same a second time with the agent code of another checkout (e.g. `git
 archive HEAD~1 | tar -x -C /tmp/before`), alternating `--pairs` times.
@@ -10,6 +11,7 @@ Run as root: `.venv/bin/python tests/bench/bench_first_scrape.py [--cgroups 1000
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -27,6 +29,13 @@ def _ms(values: list[float]) -> str:
     return f"p50 {v[len(v) // 2] * 1e3:.1f} ms, max {v[-1] * 1e3:.1f} ms"
 
 
+def _cpu_s(pid: int) -> float:
+    """The process's user + system CPU seconds so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(label: str, code: str | None, interval: float, scrapes: int) -> None:
     with tempfile.TemporaryDirectory(prefix="ca-bench-scrape-") as tmp:
         # `code`: agentd imports `agent` from that checkout
@@ -37,6 +46,7 @@ def measure(label: str, code: str | None, interval: float, scrapes: int) -> None
             time.sleep(3)
             first: list[float] = []
             second: list[float] = []
+            cpu0, start = _cpu_s(agent.proc.pid), time.monotonic()
             for _ in range(scrapes):
                 seq = agent.get("/healthz")["snapshot_seq"]
                 agent.wait_for(lambda s=seq: agent.get("/healthz")["snapshot_seq"] > s,
@@ -47,8 +57,9 @@ def measure(label: str, code: str | None, interval: float, scrapes: int) -> None
                     with urllib.request.urlopen(agent.base_url + "/metrics", timeout=30) as r:
                         r.read()
                     into.append(time.perf_counter() - t0)
+            cpu = (_cpu_s(agent.proc.pid) - cpu0) / (time.monotonic() - start)
             print(f"[{label}] first scrape of a snapshot {_ms(first)}; "
-                  f"second {_ms(second)} (n={scrapes})")
+                  f"second {_ms(second)} (n={scrapes}); agent CPU {cpu * 1e3:.0f} ms/s")
         finally:
             agent.stop(timeout=60)
 
