@@ -35,9 +35,11 @@ Read only what can have changed (the previous sample's values stand for files no
   directory not watched counts as written): the limits cpu.max, cpu.weight, cfs quota and
   period, shares, memory.min/low/high/max, swap.max, v1 limit_in_bytes, soft_limit and
   memsw.limit, pids.max; a write to cgroup.procs (a task moved in) also re-reads pids.peak;
-- everything: first, when `populated` changed, when the v1 paths were resolved again; but
-  the limits of watched directories (see above) at least every FULL_READ_EVERY reads and
-  FULL_READ_AFTER_S seconds, whichever is longer.
+- everything: first, and when the v1 paths were resolved again;
+- every counter, and the limits only as above: when `populated` changed (the final read of
+  a cgroup that emptied is the last chance to read its counters, and the limits cost a
+  quarter of its files), and at least every FULL_READ_EVERY reads and FULL_READ_AFTER_S
+  seconds, whichever is longer.
 
 An idle cgroup is re-read by compare first (collectors.idle_path): when its last quiet read's
 files read the same bytes, the last sample stands, at the new time."""
@@ -342,7 +344,7 @@ class CgroupReader:
         populated, frozen = d.memo("cgroup.events", datas[1], events)
         prev, refresh = self._previous(path, inode, mono)
         if prev is not None and prev.populated != populated:
-            prev, refresh = None, False  # a cgroup that filled or emptied is read whole
+            refresh = True  # filled or emptied: every counter (the limits stand unless written)
         pressure = self._pressure(d, datas[4:])
         prev_cpu = prev.cpu if prev is not None else None
         stale = self._limits_stale(d)
@@ -421,8 +423,10 @@ class CgroupReader:
             psi = ref.read_many(self._psi)
         pressure = self._pressure(ref, psi)
         prev, refresh = self._previous(path, ref.ino, mono)
-        if prev is not None and (prev.populated != populated or prev.v1_paths is not paths):
-            prev, refresh = None, False  # filled or emptied, or found elsewhere: read whole
+        if prev is not None and prev.v1_paths is not paths:
+            prev, refresh = None, False  # found elsewhere: read whole
+        elif prev is not None and prev.populated != populated:
+            refresh = True  # filled or emptied: every counter (the limits stand unless written)
 
         cpu_d = open_ctrl("cpu")
         need_acct = v2_cpu is None or "usage_usec" not in v2_cpu

@@ -156,6 +156,42 @@ def test_unchanged_values_read_anew_are_the_last_samples_objects(
     assert s.cpu is again.cpu and s.stat is again.stat
 
 
+def test_a_cgroup_that_emptied_rereads_every_counter_and_no_unwritten_limit(
+        cgroups: CgroupFactory) -> None:
+    """The read after `populated 0` (the final read) takes every counter the exit may have
+    moved, and a limit written before it, and leaves the other limits to the last sample."""
+    cg = cgroups.create()
+    key = "pids" if hybrid(cgroups) else "unified"
+    p = cg.burn()
+    reader = track(CgroupReader(cgroups.layout))
+    for _ in range(3):
+        reader.read(cg.rel)
+    cg.write(key, "pids.max", "77")
+    p.kill()
+    p.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while "populated 0" not in cg.read("unified", "cgroup.events"):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    with files_read() as final:
+        s = reader.read(cg.rel)
+    assert s.populated is False
+    assert {"pids.peak", "pids.events", "pids.max"} <= set(final)
+    assert s.pids is not None and s.pids.max == 77 and s.pids.current == 0
+    assert s.pids.peak == int(cg.read(key, "pids.peak")) >= 1
+    assert s.cpu is not None and s.cpu.usage_usec == cg.cpu_usage_usec()
+    if hybrid(cgroups):
+        assert "memory.max_usage_in_bytes" in final
+        assert not {"memory.limit_in_bytes", "cpu.cfs_quota_us", "cpu.shares"} & set(final)
+        assert s.memory is not None and s.memory.peak == int(
+            cg.read("memory", "memory.max_usage_in_bytes"))
+        v1 = dict(ln.split() for ln in cg.read("cpu", "cpu.stat").splitlines())
+        assert s.cpu.nr_periods == int(v1["nr_periods"])
+    else:
+        assert "memory.peak" in final and not {"memory.max", "cpu.max"} & set(final)
+        assert s.memory is not None and s.memory.peak == int(cg.read(key, "memory.peak"))
+
+
 def test_counters_exact_after_the_cgroup_ran(cgroups: CgroupFactory) -> None:
     cg = cgroups.create()
     if hybrid(cgroups):
