@@ -19,7 +19,6 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,16 +122,6 @@ class RmdirCpuProbe:
         self._lib.bpf_map_delete_elem(self._map_fd, ctypes.byref(key))
         self.taken += 1
         return RmdirCpu(value.usage_ns, value.at_ns)
-
-    def wait_take(self, cgroup_id: int, timeout_s: float = 0.02) -> RmdirCpu | None:
-        """take(), tried again for `timeout_s`: a reader that saw the cgroup's files vanish
-        can be a few µs ahead of the tracepoint, which fires at the end of the rmdir."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            got = self.take(cgroup_id)
-            if got is not None or time.monotonic() >= deadline:
-                return got
-            time.sleep(0.001)
 
     def close(self) -> None:
         if self._obj is None:

@@ -21,8 +21,10 @@ log = logging.getLogger("agent.events")
 
 
 class RmdirFinals:
-    def __init__(self) -> None:
+    def __init__(self, wait_s: float = 0.02, poll_s: float = 0.001) -> None:
         self.probe: RmdirCpuProbe | None = None
+        self.wait_s = wait_s
+        self.poll_s = poll_s
 
     def open(self, layout: CgroupLayout, enabled: bool) -> str:
         """Load the probe where it can run; what /api/v1/host says of it ("ebpf", or
@@ -38,14 +40,14 @@ class RmdirFinals:
             return f"off: {e}"
         return "ebpf"
 
-    def sample(self, cg: WatchedCgroup, wait: bool) -> CgroupSample | None:
-        """The counter kept at `cg`'s rmdir as a CPU-only final sample (taken: once only);
-        `wait`: allow the few µs by which the rmdir's tracepoint follows its files' removal
-        (call it off the event loop then)."""
+    def sample(self, cg: WatchedCgroup) -> CgroupSample | None:
+        """The counter kept at `cg`'s rmdir as a CPU-only final sample (taken: once only), or
+        None: no probe, or not (yet) there. A reader that saw the cgroup's files vanish can be
+        a few µs ahead of the rmdir's tracepoint: look again for `wait_s`, every `poll_s`."""
         probe = self.probe
         if probe is None:
             return None
-        got = probe.wait_take(cg.inode) if wait else probe.take(cg.inode)
+        got = probe.take(cg.inode)
         if got is None:
             return None
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC: the rmdir's wall time from the same offset.
