@@ -199,8 +199,10 @@ class SlowSources:
         cg.oom_fds = fds
         cg.files["memory.oom_control"] = control
         cg.polled.add("memory.oom_control")  # safety net: see _on_oom_eventfd
-        self._reread(cg, "memory.oom_control")
+        # Waited on before the first read: a read that finds the cgroup gone closes the fds
+        # (_close_oom), and a closed fd's number may already be another thread's file.
         self._thread.add(fds[0], functools.partial(self._on_oom_eventfd, cg))
+        self._reread(cg, "memory.oom_control")
 
     def _close_oom(self, cg: WatchedCgroup) -> None:
         if cg.oom_fds is None:
