@@ -10,6 +10,7 @@ finished read is kept for `container_agent_final_read_latency_seconds`.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import logging
 import os
@@ -48,7 +49,8 @@ class LatencyHistogram:
         self.counts = [0] * len(LATENCY_BUCKETS)
         self.count = 0
         self.sum = 0.0
-        self._recent: list[float] = []
+        #: Doubles, not a list of floats: 32 KiB at 4,096 values against 128 KiB.
+        self._recent = array.array("d")
         self._lock = threading.Lock()
 
     def observe(self, seconds: float) -> None:
