@@ -196,6 +196,12 @@ def main() -> None:
             agent.stop(timeout=120)
 
 
+def _exact(stop: dict[str, Any] | None, usage_usec: int) -> bool:
+    """A container_stopped with final counters whose CPU is the kernel's last usage_usec."""
+    return (stop is not None and bool(stop["fields"].get("final"))
+            and stop["fields"].get("cpu_usage_usec") == usage_usec)
+
+
 def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: float) -> None:
     report("start", agent, factory)
     t0 = time.monotonic()
@@ -206,11 +212,16 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
     report("end", agent, factory)
     stopped = {e["container"]["cgroup"]: e for e in _stopped_events(agent)
                if e.get("container")}
-    exact = sum(1 for life in lives if (e := stopped.get(life.rel)) is not None
-                and e["fields"].get("final")
-                and e["fields"].get("cpu_usage_usec") == life.usage_usec)
+    exact = sum(1 for life in lives if _exact(stopped.get(life.rel), life.usage_usec))
     print(f"container_stopped for {sum(1 for x in lives if x.rel in stopped)} of "
           f"{len(lives)} lives; exact final CPU (== the kernel's last usage_usec): {exact}")
+    # The lives that were not exact, for a diagnosis (the agent's log has their cgroups).
+    for life in [x for x in lives if not _exact(stopped.get(x.rel), x.usage_usec)][:5]:
+        e = stopped.get(life.rel)
+        fields = {k: v for k, v in (e["fields"] if e else {}).items()
+                  if k in ("final", "final_partial", "cpu_usage_usec")}
+        print(f"  not exact: {life.rel}: kernel usage_usec {life.usage_usec}; "
+              + (f"container_stopped {fields}" if e else "no container_stopped"))
     print(f"{len(lives)} lives in {took:.0f} s ({len(lives) / took:.1f}/s achieved); "
           f"/metrics {ms_quantiles(load.scrape_s)}; /healthz {ms_quantiles(load.health_s)}; "
           f"SSE {load.sse_bytes / 1e6:.1f} MB; agentctl ls failures {load.ls_failures}")
