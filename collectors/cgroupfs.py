@@ -313,11 +313,13 @@ class CgroupReader:
                   refresh: bool = False) -> CgroupSample:
         """Keep `sample` as the cgroup's last; returned sharing the last one's equal values."""
         last = self._last.get(sample.path)
-        if last is not None and last.sample.inode == sample.inode:
+        if last is not None and last.sample.inode != sample.inode:
+            last = None  # another incarnation at the path: nothing of it stands
+        if last is not None:
             sample = sample.sharing(last.sample)
         if prev is None or last is None or refresh:
             # A whole read: the plan may stay (its bytes are set by IdlePath.carry).
-            plan = last.plan if last is not None and last.sample.inode == sample.inode else None
+            plan = last.plan if last is not None else None
             self._last[sample.path] = LastRead(sample, 0, plan, sample.monotonic_ns)
         else:
             last.sample = sample
