@@ -9,39 +9,19 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from collectors import cgroup_dir, v1_paths
+from collectors import v1_paths
 from collectors.cgroupfs import FULL_READ_AFTER_S, FULL_READ_EVERY, CgroupReader
 from collectors.layout import LayoutKind
 from collectors.samples import UNLIMITED, CgroupSample
 from tests.support.cgroups import CgroupFactory, TestCgroup
+from tests.support.files_read import files_read
 from tests.support.tracked import track
 
 pytestmark = pytest.mark.root
-
-
-@contextmanager
-def files_read() -> Iterator[list[str]]:
-    """The names of the files read (successfully or not) while inside."""
-    seen: list[str] = []
-    orig = cgroup_dir.CgroupDir.read_many
-
-    def recording(
-        self: cgroup_dir.CgroupDir, names: Sequence[str], keep: bool = True
-    ) -> list[bytes | None]:
-        seen.extend(names)
-        return orig(self, names, keep)
-
-    cgroup_dir.CgroupDir.read_many = recording  # type: ignore[method-assign]
-    try:
-        yield seen
-    finally:
-        cgroup_dir.CgroupDir.read_many = orig  # type: ignore[method-assign]
 
 
 def sleeper(cg: TestCgroup) -> subprocess.Popen[bytes]:

@@ -16,36 +16,13 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from collectors import cgroup_dir
 from collectors.cgroupfs import CgroupReader
 from tests.support.cgroups import CgroupFactory, TestCgroup, cgroup_factory
-
-
-class FileCount:
-    """Counts the files CgroupDir.read_many is asked for while installed."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._orig = cgroup_dir.CgroupDir.read_many
-
-    def __enter__(self) -> FileCount:
-        orig, counter = self._orig, self
-
-        def counting(d: cgroup_dir.CgroupDir, names: Sequence[str],
-                     keep: bool = True) -> list[bytes | None]:
-            counter.n += len(names)
-            return orig(d, names, keep)
-
-        cgroup_dir.CgroupDir.read_many = counting  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        cgroup_dir.CgroupDir.read_many = self._orig  # type: ignore[method-assign]
+from tests.support.files_read import files_read
 
 
 def _emptied(cg: TestCgroup) -> bool:
@@ -72,7 +49,7 @@ def one_round(factory: CgroupFactory, count: int, rnd: int) -> tuple[list[int], 
             time.sleep(0.01)
         cpu: list[int] = []
         wall: list[int] = []
-        with FileCount() as files:
+        with files_read() as files:
             for cg in cgs:
                 c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
                 s = reader.read(cg.rel)
@@ -80,7 +57,7 @@ def one_round(factory: CgroupFactory, count: int, rnd: int) -> tuple[list[int], 
                 wall.append(time.perf_counter_ns() - w0)
                 if s.populated is not False:
                     raise SystemExit(f"{cg.rel}: not read as emptied")
-        return cpu, wall, files.n
+        return cpu, wall, len(files)
     finally:
         reader.close()
         for cg in cgs:

@@ -11,7 +11,6 @@ Run as root: `.venv/bin/python tests/bench/bench_first_scrape.py [--cgroups 1000
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.bench.bench_daemon import cpu_seconds
 from tests.support.agentd import RunningAgent
 from tests.support.cgroups import cgroup_factory
 
@@ -27,13 +27,6 @@ from tests.support.cgroups import cgroup_factory
 def _ms(values: list[float]) -> str:
     v = sorted(values)
     return f"p50 {v[len(v) // 2] * 1e3:.1f} ms, max {v[-1] * 1e3:.1f} ms"
-
-
-def _cpu_s(pid: int) -> float:
-    """The process's user + system CPU seconds so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(label: str, code: str | None, interval: float, scrapes: int) -> None:
@@ -46,7 +39,7 @@ def measure(label: str, code: str | None, interval: float, scrapes: int) -> None
             time.sleep(3)
             first: list[float] = []
             second: list[float] = []
-            cpu0, start = _cpu_s(agent.proc.pid), time.monotonic()
+            cpu0, start = cpu_seconds(agent.proc.pid), time.monotonic()
             for _ in range(scrapes):
                 seq = agent.get("/healthz")["snapshot_seq"]
                 agent.wait_for(lambda s=seq: agent.get("/healthz")["snapshot_seq"] > s,
@@ -57,7 +50,7 @@ def measure(label: str, code: str | None, interval: float, scrapes: int) -> None
                     with urllib.request.urlopen(agent.base_url + "/metrics", timeout=30) as r:
                         r.read()
                     into.append(time.perf_counter() - t0)
-            cpu = (_cpu_s(agent.proc.pid) - cpu0) / (time.monotonic() - start)
+            cpu = (cpu_seconds(agent.proc.pid) - cpu0) / (time.monotonic() - start)
             print(f"[{label}] first scrape of a snapshot {_ms(first)}; "
                   f"second {_ms(second)} (n={scrapes}); agent CPU {cpu * 1e3:.0f} ms/s")
         finally:
