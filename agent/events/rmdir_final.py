@@ -43,7 +43,8 @@ class RmdirFinals:
     def sample(self, cg: WatchedCgroup) -> CgroupSample | None:
         """The counter kept at `cg`'s rmdir as a CPU-only final sample (taken: once only), or
         None: no probe, or not (yet) there. A reader that saw the cgroup's files vanish can be
-        a few µs ahead of the rmdir's tracepoint: look again for `wait_s`, every `poll_s`."""
+        a few µs ahead of the rmdir's tracepoint: the caller looks again every `poll_s` for
+        `wait_s` (EventsComponent._after_read, on the event loop)."""
         probe = self.probe
         if probe is None:
             return None

@@ -197,4 +197,3 @@ def self_families() -> list[Metric]:
     fds = GaugeMetricFamily("container_agent_process_open_fds", "File descriptors open")
     fds.add_metric([], fd_count)
     return [cpu, rss, vms, fds]
-

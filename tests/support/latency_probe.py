@@ -1,7 +1,7 @@
 """GET one URL at a fixed rate, in a process of its own, until its stdin closes; then print
 {"latency": [seconds, ...], "errors": n} as one JSON line.
 
-The benchmarks' clients run here, not in their own process: a client thread sharing a GIL with
+The benchmarks' timed clients run here, not as threads of the benchmark: a thread sharing a GIL with
 the benchmark's churn threads and body-reading fetchers measures its own waits for that GIL too.
 Run: `python tests/support/latency_probe.py URL RATE` (stdin open for as long as it should
 run), or through `Probe` from a benchmark.
