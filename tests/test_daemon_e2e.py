@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,41 @@ def test_cadvisor_names_and_openmetrics(cgroups: CgroupFactory) -> None:
         om = agent.get_text("/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
         assert om.rstrip().endswith("# EOF")
         assert om.count("# EOF") == 1
+
+
+def _fetch(agent: RunningAgent, path: str, headers: dict[str, str]) -> tuple[Any, bytes]:
+    req = urllib.request.Request(agent.base_url + path, headers=headers)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.headers, resp.read()
+
+
+def test_metrics_gzip_for_scrapers_that_accept_it(cgroups: CgroupFactory) -> None:
+    cg = cgroups.create("gz")
+    cg.spawn(["sleep", "30"])
+    with running_agent({}) as agent:
+        agent.wait_for(lambda: _workload(agent, cg.rel))
+        _wait_cycles(agent, 1)
+        for accept in ("", "application/openmetrics-text; version=1.0.0"):
+            headers, body = _fetch(agent, "/metrics",
+                                   {"Accept": accept, "Accept-Encoding": "gzip, deflate"})
+            assert headers["Content-Encoding"] == "gzip"
+            assert "Accept-Encoding" in headers["Vary"]
+            assert int(headers["Content-Length"]) == len(body)
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # one gzip member, all of it
+            text = (d.decompress(body) + d.flush()).decode()
+            assert d.eof and not d.unused_data
+            assert len(body) * 4 < len(text)
+            if accept:
+                assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+                continue
+            info = _samples(text, "container_agent_workload_info")
+            ids = {s.labels["id"] for s in info if s.labels["cgroup"] == cg.rel}
+            cpu = _samples(text, "container_agent_cpu_usage_seconds_total")
+            assert len(ids) == 1 and ids <= {s.labels["id"] for s in cpu}
+            assert "container_agent_component_up" in text  # the live part is there too
+        headers, body = _fetch(agent, "/metrics", {"Accept-Encoding": "gzip;q=0, identity"})
+        assert "Content-Encoding" not in headers
+        assert b"container_agent_cpu_usage_seconds_total" in body
 
 
 def test_hostile_cgroup_names_scrape_and_parse(cgroups: CgroupFactory) -> None:

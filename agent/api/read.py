@@ -18,6 +18,7 @@ from agent.core.component import Component
 from agent.core.exit_codes import ExitCode
 from agent.core.health import ComponentHealth
 from agent.exporters.exposition import OPENMETRICS, TEXT, MetricsRenderer, wants_openmetrics
+from agent.exporters.gzip_body import accepts_gzip
 from agent.exporters.metrics import label_value
 from agent.model.snapshot import Snapshot, WorkloadKind, WorkloadState
 
@@ -113,13 +114,17 @@ class ReadApi:
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         snap = self._snapshot()
         om = wants_openmetrics(request.headers.get("Accept", ""))
+        gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
 
         # Rendering happens on the first scrape of a snapshot: off the event loop.
         loop = asyncio.get_running_loop()
-        parts = await loop.run_in_executor(None, self.renderer.scrape, snap, om)
+        parts = await loop.run_in_executor(None, self.renderer.scrape, snap, om, gzip)
         # The rendered parts go out one by one (the writer waits while the socket is
         # behind), never joined: a scrape adds no body-sized copy to the agent's memory.
-        resp = web.StreamResponse(headers={"Content-Type": OPENMETRICS if om else TEXT})
+        headers = {"Content-Type": OPENMETRICS if om else TEXT, "Vary": "Accept-Encoding"}
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
+        resp = web.StreamResponse(headers=headers)
         resp.content_length = sum(map(len, parts))
         await resp.prepare(request)
         for part in parts:

@@ -81,7 +81,8 @@ def slow_callbacks(log: str) -> None:
 
 
 def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interval: float,
-        code: str | None, debug_loop: bool, exports: bool, metrics_rate: float) -> None:
+        code: str | None, debug_loop: bool, exports: bool, metrics_rate: float,
+        gzip: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="ca-bench-api-") as tmp:
         saved = dict(os.environ)
         if debug_loop:
@@ -98,7 +99,7 @@ def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interva
             seq = agent.get("/healthz")["snapshot_seq"]
             agent.wait_for(lambda: agent.get("/healthz")["snapshot_seq"] >= seq + 3,
                            timeout=300, interval=0.2)
-            measure(label, agent, factory, seconds, rate, exports, metrics_rate)
+            measure(label, agent, factory, seconds, rate, exports, metrics_rate, gzip)
         finally:
             agent.stop(timeout=120)
         errors = sorted({line for line in agent.log().splitlines()
@@ -111,9 +112,9 @@ def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interva
 
 
 def measure(label: str, agent: RunningAgent, factory: CgroupFactory, seconds: float,
-            rate: float, exports: bool, metrics_rate: float) -> None:
+            rate: float, exports: bool, metrics_rate: float, gzip: bool) -> None:
     health = Probe(agent.base_url + "/healthz", 20)
-    metrics = Probe(agent.base_url + "/metrics", metrics_rate)
+    metrics = Probe(agent.base_url + "/metrics", metrics_rate, gzip)
     exporter = Exporter(agent)
     if exports:
         exporter.thread.start()
@@ -130,7 +131,8 @@ def measure(label: str, agent: RunningAgent, factory: CgroupFactory, seconds: fl
     print(f"[{label}] {host['workloads']} workloads; {len(lives)} lives in {took:.0f} s; "
           f"{exporter.done} billing exports ({exporter.bytes / 1e6:.1f} MB)")
     print(f"[{label}] /healthz {quantiles(health.latency)}, {health.errors} errors")
-    print(f"[{label}] /metrics {quantiles(metrics.latency)}, {metrics.errors} errors")
+    print(f"[{label}] /metrics {quantiles(metrics.latency)}, {metrics.gzipped} gzipped, "
+          f"{metrics.errors} errors")
     if store:
         print(f"[{label}] store: " + ", ".join(f"{k.removeprefix('container_agent_store_')} "
                                                f"{float(v):.0f}" for k, v in sorted(store.items())))
@@ -145,6 +147,8 @@ def main() -> None:
     p.add_argument("--metrics-rate", type=float, default=20.0,
                    help="/metrics scrapes per second (20; Prometheus scrapes every 15 s by"
                         " default, every 1 s at the most aggressive)")
+    p.add_argument("--plain-metrics", action="store_true",
+                   help="scrape /metrics without Accept-Encoding: gzip (Prometheus sends it)")
     p.add_argument("--no-exports", action="store_true",
                    help="no billing exports (what the exports add, against a run with them)")
     p.add_argument("--compare", default="", help="another checkout to run the same load with")
@@ -158,11 +162,11 @@ def main() -> None:
             factory.create(f"c{i:04d}")
         print(f"created {args.cgroups} cgroups in {time.monotonic() - t0:.1f} s")
         run("this", factory, args.seconds, args.rate, args.interval, None, args.debug_loop,
-            not args.no_exports, args.metrics_rate)
+            not args.no_exports, args.metrics_rate, not args.plain_metrics)
         if args.compare:
             run(Path(args.compare).name or args.compare, factory, args.seconds, args.rate,
                 args.interval, str(Path(args.compare).resolve()), args.debug_loop,
-                not args.no_exports, args.metrics_rate)
+                not args.no_exports, args.metrics_rate, not args.plain_metrics)
 
 
 if __name__ == "__main__":

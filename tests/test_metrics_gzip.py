@@ -1,0 +1,141 @@
+"""/metrics for scrapers that accept gzip: the snapshot's part compressed once, each scrape's live
+part appended, one ordinary gzip stream that decodes to the plain body byte for byte."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import replace
+
+import pytest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from agent.exporters.exposition import RENDER_AHEAD_WINDOW_S, MetricsRenderer
+from agent.exporters.gzip_body import GzipPrefix, accepts_gzip
+from agent.model.snapshot import Snapshot
+from tests.test_metrics_render import _snapshot
+
+
+def _one_member(body: bytes) -> bytes:
+    """Decode as a reader that knows one gzip member only (zlib's): all of it, nothing left."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = d.decompress(body) + d.flush()
+    assert d.eof and d.unused_data == b""
+    return out
+
+
+class _LiveCounter:
+    """A live family whose value changes at every scrape (as the events component's do)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> list[Metric]:
+        self.calls += 1
+        fam = CounterMetricFamily("container_agent_test_scrapes", "scrapes seen")
+        fam.add_metric([], self.calls)
+        return [fam]
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_gzip_body_decodes_to_the_plain_body_with_each_scrapes_live_part(
+        openmetrics: bool) -> None:
+    snap = _snapshot(["a", "b", "c"])
+    renderer = MetricsRenderer(cadvisor=True)
+    live = _LiveCounter()
+    renderer.live_families = live
+    renderer.prepare(snap)
+    for _ in range(3):
+        zipped = b"".join(renderer.scrape(snap, openmetrics, gzip=True))
+        plain = b"".join(renderer.scrape(snap, openmetrics))
+        count = live.calls  # the plain scrape's live value is one above the gzip scrape's
+        assert f"container_agent_test_scrapes_total {count}.0".encode() in plain
+        expected = plain.replace(f"_total {count}.0".encode(), f"_total {count - 1}.0".encode())
+        assert _one_member(zipped) == expected
+        assert len(zipped) * 4 < len(plain)
+    assert renderer.renders == 1 and renderer.compressions == 1  # once per snapshot
+    assert renderer.stale_answers == 0
+
+
+def _body(renderer: MetricsRenderer, snap: Snapshot, openmetrics: bool = False) -> bytes:
+    return _one_member(b"".join(renderer.scrape(snap, openmetrics, gzip=True)))
+
+
+def test_a_gzip_scrape_never_waits_for_the_snapshot_being_compressed_ahead() -> None:
+    renderer = MetricsRenderer(cadvisor=False)
+    first = _snapshot(["a", "c"])
+    assert b'name="c"' in _body(renderer, first)
+    nxt = replace(_snapshot(["a", "d"]), seq=2)
+    renderer.prepare(nxt)
+    # Published, not yet compressed ahead: the last cycle's body, without a wait.
+    assert b'name="c"' in _body(renderer, nxt)
+    assert renderer.stale_answers == 1 and renderer.compressions == 1
+    assert renderer.render_ahead(nxt)
+    assert b'name="d"' in _body(renderer, nxt) and renderer.compressions == 2
+    # Never more than one cycle old: a snapshot two on is compressed for the scrape.
+    skipped = replace(_snapshot(["a", "e"]), seq=4)
+    renderer.prepare(skipped)
+    assert b'name="e"' in _body(renderer, skipped)
+    assert renderer.stale_answers == 1 and renderer.compressions == 3
+    # Nor when no gzip scrape came within the window (nothing compresses ahead then).
+    renderer._zip_scraped_ns[False] -= int(RENDER_AHEAD_WINDOW_S * 1e9) + 1
+    late = replace(_snapshot(["a", "f"]), seq=5)
+    renderer.prepare(late)
+    assert b'name="f"' in _body(renderer, late)
+    assert renderer.stale_answers == 1 and renderer.compressions == 4
+    # Plain scrapes always get the newest.
+    newest = replace(_snapshot(["a", "g"]), seq=6)
+    renderer.prepare(newest)
+    assert b'name="g"' in b"".join(renderer.scrape(newest, False))
+
+
+def test_render_ahead_compresses_only_the_formats_scraped_with_gzip() -> None:
+    renderer = MetricsRenderer(cadvisor=False)
+    first = _snapshot(["a"])
+    renderer.scrape(first, False)  # a plain text scraper
+    scraped = renderer.scraped_ns
+    assert scraped is not None
+    nxt = replace(_snapshot(["a", "b"]), seq=2)
+    renderer.prepare(nxt)
+    assert renderer.render_ahead(nxt, scraped + 10**9)
+    assert renderer.compressions == 0
+    renderer.scrape(nxt, True, gzip=True)  # an OpenMetrics gzip scraper appears
+    assert renderer.compressions == 1
+    late = replace(_snapshot(["a", "b", "c"]), seq=3)
+    renderer.prepare(late)
+    assert renderer.render_ahead(late, renderer.scraped_ns + 10**9)
+    assert renderer.compressions == 2  # compressed ahead, for that format only
+    renderer.scrape(late, True, gzip=True)
+    assert renderer.compressions == 2
+    zip_ns = renderer.scraped_ns
+    window = int(RENDER_AHEAD_WINDOW_S * 1e9)
+    renderer.scraped_ns = zip_ns + window  # a plain scraper goes on; the gzip one went away
+    gone = replace(_snapshot(["a"]), seq=4)
+    renderer.prepare(gone)
+    assert renderer.render_ahead(gone, zip_ns + window + 1)
+    assert renderer.renders == 4 and renderer.compressions == 2
+
+
+def test_a_prefix_ends_any_number_of_times_and_each_end_is_a_whole_stream() -> None:
+    head = [b"x" * 70_000, b"", b"line 1\n" * 1000]
+    prefix = GzipPrefix(head)
+    for tail in (b"", b"tail\n", bytes(range(256)) * 300):
+        assert _one_member(prefix.head + prefix.finish(tail)) == b"".join(head) + tail
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("gzip", True),
+    ("gzip, deflate, br", True),
+    ("deflate, GZIP;q=0.5", True),
+    ("x-gzip", True),
+    ("*", True),
+    ("", False),
+    ("identity", False),
+    ("br, deflate", False),
+    ("gzip;q=0", False),
+    ("gzip; q=0.0, *", False),
+    ("*;q=0", False),
+    ("gzip;q=bad", False),
+])
+def test_accept_encoding(header: str, expected: bool) -> None:
+    assert accepts_gzip(header) is expected
