@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -69,12 +69,16 @@ class LatencyHistogram:
         with self._lock:
             return list(self.counts), self.count, self.sum
 
-    def quantile(self, q: float) -> float | None:
+    def quantiles(self, qs: Sequence[float]) -> list[float]:
+        """The recent values' quantiles `qs` (empty before any read), from one sort. The ring
+        is copied under the lock and sorted outside it: a scrape's sort (~0.4 ms at 4,096
+        values) never holds up observe(), the end of a final read."""
         with self._lock:
-            values = sorted(self._recent)
+            recent = self._recent[:]
+        values = sorted(recent)
         if not values:
-            return None
-        return values[min(len(values) - 1, int(q * len(values)))]
+            return []
+        return [values[min(len(values) - 1, int(q * len(values)))] for q in qs]
 
 
 def settled(read: Callable[[], bytes | None], tries: int = 3) -> bytes | None:
@@ -156,10 +160,8 @@ def recent_latency_family(hist: LatencyHistogram) -> GaugeMetricFamily:
         f"Quantiles of the last {_RECENT // 2}-{_RECENT} final reads' latency (exact, from "
         "a ring of the latest values)", labels=["quantile"],
     )
-    for q in RECENT_QUANTILES:
-        value = hist.quantile(q)
-        if value is not None:
-            fam.add_metric([repr(q)], value)
+    for q, value in zip(RECENT_QUANTILES, hist.quantiles(RECENT_QUANTILES), strict=False):
+        fam.add_metric([repr(q)], value)
     return fam
 
 
