@@ -81,6 +81,7 @@ def test_a_gzip_scrape_never_waits_for_the_snapshot_being_compressed_ahead() -> 
     renderer._zip_scraped_ns[False] -= int(RENDER_AHEAD_WINDOW_S * 1e9) + 1
     late = replace(_snapshot(["a", "f"]), seq=5)
     renderer.prepare(late)
+    assert renderer.kept_bodies == 0  # that scraper is gone: its body is not kept either
     assert b'name="f"' in _body(renderer, late)
     assert renderer.stale_answers == 1 and renderer.compressions == 4
     # Plain scrapes always get the newest.

@@ -151,10 +151,21 @@ class MetricsRenderer:
     def prepare(self, snapshot: Snapshot) -> None:
         """A new snapshot is about to be published: forget the last rendering (its bytes
         are not kept until the next scrape; its compressed body, ~170 kB, is kept for gzip
-        scrapes until the new one is compressed). Rendering waits for a scrape."""
+        scrapes until the new one is compressed, and dropped once no gzip scrape of its format
+        came within RENDER_AHEAD_WINDOW_S). Rendering waits for a scrape."""
+        now = time.monotonic_ns()
         with self._lock:
             if self._seq != snapshot.seq:
                 self._families, self._tails, self._seq = [], {}, None
+            for om, zip_ns in list(self._zip_scraped_ns.items()):
+                if now - zip_ns > RENDER_AHEAD_WINDOW_S * 1e9:  # that gzip scraper is gone
+                    self._zipped.pop(om, None)
+                    del self._zip_scraped_ns[om]
+
+    @property
+    def kept_bodies(self) -> int:
+        """Compressed bodies kept for gzip scrapers (one per format scraped in the window)."""
+        return len(self._zipped)
 
     def _render_snapshot(self, snapshot: Snapshot) -> None:
         others = agent_families(snapshot)
