@@ -20,10 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from collectors.cgroupfs import CgroupReader
-from collectors.inotify import Inotify
+from collectors.inotify import IN_CREATE, IN_IGNORED, IN_ISDIR, IN_MODIFY, Inotify
 from collectors.layout import detect_layout
-
-IN_MODIFY, IN_CREATE, IN_IGNORED, IN_ISDIR = 0x2, 0x100, 0x8000, 0x40000000
+from collectors.parsers import parse_events
 
 
 def soak_prefix(unified: str, timeout: float = 60.0) -> str:
@@ -68,7 +67,7 @@ def main() -> None:
                 d = dirs[ev.wd]
                 try:
                     with open(d + "/cgroup.events", "rb") as f:
-                        if b"populated 0" not in f.read():
+                        if parse_events(f.read())[0] is not False:  # populated 0 only
                             continue
                     reader.read("/" + os.path.relpath(d, unified))
                 except OSError:

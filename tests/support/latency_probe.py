@@ -19,8 +19,6 @@ import time
 import urllib.error
 import urllib.request
 
-_GZIP_MAGIC = b"\x1f\x8b"
-
 
 class Probe:
     """This script in a process of its own, GETting `url` at `rate` per second until finish()."""
@@ -58,7 +56,7 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
-                gzipped += resp.read(2) == _GZIP_MAGIC
+                gzipped += resp.headers.get("Content-Encoding") == "gzip"
                 resp.read()
         except urllib.error.HTTPError as e:  # a 503 (stale snapshot) is still an answer
             e.read()
