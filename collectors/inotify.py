@@ -10,6 +10,8 @@ import select
 import struct
 from dataclasses import dataclass
 
+from collectors import held_io
+
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
 IN_CREATE = 0x00000100
@@ -78,7 +80,7 @@ class Inotify:
         events: list[InotifyEvent] = []
         while True:
             try:
-                data = os.read(self.fd, 65536)
+                data = held_io.read(self.fd, 65536)  # non-blocking: the GIL is kept
             except BlockingIOError:
                 return events
             except OSError as e:

@@ -34,3 +34,11 @@ def test_reads_are_bounded_while_it_keeps_moving() -> None:
     read, calls = reads(*(f"usage_usec {i}".encode() for i in range(10)))
     assert settled(read, tries=3) == b"usage_usec 3"
     assert len(calls) == 4
+
+
+def test_with_the_rmdir_probe_the_first_read_is_taken_without_yielding() -> None:
+    """settle_at_empty off (the probe keeps the exact value): one read, no yield."""
+    read, calls = reads(b"usage_usec 1", b"usage_usec 2")
+    yields: list[int] = []
+    assert settled(read, tries=0, give_way=lambda: yields.append(1)) == b"usage_usec 1"
+    assert len(calls) == 1 and not yields

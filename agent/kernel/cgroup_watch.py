@@ -11,7 +11,6 @@ coalesce): listeners get deltas."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import threading
@@ -30,13 +29,14 @@ from agent.kernel.inotify import (
     IN_MODIFY,
     IN_MOVED_FROM,
     IN_MOVED_TO,
-    IN_ONLYDIR,
     Inotify,
+    InotifyEvent,
 )
 from agent.kernel.kernfs import GONE, counter_values, has_subdir, read_text
 from agent.kernel.psi import PsiWaiter
 from agent.kernel.watch_sources import PSI_DELAY_S, SlowSources
 from agent.kernel.watch_thread import LoopBridge, locked
+from agent.kernel.watch_tree import TreeWatch
 from agent.kernel.watched import (
     NoListener,
     PollScope,
@@ -46,6 +46,7 @@ from agent.kernel.watched import (
     WatchListener,
 )
 from agent.model.snapshot import WorkloadIdentity
+from collectors import held_io
 from collectors.cgroup_dir import flat
 from collectors.cgroup_tree import cgroup_path
 from collectors.cgroup_v2 import cpu_sample
@@ -54,9 +55,6 @@ from collectors.samples import CgroupSample
 
 log = logging.getLogger("agent.kernel.watch")
 
-#: IN_MODIFY on a directory reports its files' notices by name (cgroup.events, ...): one watch
-#: per cgroup instead of one per file, each of which is a path lookup that waits behind churn.
-_DIR_MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR | IN_MODIFY
 #: Files kept open for as long as a cgroup2 cgroup is followed.
 _KEPT = ("cgroup.events", "cpu.stat")
 #: A cgroup that just filled has its cgroup.events re-read this often, for this long: the
@@ -66,7 +64,7 @@ _KEPT = ("cgroup.events", "cpu.stat")
 _YOUNG_POLL_S, _YOUNG_FOR_NS = 0.002, 250_000_000
 
 
-class CgroupWatcher(SlowSources, LoopBridge):
+class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
     def __init__(
         self,
         layout: CgroupLayout,
@@ -98,6 +96,10 @@ class CgroupWatcher(SlowSources, LoopBridge):
         #: Called in the watch thread the moment a cgroup is seen empty (populated 0), before
         #: anything else: the final read must not wait (the events component submits it).
         self.on_emptied: Callable[[WatchedCgroup], None] | None = None
+        #: Re-read the CPU counter at empty until two reads agree (see settled). Off where the
+        #: rmdir probe keeps the exact value: each re-read's yield gives the CPU away, for a
+        #: time slice under load, before the final read is even asked for.
+        self.settle_at_empty = True
         self.ino = Inotify()
         self.deferred = DeferredWork()
         self.psi_waiter = PsiWaiter(self._on_psi, self.fd_budget)
@@ -140,79 +142,6 @@ class CgroupWatcher(SlowSources, LoopBridge):
 
     def abs_path(self, path: str) -> str:
         return cgroup_path(self._root_str, path)
-
-    # -- the directory tree: IN_CREATE reports new cgroups at once -----------------------
-    def _watch_subtree(self, top: str, report_new: bool) -> None:
-        # The watch goes on before the listing: a child made meanwhile is listed or reported.
-        # One path lookup per directory (its fd); the rest goes through the fd, since each
-        # cgroupfs lookup may wait behind the runtime's mkdir/rmdir.
-        stack = [top]
-        while stack:
-            rel = stack.pop()
-            try:
-                dfd = os.open(self.abs_path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError as e:
-                if e.errno in GONE:
-                    continue
-                if e.errno not in OUT_OF_FDS:
-                    raise
-                # Not watched for now: the next rescan finds it.
-                self.fd_budget.refused(f"directory {rel}", emfile=True)
-                continue
-            try:
-                self._watch_dir(rel, dfd, report_new)
-                if rel != "/" and (parent := self.cgroups.get(rel.rsplit("/", 1)[0] or "/")):
-                    parent.has_children = True
-                if report_new and self.follow_new and rel not in self.cgroups:
-                    self.watch(self.identify(rel, os.fstat(dfd).st_ino), new=True, dir_fd=dfd)
-                with os.scandir(dfd) as it:
-                    for entry in it:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(f"{rel.rstrip('/')}/{entry.name}")
-            except OSError as e:
-                if e.errno in OUT_OF_FDS:  # scandir's dup: the next rescan lists it
-                    self.fd_budget.refused(f"directory {rel}", emfile=True)
-                elif e.errno not in GONE:
-                    raise
-            finally:
-                os.close(dfd)
-
-    def _watch_dir(self, rel: str, dfd: int, report_new: bool) -> None:
-        if rel in self._dir_by_path:
-            return
-        try:
-            wd = self.ino.add_watch(f"/proc/self/fd/{dfd}", _DIR_MASK)
-        except OSError as e:
-            if e.errno in GONE:
-                return
-            if e.errno != errno.ENOSPC:
-                raise
-            # The watch table is full: this directory is found by the periodic
-            # rescan instead of at once. Said once, not per directory.
-            if not self.watches_exhausted:
-                log.warning("inotify watch limit reached (fs.inotify.max_user_watches):"
-                            " new cgroups below %s are found by the periodic rescan", rel)
-            self.watches_exhausted = True
-            return
-        self._dir_wds[wd] = rel
-        self._dir_by_path[rel] = wd
-        if report_new:
-            self._created.append(rel)
-
-    def _dir_gone(self, rel: str) -> None:
-        prefix = rel.rstrip("/") + "/"
-        for path in [p for p in self._dir_by_path if p == rel or p.startswith(prefix)]:
-            wd = self._dir_by_path.pop(path)
-            self._dir_wds.pop(wd, None)
-            self.ino.rm_watch(wd)
-            self._deleted.append(path)
-        if rel not in self._deleted:
-            self._deleted.append(rel)
-        for path in [p for p in self.cgroups if p == rel or p.startswith(prefix)]:
-            cg = self.cgroups.get(path)
-            if cg is not None:
-                self.unwatch(path)
-                self._tell(self.listener.on_gone, cg)
 
     # -- one cgroup ----------------------------------------------------------------------
     @locked
@@ -290,7 +219,7 @@ class CgroupWatcher(SlowSources, LoopBridge):
         if fd is None:
             return None
         try:
-            return os.pread(fd, 4096, 0)
+            return held_io.pread(fd, 4096, 0)  # a kept cgroupfs fd: never blocks
         except OSError as e:
             if e.errno in GONE:
                 return None
@@ -403,7 +332,8 @@ class CgroupWatcher(SlowSources, LoopBridge):
             return None
         mono, wall = time.monotonic_ns(), time.time_ns()
         if "cpu.stat" in cg.fds:
-            data = settled(lambda: self._read_kept(cg, "cpu.stat"))
+            data = settled(lambda: self._read_kept(cg, "cpu.stat"),
+                           tries=3 if self.settle_at_empty else 0)
         else:  # not kept (out of fds): by path
             text = read_text(f"{self.abs_path(cg.path)}/cpu.stat")
             data = None if text is None else text.encode()
@@ -413,34 +343,31 @@ class CgroupWatcher(SlowSources, LoopBridge):
         return CgroupSample(cg.path, cg.inode, mono, wall, cpu=cpu, populated=False)
 
     @locked
-    def rescan(self) -> None:
-        """After a full discovery scan: forget removed directories, watch new ones."""
-        self._forget_removed()
-        self._watch_subtree("/", report_new=True)
-        self._tell_tree(overflow=False)
-
-    def _forget_removed(self) -> None:
-        for rel in [r for r in self._dir_by_path if not os.path.isdir(self.abs_path(r))]:
-            if rel in self._dir_by_path:
-                self._dir_gone(rel)
-
-    def _tell_tree(self, overflow: bool) -> None:
-        created, deleted = self._created, self._deleted
-        self._created, self._deleted = [], []
-        if not (created or deleted or overflow):
-            return
-        for tell in list(self.tree_listeners):
-            try:
-                self._tell(tell, created, deleted, overflow)
-            except Exception:
-                log.exception("tree listener failed")
-
-    @locked
     def _on_inotify(self) -> None:
         now = time.monotonic_ns()
         todo: dict[tuple[int, str], WatchedCgroup] = {}
-        overflow = False
+        tree: list[InotifyEvent] = []
         for ev in self.ino.read_events():
+            parent = self._dir_wds.get(ev.wd)
+            if parent is not None and ev.mask & IN_MODIFY and ev.name \
+                    and not ev.mask & IN_ISDIR:
+                notice_of = self.cgroups.get(parent)
+                name = notice_of.names.get(ev.name) if notice_of is not None else None
+                if notice_of is not None and name is not None:
+                    todo[(id(notice_of), name)] = notice_of
+            elif parent is not None or ev.overflow:
+                tree.append(ev)
+            elif (owner := self._file_wds.get(ev.wd)) is not None and ev.mask & IN_MODIFY:
+                changed = owner.wds.get(ev.wd)
+                if changed is not None:
+                    todo[(id(owner), changed)] = owner
+        # The notices first: a `populated 0` must not wait behind this batch's new
+        # directories (each a lookup, a watch, an identification). A cgroup removed in this
+        # batch reads as gone (ENODEV), as its IN_DELETE would tell.
+        self._reread_notified(todo, now)
+        todo = {}
+        overflow = False
+        for ev in tree:
             if self._thread.closing:  # shutting down: what is left is of no use
                 return
             if ev.overflow:
@@ -453,36 +380,32 @@ class CgroupWatcher(SlowSources, LoopBridge):
                         todo[(id(cg), source)] = cg
                 continue
             parent = self._dir_wds.get(ev.wd)
-            if parent is not None:
-                if ev.mask & IN_IGNORED:
-                    # The directory itself went (IN_DELETE_SELF, then its watch dropped).
-                    self._dir_wds.pop(ev.wd, None)
-                    if self._dir_by_path.get(parent) == ev.wd:
-                        del self._dir_by_path[parent]
-                        self._dir_gone(parent)
-                elif ev.mask & IN_MODIFY and ev.name and not ev.mask & IN_ISDIR:
-                    notice_of = self.cgroups.get(parent)
-                    name = notice_of.names.get(ev.name) if notice_of is not None else None
-                    if notice_of is not None and name is not None:
-                        todo[(id(notice_of), name)] = notice_of
-                elif ev.mask & IN_ISDIR and ev.name:
-                    child = f"{parent.rstrip('/')}/{ev.name}"
-                    if ev.mask & (IN_CREATE | IN_MOVED_TO):
-                        self._watch_subtree(child, report_new=True)
-                    elif ev.mask & (IN_DELETE | IN_MOVED_FROM):
-                        self._dir_gone(child)
+            if parent is None:
                 continue
-            owner = self._file_wds.get(ev.wd)
-            if owner is not None and ev.mask & IN_MODIFY:
-                changed = owner.wds.get(ev.wd)
-                if changed is not None:
-                    todo[(id(owner), changed)] = owner
+            if ev.mask & IN_IGNORED:
+                # The directory itself went (IN_DELETE_SELF, then its watch dropped).
+                self._dir_wds.pop(ev.wd, None)
+                if self._dir_by_path.get(parent) == ev.wd:
+                    del self._dir_by_path[parent]
+                    self._dir_gone(parent)
+            elif ev.mask & IN_ISDIR and ev.name:
+                child = f"{parent.rstrip('/')}/{ev.name}"
+                if ev.mask & (IN_CREATE | IN_MOVED_TO):
+                    self._watch_subtree(child, report_new=True)
+                elif ev.mask & (IN_DELETE | IN_MOVED_FROM):
+                    self._dir_gone(child)
+        self._reread_notified(todo, now)
+        self._tell_tree(overflow)
+
+    def _reread_notified(self, todo: Mapping[tuple[int, str], WatchedCgroup],
+                         now: int) -> None:
         # Several notifications for one file since the last read are one re-read.
         for (_, source), cg in todo.items():
+            if self._thread.closing:
+                return
             if self.cgroups.get(cg.path) is cg:
                 cg.notified_ns = now
                 self._reread(cg, source, notified=True)
-        self._tell_tree(overflow)
 
     def _schedule_poll(self) -> None:
         if self.loop is not None:

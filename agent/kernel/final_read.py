@@ -13,7 +13,6 @@ from __future__ import annotations
 import array
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from agent.core.urgency import URGENT, Urgency
+from collectors import held_io
 from collectors.cgroupfs import CgroupReader
 from collectors.samples import CgroupSample
 
@@ -81,19 +81,21 @@ class LatencyHistogram:
         return [values[min(len(values) - 1, int(q * len(values)))] for q in qs]
 
 
-def settled(read: Callable[[], bytes | None], tries: int = 3) -> bytes | None:
+def settled(read: Callable[[], bytes | None], tries: int = 3,
+            give_way: Callable[[], None] = held_io.sched_yield) -> bytes | None:
     """A counter file read until two reads in a row agree (at most `tries` more reads).
 
     At `populated 0` the exiting task has left the cgroup's task list but is still running its
     exit; the CPU it used since its last tick is charged at its final context switch, a moment
     later (on this CPU, the yield lets it get there). A runtime that removes the cgroup at once
-    leaves only this read, so it is taken as late as the cgroup allows.
+    leaves only this read, so it is taken as late as the cgroup allows. The yield keeps the
+    GIL (collectors.held_io): the CPU goes to the exiting task, not to a thread of ours.
     """
     data = read()
     for _ in range(tries):
         if data is None:
             return None
-        os.sched_yield()
+        give_way()
         again = read()
         if again is None or again == data:
             return data

@@ -1,0 +1,54 @@
+"""The kernel watch reads a batch's notices before its new directories: a `populated 0` must
+not wait behind the lookups, watches and identification of cgroups made meanwhile (real
+cgroups: the watch thread is held off with its lock while the batch builds up)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agent.events.lifecycle import identify
+from agent.kernel.cgroup_watch import CgroupWatcher
+from agent.kernel.watched import WatchedCgroup
+from agent.model.snapshot import WorkloadIdentity
+from tests.support.cgroups import CgroupFactory
+
+
+def test_a_populated_0_is_handled_before_the_batch_s_new_cgroups(
+        cgroups: CgroupFactory) -> None:
+    busy = cgroups.create("busy")
+    proc = busy.spawn(["sleep", "60"])
+    order: list[tuple[str, str]] = []
+
+    def named(rel: str, ino: int) -> WorkloadIdentity:
+        order.append(("new", rel))
+        return identify(rel, ino)
+
+    async def run() -> None:
+        w = CgroupWatcher(cgroups.layout, named)
+        w.follow_new = True
+        w.on_emptied = lambda cg: order.append(("emptied", cg.path))
+        w.start(asyncio.get_running_loop())
+        try:
+            cg = w.watch(identify(busy.rel, busy.ref_dir.stat().st_ino), new=False)
+            assert isinstance(cg, WatchedCgroup) and cg.populated is True
+            time.sleep(0.4)  # past the young cgroup's polling: only the notice tells
+            with w.lock:  # the watch thread waits: the notices queue up in one batch
+                made = [cgroups.create(f"new{i}") for i in range(5)]
+                proc.kill()
+                proc.wait()
+                deadline = time.monotonic() + 5
+                while "populated 0" not in busy.read(cgroups.ref_key, "cgroup.events"):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.005)
+                time.sleep(0.05)  # the kernel's notice (a work item) reaches inotify
+            deadline = time.monotonic() + 5
+            while len(order) < 6 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            w.close()
+        assert ("emptied", busy.rel) in order
+        assert {("new", m.rel) for m in made} <= set(order)
+        assert order[0] == ("emptied", busy.rel), order
+
+    asyncio.run(run())
