@@ -42,7 +42,8 @@ from agent.events.settings import SETTINGS
 from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
 from agent.kernel.cgroup_watch import CgroupWatcher
-from agent.kernel.final_read import FinalReadThread, latency_family, recent_latency_family
+from agent.kernel.final_read import latency_family, recent_latency_family
+from agent.kernel.final_reads import FinalReads, start_final_reads
 from agent.kernel.watched import NoListener, PollScope, PsiTrigger, WatchedCgroup
 from agent.model.recent_keys import RecentKeys
 from agent.model.snapshot import Snapshot, WorkloadIdentity, WorkloadState
@@ -100,7 +101,7 @@ class EventsComponent(Component):
         self.hub = Hub()
         self.sinks: list[Sink] = []
         self.watcher: CgroupWatcher | None = None
-        self.final_reads: FinalReadThread | None = None
+        self.final_reads: FinalReads | None = None
         self.rmdir = RmdirFinals()
         self._own_watcher = False
         #: Final reads under way per incarnation, and the incarnations removed meanwhile.
@@ -131,7 +132,11 @@ class EventsComponent(Component):
         self.log = await asyncio.to_thread(EventLog, ctx.store)
         self.hub.last_id = await asyncio.to_thread(self.log.last_id)
         self._api.heartbeat_s = float(cfg.get("heartbeat_s", 15))
-        self.final_reads = FinalReadThread(ctx.reader or CgroupReader(ctx.layout))
+        realtime = bool(cfg.get("final_read_realtime", True))
+        final_reads = await asyncio.to_thread(
+            start_final_reads, ctx.layout, ctx.reader or CgroupReader(ctx.layout),
+            bool(cfg.get("final_read_process", True)), realtime)
+        self.final_reads = final_reads
         ctx.host_facts["final_cpu_at_rmdir"] = await asyncio.to_thread(
             self.rmdir.open, ctx.layout, bool(cfg.get("rmdir_probe", True)))
         self._prune()
@@ -149,6 +154,9 @@ class EventsComponent(Component):
             watcher = CgroupWatcher(ctx.layout, identify)
         watcher.listener = self
         watcher.on_emptied = self._submit_final
+        # The rmdir probe keeps the exact CPU of a cgroup removed at once: no need to wait,
+        # at empty, for the exiting task's last charge before asking for the final read.
+        watcher.settle_at_empty = self.rmdir.probe is None
         watcher.psi = psi
         watcher.poll_interval_s = float(cfg.get("poll_interval_s", 0.5))
         watcher.follow_new = bool(cfg.get("watch_new_cgroups", True))
@@ -156,7 +164,7 @@ class EventsComponent(Component):
         if self._own_watcher:
             watcher.start(self.loop)
         self._tasks.append(ctx.health.spawn(self.name, self._prune_forever(), name="prune"))
-        ctx.health.watch_thread(self.name, "final-read", self.final_reads.alive)
+        ctx.health.watch_thread(self.name, "final-read", final_reads.alive)
         self.emit(EventType.AGENT_STARTED, None, "", {"pid": os.getpid()})
 
     async def stop(self) -> None:

@@ -5,7 +5,8 @@ after emptying), a /metrics scrape every second (gzip, as Prometheus asks; `--pl
 without), an SSE client on the event stream, and
 `agentctl ls` every 5 s; with `--idle N`, N more cgroups each holding a sleeping process (issue
 11 asks for the final-read latency at 1,000 cgroups with a cycle running). Printed at the start
-and at the end: the agent's fds, inotify watches (from /proc/<pid>/fdinfo), RSS, the prefix's
+and at the end: the agent's fds, inotify watches (from /proc/<pid>/fdinfo), RSS (and those of
+its final-read process), the prefix's
 nr_dying_descendants, and the populated-0 -> final read latency p50/p99 (from
 container_agent_final_read_latency_seconds, bucket upper bounds); also the scrape and /healthz
 latency p50/p99 during the run, and the ledger's closed boundary: with `--period 300` (the
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.support.agentd import RunningAgent
 from tests.support.cgroups import CgroupFactory, cgroup_factory
-from tests.support.churn import Churn, agent_fds, inotify_watches
+from tests.support.churn import Churn, agent_fds, final_read_process, inotify_watches
 from tests.support.latency_probe import Probe
 
 _BUCKET = re.compile(
@@ -82,6 +83,16 @@ def _dying(factory: CgroupFactory) -> int:
     return -1
 
 
+def _child_report(pid: int) -> str:
+    child = final_read_process(pid)
+    if child is None:
+        return "final-read process: none"
+    fds = agent_fds(child)
+    return (f"final-read process: fds {len(fds)} (on removed dirs: "
+            f"{sum(1 for f in fds if '(deleted)' in f)}), inotify watches "
+            f"{inotify_watches(child)}, RSS {_rss_kib(child) / 1024:.1f} MiB")
+
+
 def report(label: str, agent: RunningAgent, factory: CgroupFactory) -> None:
     pid = agent.proc.pid
     fds = agent_fds(pid)
@@ -93,7 +104,8 @@ def report(label: str, agent: RunningAgent, factory: CgroupFactory) -> None:
           f"{inotify_watches(pid)}, RSS {_rss_kib(pid) / 1024:.1f} MiB, prefix "
           f"nr_dying_descendants {_dying(factory)}, final read "
           f"{_latency_quantiles(metrics)}; the latest reads exactly: "
-          f"{_recent_quantiles(metrics)}; ledger periods closed before {closed_at} UTC")
+          f"{_recent_quantiles(metrics)}; ledger periods closed before {closed_at} UTC; "
+          f"{_child_report(pid)}")
 
 
 class Load:
@@ -187,6 +199,11 @@ def main() -> None:
                         " churned period, inside the soak (grace: a fifth of it, at most 120 s)")
     p.add_argument("--idle", type=int, default=0,
                    help="cgroups holding a sleeping process, besides the churn (0)")
+    p.add_argument("--final-reads", choices=("realtime", "process", "thread"),
+                   default="realtime",
+                   help="where final reads run: the agent's default, a process of their "
+                        "own at SCHED_FIFO (realtime); that process at normal priority "
+                        "(process); a thread of the agent (thread)")
     p.add_argument("--plain-metrics", action="store_true",
                    help="scrape /metrics without Accept-Encoding: gzip (Prometheus sends it)")
     args = p.parse_args()
@@ -194,7 +211,9 @@ def main() -> None:
         for i in range(args.idle):
             factory.create(f"idle-{i:05d}").spawn(["sleep", str(int(args.duration) + 900)])
         ledger = {"period_seconds": args.period, "grace_seconds": min(120, args.period // 5)}
-        agent = RunningAgent(Path(tmp), {"interval": 1, "ledger": ledger}, [])
+        events = {"final_read_process": args.final_reads != "thread",
+                  "final_read_realtime": args.final_reads == "realtime"}
+        agent = RunningAgent(Path(tmp), {"interval": 1, "ledger": ledger, "events": events}, [])
         try:
             agent.wait_ready(timeout=180)  # a host busy with other cgroups starts slowly
             soak(agent, factory, args.duration, args.rate, not args.plain_metrics)

@@ -43,6 +43,23 @@ def agent_fds(pid: int) -> list[str]:
     return out
 
 
+def final_read_process(pid: int) -> int | None:
+    """The agent's final-read process (agent.kernel.final_read_child), if it runs one."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"final_read_child" in cmdline:
+                return int(child)
+    return None
+
+
 def inotify_watches(pid: int) -> int:
     """Watches held by the process's inotify instances (one `inotify wd:` line each)."""
     n = 0

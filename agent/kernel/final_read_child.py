@@ -1,0 +1,91 @@
+"""The final-read process: `python -m agent.kernel.final_read_child`, started by the agent.
+
+It reads cgroups' final samples and nothing else, with a GIL of its own and at real-time
+priority (SCHED_FIFO 1, where allowed): in the agent, a final read waited for the GIL after
+each syscall behind the collection, the event loop and the watch, and for a CPU behind the
+workloads (p99 19 ms against 3.9 ms here, in the same 60 s soak). Reads are by path with no fd
+kept between them: nothing here pins a removed cgroup (the agent owns every kept fd), and each
+cgroup is forgotten once read. It exits when the agent closes its stdin.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from agent.kernel.final_read_wire import (
+    RESULT,
+    decode_setup,
+    encode_result,
+    job_frames,
+)
+from collectors.cgroupfs import CgroupReader
+
+_STDIN, _STDOUT = 0, 1
+
+
+def _read_exactly(n: int) -> bytes | None:
+    out = b""
+    while len(out) < n:
+        chunk = os.read(_STDIN, n - len(out))
+        if not chunk:
+            return None
+        out += chunk
+    return out
+
+
+def _write_all(data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(_STDOUT, view):]
+
+
+def serve(reader: CgroupReader) -> None:
+    frames = job_frames()
+    while True:
+        data = os.read(_STDIN, 65536)
+        if not data:
+            return  # the agent closed the pipe: it stops, or it died
+        for (job_id, _notified_ns, _n), name in frames.feed(data):
+            path = name.decode(errors="surrogateescape")
+            try:
+                sample, error = reader.read(path, member_pid=None), None
+            except Exception as e:  # told to the agent, which logs it
+                sample, error = None, f"{type(e).__name__}: {e}"
+            finished_ns = time.monotonic_ns()
+            reader.release(path)  # its last read: nothing about it is kept
+            _write_all(encode_result(job_id, finished_ns, sample, error))
+
+
+def main() -> int:
+    # The agent ends this process by closing its stdin, after its last read: a stop signal
+    # to the whole service (systemd's control-group kill, Ctrl-C) must not end it first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    head = _read_exactly(RESULT.size)
+    if head is None:
+        return 0
+    body = _read_exactly(RESULT.unpack(head)[0])
+    if body is None:
+        return 0
+    layout, realtime = decode_setup(body)
+    if realtime:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        except OSError as e:  # not root, RestrictRealtime=yes, RT group scheduling
+            print(f"final-read process: SCHED_FIFO refused ({e.strerror}): normal priority",
+                  file=sys.stderr, flush=True)
+    reader = CgroupReader(layout, max_open_dirs=0)
+    try:
+        serve(reader)
+    except BrokenPipeError:
+        return 0  # the agent is gone
+    finally:
+        reader.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Where final reads are done: a process of their own where it starts, else a thread."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from agent.kernel.final_read import FinalReadThread, LatencyHistogram
+from agent.kernel.final_read_process import FinalReadProcess
+from collectors.cgroupfs import CgroupReader
+from collectors.layout import CgroupLayout
+from collectors.samples import CgroupSample
+
+log = logging.getLogger("agent.kernel.final_read")
+
+
+class FinalReads(Protocol):
+    latency: LatencyHistogram
+
+    @property
+    def reader(self) -> CgroupReader: ...
+
+    def submit(self, path: str, notified_ns: int,
+               deliver: Callable[[CgroupSample], None]) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def start_final_reads(layout: CgroupLayout, reader: CgroupReader,
+                      own_process: bool, realtime: bool) -> FinalReads:
+    """FinalReadProcess when `own_process` and it starts, else FinalReadThread (said why).
+    `realtime`: the process at SCHED_FIFO."""
+    thread = FinalReadThread(reader)
+    if not own_process:
+        return thread
+    try:
+        return FinalReadProcess(layout, thread, realtime)
+    except OSError as e:
+        log.warning("final-read process not started (%s): final reads are done in the agent",
+                    e)
+        return thread
