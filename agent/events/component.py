@@ -267,7 +267,8 @@ class EventsComponent(Component):
 
     def _submit_final(self, cg: WatchedCgroup) -> None:
         """In the watch thread, the moment the cgroup is seen empty: the runtime may rmdir it
-        any moment now, so the read goes to the final-read thread at once."""
+        any moment now, so the read goes at once to the final reads (their process, or the
+        final-read thread)."""
         reads, loop = self.final_reads, self.loop
         if reads is None or loop is None or mirrors_children(cg):
             return
@@ -291,7 +292,7 @@ class EventsComponent(Component):
                     at_empty: CgroupSample | None, until: float) -> None:
         """On the loop: a read that found the cgroup removed takes the CPU its rmdir kept,
         which the tracepoint may store a moment after the files went, so it is looked for
-        again until `until`. Not in the final-read thread: the reads queued behind it would
+        again until `until`. Not where final reads run: the reads queued behind it would
         wait (a second read of a life, whose rmdir value the first took, waited the whole
         window: at 50 lives/s the queue grew to p50 0.4 s)."""
         if sample.vanished or sample.cpu is None:
