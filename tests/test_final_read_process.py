@@ -171,6 +171,8 @@ def test_close_ends_the_process(cgroups: CgroupFactory) -> None:
     reads.close()
     assert not os.path.exists(f"/proc/{pid}")  # exited and reaped
     assert not reads.alive()
+    reads.submit("/late", time.monotonic_ns(), Delivered())  # a notice racing the stop
+    assert reads.handed_back == 0  # dropped, not queued to a closed thread
 
 
 # -- the wire -------------------------------------------------------------------------------

@@ -43,8 +43,8 @@ _EXIT_WAIT_S = 5.0
 class FinalReadProcess:
     """FinalReadThread's interface; the reads are done by a child process."""
 
-    def __init__(self, layout: CgroupLayout, fallback: FinalReadThread, realtime: bool = True,
-                 command: list[str] | None = None) -> None:
+    def __init__(self, layout: CgroupLayout, fallback: FinalReadThread,
+                 realtime: bool = True) -> None:
         """`realtime`: the process runs at SCHED_FIFO 1 (where allowed)."""
         self.fallback = fallback
         #: One histogram for every final read, the process's and the fallback's.
@@ -58,7 +58,7 @@ class FinalReadProcess:
         #: Jobs the process could not take (pipe full, path too long, not running).
         self.handed_back = 0
         self._proc = subprocess.Popen(
-            command or [sys.executable, "-m", "agent.kernel.final_read_child"],
+            [sys.executable, "-m", "agent.kernel.final_read_child"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -84,6 +84,8 @@ class FinalReadProcess:
                deliver: Callable[[CgroupSample], None]) -> None:
         """Called in the watch thread: the write keeps the GIL, so the job is in the pipe
         before any other thread of the agent runs."""
+        if self._closing:
+            return  # stopping: dropped, as the jobs still queued are
         job_id = 0
         with self._lock:
             running = self._running
@@ -96,7 +98,7 @@ class FinalReadProcess:
             try:
                 held_io.write(self._stdin.fileno(), frame)
                 return
-            except OSError:  # full (the process is behind) or gone: the thread reads it
+            except (OSError, ValueError):  # full (the process is behind), gone, or closed
                 pass
         if running:
             with self._lock:
