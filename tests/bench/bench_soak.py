@@ -201,9 +201,9 @@ def main() -> None:
                    help="cgroups holding a sleeping process, besides the churn (0)")
     p.add_argument("--final-reads", choices=("realtime", "process", "thread"),
                    default="realtime",
-                   help="where final reads run: the agent's default, a process of their "
-                        "own at SCHED_FIFO (realtime); that process at normal priority "
-                        "(process); a thread of the agent (thread)")
+                   help="where final reads run: a process of their own at SCHED_FIFO "
+                        "(realtime, the default here); that process at normal priority "
+                        "(process); a thread of the agent (thread, the agent's default)")
     p.add_argument("--plain-metrics", action="store_true",
                    help="scrape /metrics without Accept-Encoding: gzip (Prometheus sends it)")
     args = p.parse_args()
