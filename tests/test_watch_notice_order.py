@@ -52,3 +52,35 @@ def test_a_populated_0_is_handled_before_the_batch_s_new_cgroups(
         assert order[0] == ("emptied", busy.rel), order
 
     asyncio.run(run())
+
+
+def test_a_child_made_in_the_same_batch_is_known_when_the_parent_empties(
+        cgroups: CgroupFactory) -> None:
+    """A plain cgroup with children mirrors them (no final read of its own): the batch's
+    IN_CREATE of a child counts before the parent's `populated 0` is handled."""
+    parent = cgroups.create("parent")
+    proc = parent.spawn(["sleep", "60"])
+    seen: list[tuple[str, bool]] = []
+
+    async def run() -> None:
+        w = CgroupWatcher(cgroups.layout, identify)
+        w.follow_new = True
+        w.on_emptied = lambda cg: seen.append((cg.path, cg.has_children))
+        w.start(asyncio.get_running_loop())
+        try:
+            cg = w.watch(identify(parent.rel, parent.ref_dir.stat().st_ino), new=False)
+            assert cg is not None and not cg.has_children
+            time.sleep(0.4)  # past the young cgroup's polling
+            with w.lock:
+                parent.child("kid")
+                proc.kill()
+                proc.wait()
+                time.sleep(0.05)
+            deadline = time.monotonic() + 5
+            while not any(p == parent.rel for p, _ in seen) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            w.close()
+        assert (parent.rel, True) in seen, seen
+
+    asyncio.run(run())

@@ -357,6 +357,12 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
                     todo[(id(notice_of), name)] = notice_of
             elif parent is not None or ev.overflow:
                 tree.append(ev)
+                if parent is not None and ev.mask & IN_ISDIR \
+                        and ev.mask & (IN_CREATE | IN_MOVED_TO) \
+                        and (has_new := self.cgroups.get(parent)) is not None:
+                    # Known before its notices are read: a plain cgroup with children takes
+                    # its lifecycle from them (a test prefix empty between two lives).
+                    has_new.has_children = True
             elif (owner := self._file_wds.get(ev.wd)) is not None and ev.mask & IN_MODIFY:
                 changed = owner.wds.get(ev.wd)
                 if changed is not None:
