@@ -1,6 +1,6 @@
-"""A real agentd with `final_read_process = true` reads cgroups' final samples in its
-final-read process (SCHED_FIFO); when that process dies the events component shows it down
-while the reads go on in the agent, still exact. By default the reads are in a thread."""
+"""A real agentd reads cgroups' final samples in its final-read process (SCHED_FIFO); when that
+process dies the events component shows it down while the reads go on in the agent, still
+exact. With `final_read_process = false` the reads are in a thread."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def test_final_reads_in_their_process_and_after_its_death(cgroups: CgroupFactory
         assert final_read_process(agent.proc.pid) is None
 
 
-def test_final_reads_in_a_thread_by_default(cgroups: CgroupFactory) -> None:
-    with running_agent() as agent:
+def test_final_reads_in_a_thread_when_configured(cgroups: CgroupFactory) -> None:
+    with running_agent({"events": {"final_read_process": False}}) as agent:
         assert final_read_process(agent.proc.pid) is None
         got, kernel = _final_cpu(agent, cgroups, "threaded")
         assert got == kernel > 0

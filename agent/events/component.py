@@ -135,7 +135,7 @@ class EventsComponent(Component):
         realtime = bool(cfg.get("final_read_realtime", True))
         final_reads = await asyncio.to_thread(
             start_final_reads, ctx.layout, ctx.reader or CgroupReader(ctx.layout),
-            bool(cfg.get("final_read_process", False)), realtime)
+            bool(cfg.get("final_read_process", True)), realtime)
         self.final_reads = final_reads
         ctx.host_facts["final_cpu_at_rmdir"] = await asyncio.to_thread(
             self.rmdir.open, ctx.layout, bool(cfg.get("rmdir_probe", True)))

@@ -51,7 +51,7 @@ SETTINGS: Mapping[str, Setting] = MappingProxyType(
         "watch_new_cgroups": Setting(bool, True, "inotify the whole tree for new cgroups"),
         "rmdir_probe": Setting(bool, True, "keep each cgroup2 cgroup's CPU counter at its "
                                "rmdir (eBPF): exact finals when a runtime removes it at once"),
-        "final_read_process": Setting(bool, False, "read emptied cgroups' final samples in a "
+        "final_read_process": Setting(bool, True, "read emptied cgroups' final samples in a "
                                       "process of their own, with its own GIL (prompter "
                                       "under churn); false: in a thread of the agent"),
         "final_read_realtime": Setting(bool, True, "the final-read process at SCHED_FIFO 1 "

@@ -202,8 +202,8 @@ def main() -> None:
     p.add_argument("--final-reads", choices=("realtime", "process", "thread"),
                    default="realtime",
                    help="where final reads run: a process of their own at SCHED_FIFO "
-                        "(realtime, the default here); that process at normal priority "
-                        "(process); a thread of the agent (thread, the agent's default)")
+                        "(realtime, the agent's default); that process at normal priority "
+                        "(process); a thread of the agent (thread)")
     p.add_argument("--plain-metrics", action="store_true",
                    help="scrape /metrics without Accept-Encoding: gzip (Prometheus sends it)")
     args = p.parse_args()
