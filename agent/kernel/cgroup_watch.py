@@ -33,6 +33,7 @@ from agent.kernel.inotify import (
     InotifyEvent,
 )
 from agent.kernel.kernfs import GONE, counter_values, has_subdir, read_text
+from agent.kernel.path_index import PathIndex
 from agent.kernel.psi import PsiWaiter
 from agent.kernel.watch_sources import PSI_DELAY_S, SlowSources
 from agent.kernel.watch_thread import LoopBridge, locked
@@ -103,9 +104,9 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
         self.ino = Inotify()
         self.deferred = DeferredWork()
         self.psi_waiter = PsiWaiter(self._on_psi, self.fd_budget)
-        self.cgroups: dict[str, WatchedCgroup] = {}
+        self.cgroups: PathIndex[WatchedCgroup] = PathIndex()
         self._dir_wds: dict[int, str] = {}
-        self._dir_by_path: dict[str, int] = {}
+        self._dir_by_path: PathIndex[int] = PathIndex()
         self._file_wds: dict[int, WatchedCgroup] = {}
         self._psi_fds: dict[int, WatchedCgroup] = {}
         self._poll_handle: asyncio.TimerHandle | None = None

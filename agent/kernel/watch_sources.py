@@ -29,6 +29,7 @@ from agent.kernel.deferred import DeferredWork
 from agent.kernel.fd_budget import OUT_OF_FDS, FdBudget
 from agent.kernel.inotify import IN_MODIFY, Inotify
 from agent.kernel.kernfs import GONE, oom_eventfd, read_text, v1_dir
+from agent.kernel.path_index import PathIndex
 from agent.kernel.psi import PsiRefused, PsiWaiter, open_trigger
 from agent.kernel.watch_thread import WatchThread
 from agent.kernel.watched import PsiTrigger, WatchedCgroup, WatchListener
@@ -66,7 +67,7 @@ class SlowSources:
     _thread: WatchThread
     _psi_fds: dict[int, WatchedCgroup]
     _file_wds: dict[int, WatchedCgroup]
-    _dir_by_path: dict[str, int]
+    _dir_by_path: PathIndex[int]
 
     if TYPE_CHECKING:  # provided by CgroupWatcher and LoopBridge
         def _tell(self, fn: Callable[..., None], *args: object) -> None: ...

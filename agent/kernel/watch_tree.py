@@ -22,6 +22,7 @@ from agent.kernel.inotify import (
     Inotify,
 )
 from agent.kernel.kernfs import GONE
+from agent.kernel.path_index import PathIndex
 from agent.kernel.watch_thread import locked
 from agent.kernel.watched import TreeListener, WatchedCgroup, WatchListener
 from agent.model.snapshot import WorkloadIdentity
@@ -36,7 +37,7 @@ DIR_MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR | IN
 class TreeWatch:
     """Mixin of CgroupWatcher: the directories watched, by path and by watch descriptor."""
 
-    cgroups: dict[str, WatchedCgroup]
+    cgroups: PathIndex[WatchedCgroup]
     listener: WatchListener
     tree_listeners: list[TreeListener]
     follow_new: bool
@@ -48,7 +49,7 @@ class TreeWatch:
     _created: list[str]
     _deleted: list[str]
     _dir_wds: dict[int, str]
-    _dir_by_path: dict[str, int]
+    _dir_by_path: PathIndex[int]
 
     if TYPE_CHECKING:  # provided by CgroupWatcher and LoopBridge
         def _tell(self, fn: Callable[..., None], *args: object) -> None: ...
@@ -117,15 +118,14 @@ class TreeWatch:
             self._created.append(rel)
 
     def _dir_gone(self, rel: str) -> None:
-        prefix = rel.rstrip("/") + "/"
-        for path in [p for p in self._dir_by_path if p == rel or p.startswith(prefix)]:
+        for path in self._dir_by_path.subtree(rel):
             wd = self._dir_by_path.pop(path)
             self._dir_wds.pop(wd, None)
             self.ino.rm_watch(wd)
             self._deleted.append(path)
         if rel not in self._deleted:
             self._deleted.append(rel)
-        for path in [p for p in self.cgroups if p == rel or p.startswith(prefix)]:
+        for path in self.cgroups.subtree(rel):
             cg = self.cgroups.get(path)
             if cg is not None:
                 self.unwatch(path)
