@@ -26,6 +26,10 @@ from pathlib import Path
 DEFAULT_OBJECT = Path(__file__).parent / "bpf" / "final_cpu.bpf.o"
 
 
+#: The path map's key size (PATH_KEY in bpf/final_cpu.bpf.c): longer paths are cut there.
+PATH_KEY = 512
+
+
 class ProbeUnavailable(Exception):
     """The probe cannot run here; str() says why, in one line."""
 
@@ -78,8 +82,10 @@ def _libbpf() -> ctypes.CDLL:
 class RmdirCpuProbe:
     """The loaded and attached program and its map; close() detaches it."""
 
-    def __init__(self, lib: ctypes.CDLL, obj: int, link: int, map_fd: int) -> None:
+    def __init__(self, lib: ctypes.CDLL, obj: int, link: int, map_fd: int,
+                 path_map_fd: int) -> None:
         self._lib, self._link, self._map_fd = lib, link, map_fd
+        self._path_map_fd = path_map_fd
         self._obj: int | None = obj
         #: Entries taken (tests read it).
         self.taken = 0
@@ -105,10 +111,13 @@ class RmdirCpuProbe:
             if not link:
                 raise ProbeUnavailable(f"cannot attach to cgroup:cgroup_rmdir: {_err()}")
             map_fd = lib.bpf_object__find_map_fd_by_name(obj, b"final_cpu")
+            path_map_fd = lib.bpf_object__find_map_fd_by_name(obj, b"id_by_path")
+            if path_map_fd < 0:
+                raise ProbeUnavailable(f"{obj_path.name} is out of date: rebuild it (make)")
         except BaseException:
             lib.bpf_object__close(obj)
             raise
-        return cls(lib, obj, link, map_fd)
+        return cls(lib, obj, link, map_fd, path_map_fd)
 
     def take(self, cgroup_id: int) -> RmdirCpu | None:
         """The counter kept at the rmdir of the cgroup whose directory had inode `cgroup_id`,
@@ -122,6 +131,23 @@ class RmdirCpuProbe:
         self._lib.bpf_map_delete_elem(self._map_fd, ctypes.byref(key))
         self.taken += 1
         return RmdirCpu(value.usage_ns, value.at_ns)
+
+    def take_path(self, path: str) -> tuple[int, RmdirCpu] | None:
+        """By the cgroup's path from the cgroup2 root ("/a/b"): its id and the counter kept at
+        its last rmdir, removed from the maps; None when there is none (yet), or when that
+        rmdir's counter was already taken by id."""
+        if self._obj is None:
+            return None
+        key = (ctypes.c_char * PATH_KEY)()
+        raw = os.fsencode(path)[: PATH_KEY - 1]
+        ctypes.memmove(key, raw, len(raw))
+        cgroup_id = ctypes.c_uint64()
+        if self._lib.bpf_map_lookup_elem(self._path_map_fd, key, ctypes.byref(cgroup_id)):
+            return None
+        got = self.take(cgroup_id.value)
+        if got is not None:
+            self._lib.bpf_map_delete_elem(self._path_map_fd, key)
+        return None if got is None else (cgroup_id.value, got)
 
     def close(self) -> None:
         if self._obj is None:

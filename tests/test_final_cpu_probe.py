@@ -62,6 +62,43 @@ def test_the_rmdir_keeps_what_cpu_stat_would_show(cgroups: CgroupFactory) -> Non
     assert _fds() == fds  # closing detaches and frees everything it opened
 
 
+def test_a_cgroup_known_only_by_its_path_is_found_by_it(cgroups: CgroupFactory) -> None:
+    """What the agent has of a cgroup made and removed before its watch saw it: the path."""
+    if cgroups.layout.unified is None:
+        pytest.fail("this test needs a cgroup2 hierarchy (hybrid or unified host)")
+    root = cgroups.layout.unified
+    parent = cgroups.create().dir("unified")
+    with RmdirCpuProbe.open() as probe:
+        # Long paths too: the map's key is cut at 511 bytes, the lookup cuts alike.
+        (parent / ("d" * 250)).mkdir()
+        for where, name in ((parent, "life-a"), (parent, "x" * 250),
+                            (parent / ("d" * 250), "y" * 255)):
+            d, ino = _life(where, name, 4000)
+            read = usage_usec(d)
+            rel = "/" + str(d.relative_to(root))
+            d.rmdir()
+            assert len(rel) > 511 or not name.startswith("y")
+            got = probe.take_path(rel)
+            assert got is not None, f"nothing kept for {rel[:60]}..."
+            assert got[0] == ino
+            assert got[1].usage_usec == read
+            assert probe.take_path(rel) is None  # taken once
+            assert probe.take(ino) is None  # and not again by id
+        # Taken by id first (the agent watched it): the path finds nothing more.
+        d, ino = _life(parent, "watched", 3000)
+        rel = "/" + str(d.relative_to(root))
+        d.rmdir()
+        assert probe.take(ino) is not None
+        assert probe.take_path(rel) is None
+        # The same path again, a new life: its own counter.
+        d, ino2 = _life(parent, "watched", 3000)
+        read = usage_usec(d)
+        d.rmdir()
+        got = probe.take_path(rel)
+        assert got is not None and got[0] == ino2 and got[1].usage_usec == read
+        assert probe.take_path("/no/such/cgroup") is None
+
+
 def test_without_its_object_it_says_why() -> None:
     with pytest.raises(ProbeUnavailable, match="not built"):
         RmdirCpuProbe.open(Path("/nonexistent/final_cpu.bpf.o"))

@@ -422,6 +422,31 @@ class EventsComponent(Component):
         self._usage.pop(key, None)
         self._gone.add(key)
 
+    def on_unseen(self, path: str, until: float | None = None) -> None:
+        """A cgroup made and removed before the watch got to its IN_CREATE (the watch thread
+        was behind): the rmdir probe kept its CPU by path too, so the life is still told,
+        started and stopped with that counter, as for a cgroup removed before its first read.
+        The rmdir's tracepoint may come a moment after the directory went: looked for again
+        every poll_s for wait_s."""
+        if self.rmdir.probe is None or self.watcher is None or self.loop is None:
+            return
+        now = time.monotonic()
+        until = now + self.rmdir.wait_s if until is None else until
+        got = self.rmdir.by_path(path)
+        if got is None:
+            if now < until:
+                self.loop.call_later(self.rmdir.poll_s, self.on_unseen, path, until)
+            return
+        inode, sample = got
+        cg = WatchedCgroup(path, inode, self.watcher.identify(path, inode), new=True)
+        key = (path, inode)
+        if mirrors_children(cg) or key in self._gone:
+            return
+        self._emptied(cg, sample, partial=True)
+        self._running.pop(key, None)
+        self._usage.pop(key, None)
+        self._gone.add(key)
+
     def _last_sample(self, who: WorkloadIdentity) -> CgroupSample | None:
         snapshot = self.ctx.latest() if self.ctx else None
         state = snapshot.workloads.get(who.id) if snapshot else None

@@ -56,6 +56,18 @@ class RmdirFinals:
         return CgroupSample(cg.path, cg.inode, got.at_ns, wall,
                             cpu=CpuSample(usage_usec=got.usage_usec), populated=False)
 
+    def by_path(self, path: str) -> tuple[int, CgroupSample] | None:
+        """For a cgroup known only by its path (made and removed before the watch saw it):
+        its inode and the counter kept at its rmdir (taken: once only), or None."""
+        probe = self.probe
+        got = probe.take_path(path) if probe is not None else None
+        if got is None:
+            return None
+        inode, kept = got
+        wall = time.time_ns() - (time.monotonic_ns() - kept.at_ns)
+        return inode, CgroupSample(path, inode, kept.at_ns, wall,
+                                   cpu=CpuSample(usage_usec=kept.usage_usec), populated=False)
+
     def close(self) -> None:
         if self.probe is not None:
             self.probe.close()

@@ -71,6 +71,9 @@ class TreeWatch:
                 dfd = os.open(self.abs_path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as e:
                 if e.errno in GONE:
+                    if report_new and self.follow_new and rel not in self.cgroups:
+                        # Made and removed before this got to it (its IN_CREATE came late).
+                        self._tell(self.listener.on_unseen, rel)
                     continue
                 if e.errno not in OUT_OF_FDS:
                     raise

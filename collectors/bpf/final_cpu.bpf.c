@@ -41,6 +41,33 @@ struct {
 	__type(value, __u64);
 } cpu_slot SEC(".maps");
 
+/*
+ * The same cgroups' ids by path (as the tracepoint gives it: from the hierarchy's root), for a
+ * cgroup the agent never saw: made and removed before its watch got to the IN_CREATE, it knows
+ * only the path. Zero-padded, so a path is its own hash key; longer ones are cut (the agent
+ * cuts its own alike). Fewer entries than final_cpu: a path is looked up within seconds.
+ */
+#define PATH_KEY 512
+
+struct path_key {
+	char path[PATH_KEY];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct path_key);
+	__type(value, __u64);
+} id_by_path SEC(".maps");
+
+/* The key is too big for the BPF stack: built in a per-CPU slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct path_key);
+} path_scratch SEC(".maps");
+
 /* Kernels before 6.16 kept the per-CPU base stats in struct cgroup_rstat_cpu. */
 struct cgroup_rstat_cpu___old {
 	struct cgroup_base_stat bstat;
@@ -64,6 +91,7 @@ SEC("tp_btf/cgroup_rmdir")
 int BPF_PROG(on_rmdir, struct cgroup *cgrp, const char *path)
 {
 	struct final_cpu out = {};
+	struct path_key *key;
 	__u64 pcpu = 0, base = 0, id, sum, last;
 	__u32 zero = 0, cpu;
 	int old = 0;
@@ -110,5 +138,11 @@ int BPF_PROG(on_rmdir, struct cgroup *cgrp, const char *path)
 	id = BPF_CORE_READ(cgrp, kn, id);
 	out.at_ns = bpf_ktime_get_ns();
 	bpf_map_update_elem(&final_cpu, &id, &out, BPF_ANY);
+	key = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (key && path) {
+		__builtin_memset(key->path, 0, sizeof(key->path));
+		if (bpf_probe_read_kernel_str(key->path, sizeof(key->path), path) > 0)
+			bpf_map_update_elem(&id_by_path, key, &id, BPF_ANY);
+	}
 	return 0;
 }

@@ -171,11 +171,11 @@ class Load:
                 self.ls_failures += 1
 
 
-def _stopped_events(agent: RunningAgent) -> list[dict[str, Any]]:
+def _events(agent: RunningAgent, etype: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     since = 0
     while True:
-        page = agent.get(f"/api/v1/events?type=container_stopped&since={since}&limit=10000")
+        page = agent.get(f"/api/v1/events?type={etype}&since={since}&limit=10000")
         out.extend(page["events"])
         if len(page["events"]) < 10000:
             return out
@@ -236,7 +236,9 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
     took = time.monotonic() - t0
     time.sleep(3)  # the tail of the churn digested
     report("end", agent, factory)
-    stopped = {e["container"]["cgroup"]: e for e in _stopped_events(agent)
+    stopped = {e["container"]["cgroup"]: e for e in _events(agent, "container_stopped")
+               if e.get("container")}
+    started = {e["container"]["cgroup"] for e in _events(agent, "container_started")
                if e.get("container")}
     exact = sum(1 for life in lives if _exact(stopped.get(life.rel), life.usage_usec))
     print(f"container_stopped for {sum(1 for x in lives if x.rel in stopped)} of "
@@ -247,7 +249,8 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
         fields = {k: v for k, v in (e["fields"] if e else {}).items()
                   if k in ("final", "final_partial", "cpu_usage_usec")}
         print(f"  not exact: {life.rel}: kernel usage_usec {life.usage_usec}; "
-              + (f"container_stopped {fields}" if e else "no container_stopped"))
+              + (f"container_stopped {fields}" if e else "no container_stopped")
+              + ("" if life.rel in started else "; no container_started"))
     print(f"{len(lives)} lives in {took:.0f} s ({len(lives) / took:.1f}/s achieved); "
           f"/metrics {ms_quantiles(load.scrape_s)} ({load.gzipped} gzipped); "
           f"/healthz {ms_quantiles(load.health_s)}; "

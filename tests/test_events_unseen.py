@@ -1,0 +1,45 @@
+"""A cgroup made and removed before the kernel watch got to its IN_CREATE (the watch thread
+behind, here held off with its lock) is still told: started and stopped, with the CPU the rmdir
+probe kept for its path, and billed (its final sample published)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tests.support.cgroups import CgroupFactory
+from tests.test_events_harness import started
+
+
+def test_a_life_the_watch_never_saw_is_told_with_its_final_cpu(
+        cgroups: CgroupFactory, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with started(tmp_path) as h:
+            comp = h.comp
+            assert comp.rmdir.probe is not None, "the rmdir probe did not load (make builds it)"
+            assert comp.watcher is not None
+            parent = cgroups.create()
+            await h.wait_for(lambda: comp.watcher.cgroups.get(parent.rel))
+            with comp.watcher.lock:  # the watch thread waits: it meets IN_CREATE after rmdir
+                life = parent.child("unseen")
+                proc = life.spawn(["/bin/sh", "-c",
+                                   "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"])
+                assert proc.wait(timeout=30) == 0
+                usage = life.cpu_usage_usec()
+                inode = life.ref_dir.stat().st_ino
+                life.remove()
+            stops = await h.wait_for(lambda: h.events("container_stopped", life.rel))
+            assert len(stops) == 1
+            assert stops[0].fields["cpu_usage_usec"] == usage
+            assert stops[0].fields["final"] is True
+            assert stops[0].fields.get("final_partial") is True  # CPU only: from the rmdir
+            starts = h.events("container_started", life.rel)
+            assert len(starts) == 1 and starts[0].fields.get("coalesced") is True
+            finals = [s for who, s in h.finals if who.cgroup == life.rel]
+            assert len(finals) == 1 and finals[0].inode == inode
+            assert finals[0].cpu is not None and finals[0].cpu.usage_usec == usage
+            await asyncio.sleep(0.3)  # nothing more comes for it
+            assert len(h.events("container_stopped", life.rel)) == 1
+            assert comp.rmdir.probe.take_path(life.rel) is None  # taken once
+
+    asyncio.run(body())
