@@ -132,22 +132,26 @@ class RmdirCpuProbe:
         self.taken += 1
         return RmdirCpu(value.usage_ns, value.at_ns)
 
-    def take_path(self, path: str) -> tuple[int, RmdirCpu] | None:
-        """By the cgroup's path from the cgroup2 root ("/a/b"): its id and the counter kept at
-        its last rmdir, removed from the maps; None when there is none (yet), or when that
-        rmdir's counter was already taken by id."""
+    def id_by_path(self, path: str) -> int | None:
+        """The id of the cgroup last removed at `path` (from the cgroup2 root: "/a/b"), or
+        None. Not taken: whether its counter is still to be told is the caller's to say."""
         if self._obj is None:
             return None
-        key = (ctypes.c_char * PATH_KEY)()
-        raw = os.fsencode(path)[: PATH_KEY - 1]
-        ctypes.memmove(key, raw, len(raw))
         cgroup_id = ctypes.c_uint64()
-        if self._lib.bpf_map_lookup_elem(self._path_map_fd, key, ctypes.byref(cgroup_id)):
+        if self._lib.bpf_map_lookup_elem(self._path_map_fd, _path_key(path),
+                                         ctypes.byref(cgroup_id)):
             return None
-        got = self.take(cgroup_id.value)
-        if got is not None:
-            self._lib.bpf_map_delete_elem(self._path_map_fd, key)
-        return None if got is None else (cgroup_id.value, got)
+        return cgroup_id.value
+
+    def take_path(self, path: str) -> tuple[int, RmdirCpu] | None:
+        """By path: the id and the counter kept at the last rmdir there, removed from the
+        maps; None when there is none (yet), or when that counter was already taken by id."""
+        cgroup_id = self.id_by_path(path)
+        got = self.take(cgroup_id) if cgroup_id is not None else None
+        if cgroup_id is None or got is None:
+            return None
+        self._lib.bpf_map_delete_elem(self._path_map_fd, _path_key(path))
+        return cgroup_id, got
 
     def close(self) -> None:
         if self._obj is None:
@@ -161,6 +165,14 @@ class RmdirCpuProbe:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _path_key(path: str) -> ctypes.Array[ctypes.c_char]:
+    """The path map's key: the path zero-padded, cut as the program cuts it."""
+    key = (ctypes.c_char * PATH_KEY)()
+    raw = os.fsencode(path)[: PATH_KEY - 1]
+    ctypes.memmove(key, raw, len(raw))
+    return key
 
 
 def _err(code: int | None = None) -> str:

@@ -43,3 +43,31 @@ def test_a_life_the_watch_never_saw_is_told_with_its_final_cpu(
             assert comp.rmdir.probe.take_path(life.rel) is None  # taken once
 
     asyncio.run(body())
+
+
+def test_a_life_its_own_watch_follows_is_not_taken_by_path(
+        cgroups: CgroupFactory, tmp_path: Path) -> None:
+    """Told as unseen by mistake (a listing that names a directory unwatched a moment ago),
+    a cgroup the watch followed keeps its rmdir counter for its own final read."""
+    async def body() -> None:
+        async with started(tmp_path) as h:
+            comp = h.comp
+            probe = comp.rmdir.probe
+            assert probe is not None, "the rmdir probe did not load (make builds it)"
+            assert comp.watcher is not None
+            life = cgroups.create()
+            proc = life.spawn(["sleep", "60"])
+            await h.wait_for(lambda: h.events("container_started", life.rel))
+            inode = life.ref_dir.stat().st_ino
+            with comp.watcher.lock:  # its end and removal wait in the watch's queue
+                usage = life.cpu_usage_usec()
+                life.remove()
+                assert proc.wait(timeout=10) is not None
+                comp.on_unseen(life.rel)
+                assert probe.id_by_path(life.rel) == inode
+                got = probe.take_path(life.rel)  # still there: on_unseen left it
+                assert got is not None and got[0] == inode
+                assert got[1].usage_usec >= usage
+            assert not h.events("container_stopped", life.rel)
+
+    asyncio.run(body())

@@ -432,20 +432,32 @@ class EventsComponent(Component):
             return
         now = time.monotonic()
         until = now + self.rmdir.wait_s if until is None else until
-        got = self.rmdir.by_path(path)
+        inode = self.rmdir.id_by_path(path)
+        known = inode is not None and self._known((path, inode))
+        got = self.rmdir.take_path(path) if inode is not None and not known else None
         if got is None:
+            # Not there yet, or an earlier life at this path that its own watch tells (its
+            # counter is not ours to take): this one's rmdir may still come.
             if now < until:
                 self.loop.call_later(self.rmdir.poll_s, self.on_unseen, path, until)
             return
         inode, sample = got
         cg = WatchedCgroup(path, inode, self.watcher.identify(path, inode), new=True)
         key = (path, inode)
-        if mirrors_children(cg) or key in self._gone:
+        if mirrors_children(cg):
             return
         self._emptied(cg, sample, partial=True)
         self._running.pop(key, None)
         self._usage.pop(key, None)
         self._gone.add(key)
+
+    def _known(self, key: tuple[str, int]) -> bool:
+        """An incarnation the watch followed (running, its final read pending, or gone)."""
+        watched = self.watcher.cgroups.get(key[0]) if self.watcher is not None else None
+        with self._pending_lock:
+            pending = self._final_pending.get(key, 0) > 0
+        return (pending or key in self._running or key in self._gone
+                or (watched is not None and watched.inode == key[1]))
 
     def _last_sample(self, who: WorkloadIdentity) -> CgroupSample | None:
         snapshot = self.ctx.latest() if self.ctx else None

@@ -56,7 +56,11 @@ class RmdirFinals:
         return CgroupSample(cg.path, cg.inode, got.at_ns, wall,
                             cpu=CpuSample(usage_usec=got.usage_usec), populated=False)
 
-    def by_path(self, path: str) -> tuple[int, CgroupSample] | None:
+    def id_by_path(self, path: str) -> int | None:
+        """The inode of the cgroup last removed at `path` (nothing taken), or None."""
+        return self.probe.id_by_path(path) if self.probe is not None else None
+
+    def take_path(self, path: str) -> tuple[int, CgroupSample] | None:
         """For a cgroup known only by its path (made and removed before the watch saw it):
         its inode and the counter kept at its rmdir (taken: once only), or None."""
         probe = self.probe

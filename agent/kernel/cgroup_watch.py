@@ -398,7 +398,7 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
             elif ev.mask & IN_ISDIR and ev.name:
                 child = f"{parent.rstrip('/')}/{ev.name}"
                 if ev.mask & (IN_CREATE | IN_MOVED_TO):
-                    self._watch_subtree(child, report_new=True)
+                    self._watch_subtree(child, report_new=True, created=True)
                 elif ev.mask & (IN_DELETE | IN_MOVED_FROM):
                     self._dir_gone(child)
         self._reread_notified(todo, now)

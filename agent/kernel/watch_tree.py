@@ -60,7 +60,9 @@ class TreeWatch:
                   dir_fd: int | None = None) -> WatchedCgroup | None: ...
 
     # -- the directory tree: IN_CREATE reports new cgroups at once -----------------------
-    def _watch_subtree(self, top: str, report_new: bool) -> None:
+    def _watch_subtree(self, top: str, report_new: bool, created: bool = False) -> None:
+        """`created`: `top` was just reported by IN_CREATE/IN_MOVED_TO (gone already: told as
+        unseen; a rescan's listing is not: it may name a directory unwatched a moment ago)."""
         # The watch goes on before the listing: a child made meanwhile is listed or reported.
         # One path lookup per directory (its fd); the rest goes through the fd, since each
         # cgroupfs lookup may wait behind the runtime's mkdir/rmdir.
@@ -71,7 +73,7 @@ class TreeWatch:
                 dfd = os.open(self.abs_path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as e:
                 if e.errno in GONE:
-                    if report_new and self.follow_new and rel not in self.cgroups:
+                    if created and rel == top and self.follow_new and rel not in self.cgroups:
                         # Made and removed before this got to it (its IN_CREATE came late).
                         self._tell(self.listener.on_unseen, rel)
                     continue
