@@ -134,7 +134,8 @@ class RmdirCpuProbe:
 
     def id_by_path(self, path: str) -> int | None:
         """The id of the cgroup last removed at `path` (from the cgroup2 root: "/a/b"), or
-        None. Not taken: whether its counter is still to be told is the caller's to say."""
+        None; its counter is then take(id). Nothing is removed here: whether that counter is
+        still to be told is the caller's to say."""
         if self._obj is None:
             return None
         cgroup_id = ctypes.c_uint64()
@@ -142,16 +143,6 @@ class RmdirCpuProbe:
                                          ctypes.byref(cgroup_id)):
             return None
         return cgroup_id.value
-
-    def take_path(self, path: str) -> tuple[int, RmdirCpu] | None:
-        """By path: the id and the counter kept at the last rmdir there, removed from the
-        maps; None when there is none (yet), or when that counter was already taken by id."""
-        cgroup_id = self.id_by_path(path)
-        got = self.take(cgroup_id) if cgroup_id is not None else None
-        if cgroup_id is None or got is None:
-            return None
-        self._lib.bpf_map_delete_elem(self._path_map_fd, _path_key(path))
-        return cgroup_id, got
 
     def close(self) -> None:
         if self._obj is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.support.cgroups import CgroupFactory
 from tests.test_events_harness import started
+from tests.test_final_cpu_probe import take_by_path
 
 
 def test_a_life_the_watch_never_saw_is_told_with_its_final_cpu(
@@ -40,7 +41,7 @@ def test_a_life_the_watch_never_saw_is_told_with_its_final_cpu(
             assert finals[0].cpu is not None and finals[0].cpu.usage_usec == usage
             await asyncio.sleep(0.3)  # nothing more comes for it
             assert len(h.events("container_stopped", life.rel)) == 1
-            assert comp.rmdir.probe.take_path(life.rel) is None  # taken once
+            assert take_by_path(comp.rmdir.probe, life.rel) is None  # taken once
 
     asyncio.run(body())
 
@@ -65,7 +66,7 @@ def test_a_life_its_own_watch_follows_is_not_taken_by_path(
                 assert proc.wait(timeout=10) is not None
                 comp.on_unseen(life.rel)
                 assert probe.id_by_path(life.rel) == inode
-                got = probe.take_path(life.rel)  # still there: on_unseen left it
+                got = take_by_path(probe, life.rel)  # still there: on_unseen left it
                 assert got is not None and got[0] == inode
                 assert got[1].usage_usec >= usage
             assert not h.events("container_stopped", life.rel)

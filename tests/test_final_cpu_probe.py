@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors.final_cpu import ProbeUnavailable, RmdirCpuProbe
+from collectors.final_cpu import ProbeUnavailable, RmdirCpu, RmdirCpuProbe
 from tests.support.cgroups import CgroupFactory
 from tests.support.churn_checks import usage_usec
 
@@ -28,6 +28,13 @@ def _life(parent: Path, name: str, n: int) -> tuple[Path, int]:
             f.write("0")
     subprocess.run(["/bin/sh", "-c", BURN.format(n=n)], preexec_fn=enter, check=True)
     return d, d.stat().st_ino
+
+
+def take_by_path(probe: RmdirCpuProbe, path: str) -> tuple[int, RmdirCpu] | None:
+    """What the agent does for a cgroup known only by its path: its id, then its counter."""
+    cgroup_id = probe.id_by_path(path)
+    got = probe.take(cgroup_id) if cgroup_id is not None else None
+    return None if cgroup_id is None or got is None else (cgroup_id, got)
 
 
 def _fds() -> int:
@@ -78,25 +85,25 @@ def test_a_cgroup_known_only_by_its_path_is_found_by_it(cgroups: CgroupFactory) 
             rel = "/" + str(d.relative_to(root))
             d.rmdir()
             assert len(rel) > 511 or not name.startswith("y")
-            got = probe.take_path(rel)
+            got = take_by_path(probe, rel)
             assert got is not None, f"nothing kept for {rel[:60]}..."
             assert got[0] == ino
             assert got[1].usage_usec == read
-            assert probe.take_path(rel) is None  # taken once
+            assert take_by_path(probe, rel) is None  # taken once
             assert probe.take(ino) is None  # and not again by id
         # Taken by id first (the agent watched it): the path finds nothing more.
         d, ino = _life(parent, "watched", 3000)
         rel = "/" + str(d.relative_to(root))
         d.rmdir()
         assert probe.take(ino) is not None
-        assert probe.take_path(rel) is None
+        assert take_by_path(probe, rel) is None
         # The same path again, a new life: its own counter.
         d, ino2 = _life(parent, "watched", 3000)
         read = usage_usec(d)
         d.rmdir()
-        got = probe.take_path(rel)
+        got = take_by_path(probe, rel)
         assert got is not None and got[0] == ino2 and got[1].usage_usec == read
-        assert probe.take_path("/no/such/cgroup") is None
+        assert take_by_path(probe, "/no/such/cgroup") is None
 
 
 def test_without_its_object_it_says_why() -> None:

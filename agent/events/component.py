@@ -418,6 +418,10 @@ class EventsComponent(Component):
                 self._emptied(cg, rmdir, partial=True)
             else:  # removed before we could read it, or while we were not told: last cycle's
                 self._stopped(cg.identity, self._last_sample(cg.identity), final=False)
+        self._forget(key)
+
+    def _forget(self, key: tuple[str, int]) -> None:
+        """An incarnation is gone: nothing more is told of it."""
         self._running.pop(key, None)
         self._usage.pop(key, None)
         self._gone.add(key)
@@ -426,6 +430,7 @@ class EventsComponent(Component):
         """A cgroup made and removed before the watch got to its IN_CREATE (the watch thread
         was behind): the rmdir probe kept its CPU by path too, so the life is still told,
         started and stopped with that counter, as for a cgroup removed before its first read.
+        (Its child cgroups, if it had any, were never watched: their CPU is in its counter.)
         The rmdir's tracepoint may come a moment after the directory went: looked for again
         every poll_s for wait_s."""
         if self.rmdir.probe is None or self.watcher is None or self.loop is None:
@@ -433,23 +438,16 @@ class EventsComponent(Component):
         now = time.monotonic()
         until = now + self.rmdir.wait_s if until is None else until
         inode = self.rmdir.id_by_path(path)
-        known = inode is not None and self._known((path, inode))
-        got = self.rmdir.take_path(path) if inode is not None and not known else None
-        if got is None:
-            # Not there yet, or an earlier life at this path that its own watch tells (its
-            # counter is not ours to take): this one's rmdir may still come.
-            if now < until:
+        # An earlier life at this path that its own watch tells keeps its counter.
+        ours = inode is not None and not self._known((path, inode))
+        sample = self.rmdir.take(path, inode) if ours and inode is not None else None
+        if inode is None or sample is None:
+            if now < until:  # this life's rmdir may still come
                 self.loop.call_later(self.rmdir.poll_s, self.on_unseen, path, until)
             return
-        inode, sample = got
-        cg = WatchedCgroup(path, inode, self.watcher.identify(path, inode), new=True)
-        key = (path, inode)
-        if mirrors_children(cg):
-            return
-        self._emptied(cg, sample, partial=True)
-        self._running.pop(key, None)
-        self._usage.pop(key, None)
-        self._gone.add(key)
+        identity = self.watcher.identify(path, inode)
+        self._emptied(WatchedCgroup(path, inode, identity, new=True), sample, partial=True)
+        self._forget((path, inode))
 
     def _known(self, key: tuple[str, int]) -> bool:
         """An incarnation the watch followed (running, its final read pending, or gone)."""

@@ -45,32 +45,23 @@ class RmdirFinals:
         None: no probe, or not (yet) there. A reader that saw the cgroup's files vanish can be
         a few µs ahead of the rmdir's tracepoint: the caller looks again every `poll_s` for
         `wait_s` (EventsComponent._after_read, on the event loop)."""
+        return self.take(cg.path, cg.inode)
+
+    def take(self, path: str, inode: int) -> CgroupSample | None:
+        """The counter kept at the rmdir of `path`'s incarnation `inode` (see sample)."""
         probe = self.probe
-        if probe is None:
-            return None
-        got = probe.take(cg.inode)
+        got = probe.take(inode) if probe is not None else None
         if got is None:
             return None
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC: the rmdir's wall time from the same offset.
         wall = time.time_ns() - (time.monotonic_ns() - got.at_ns)
-        return CgroupSample(cg.path, cg.inode, got.at_ns, wall,
+        return CgroupSample(path, inode, got.at_ns, wall,
                             cpu=CpuSample(usage_usec=got.usage_usec), populated=False)
 
     def id_by_path(self, path: str) -> int | None:
-        """The inode of the cgroup last removed at `path` (nothing taken), or None."""
+        """The inode of the cgroup last removed at `path` (nothing taken), or None: for a
+        cgroup known only by its path (made and removed before the watch saw it)."""
         return self.probe.id_by_path(path) if self.probe is not None else None
-
-    def take_path(self, path: str) -> tuple[int, CgroupSample] | None:
-        """For a cgroup known only by its path (made and removed before the watch saw it):
-        its inode and the counter kept at its rmdir (taken: once only), or None."""
-        probe = self.probe
-        got = probe.take_path(path) if probe is not None else None
-        if got is None:
-            return None
-        inode, kept = got
-        wall = time.time_ns() - (time.monotonic_ns() - kept.at_ns)
-        return inode, CgroupSample(path, inode, kept.at_ns, wall,
-                                   cpu=CpuSample(usage_usec=kept.usage_usec), populated=False)
 
     def close(self) -> None:
         if self.probe is not None:
