@@ -168,8 +168,22 @@ def judge(lives: list[Life], started: list[dict[str, Any]], stopped: list[dict[s
     return v
 
 
+def wait_read_after_now(agent: RunningAgent, timeout: float = 60) -> None:
+    """Until the agent has published a snapshot read wholly after this call: the second after
+    the current one (the next may have been mid-cycle when this was called)."""
+    seq0 = int(agent.get("/healthz")["snapshot_seq"])
+    agent.wait_for(lambda: int(agent.get("/healthz")["snapshot_seq"]) >= seq0 + 2,
+                   timeout=timeout, interval=0.1)
+
+
 def settle_and_judge(agent: RunningAgent, lives: list[Life], prefix_rel: str,
                      parent_delta: int, finals_since: int = 0) -> Verdict:
+    """Call it once the churn is over and `parent_delta` read. The parent's CPU after its last
+    read during the churn (its last `populated 0`, or the last cycle) is billed by the first
+    cycle after the churn, in that cycle's period: so every period up to a cycle read after
+    now must close, not only those up to now (which left the parent's rows short by that
+    remainder whenever the next cycle fell into the next period)."""
+    wait_read_after_now(agent)
     wait_settled(agent, time.time(), finals_since=finals_since)
     rows, _ = billing(agent)
     return judge(lives, events(agent, "container_started"), events(agent, "container_stopped"),
