@@ -39,6 +39,7 @@ from agent.identity.discovery import Discovery
 from agent.kernel.cgroup_watch import CgroupWatcher
 from agent.kernel.collection import Collector
 from agent.kernel.fd_budget import OUT_OF_FDS, budget_families
+from agent.kernel.tree_changes import PendingTreeChanges
 from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity
 from collectors.cgroupfs import CgroupReader
 from collectors.layout import CgroupLayout, LayoutError, detect_layout
@@ -83,8 +84,10 @@ class Agent:
         #: Workloads inotify added while a cycle ran; the cycle's result must include them.
         self._added_during_cycle: list[WorkloadIdentity] = []
         self._cycles_gc = CycleCollector()
-        #: Tree changes amend the snapshot one at a time (no lost updates).
-        self._apply_lock = asyncio.Lock()
+        #: Tree changes not applied yet, merged: one task applies them, one take at a time
+        #: (no lost updates).
+        self._pending = PendingTreeChanges()
+        self._applying: asyncio.Task[None] | None = None
         self.ctx = AgentContext(
             config=config.values,
             state_dir=config.state_dir,
@@ -231,21 +234,30 @@ class Agent:
         if overflow:
             self._wake.set()
             self._last_rescan = 0.0
-        if created or deleted:
-            asyncio.get_running_loop().create_task(self._apply(list(created), list(deleted)))
+        self._pending.add(created, deleted)
+        if (created or deleted) and (self._applying is None or self._applying.done()):
+            self._applying = asyncio.get_running_loop().create_task(self._apply_pending())
 
-    async def _apply(self, created: list[str], deleted: list[str]) -> None:
-        def work() -> Snapshot | None:
-            gone = self.collector.remove_paths(deleted)
-            added = self.collector.add_paths(created)
-            self._added_during_cycle.extend(added)
-            snap = self.snapshot
-            if snap is None:
-                return None
-            return self.collector.amend(snap, added, gone)
+    async def _apply_pending(self) -> None:
+        """Apply the pending tree changes, and those that arrive meanwhile, until none is left."""
+        while self._pending:
+            created, deleted = self._pending.take()
 
-        async with self._apply_lock:
-            snap = await asyncio.get_running_loop().run_in_executor(None, work)
+            def work(created: list[str] = created, deleted: list[str] = deleted
+                     ) -> Snapshot | None:
+                gone = self.collector.remove_paths(deleted)
+                added = self.collector.add_paths(created)
+                self._added_during_cycle.extend(added)
+                snap = self.snapshot
+                if snap is None:
+                    return None
+                return self.collector.amend(snap, added, gone)
+
+            try:
+                snap = await asyncio.get_running_loop().run_in_executor(None, work)
+            except Exception:  # the next rescan finds what these changes would have told
+                log.exception("applying %d tree changes failed", len(created) + len(deleted))
+                continue
             if snap is not None:
                 self.snapshot = snap
             log.debug("tree change: +%d -%d cgroups", len(created), len(deleted))

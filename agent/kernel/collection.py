@@ -19,6 +19,7 @@ from types import MappingProxyType
 from agent.core.component import AgentContext, Component
 from agent.core.urgency import URGENT
 from agent.identity.discovery import Discovery
+from agent.kernel.path_index import PathIndex
 from agent.model.rates import compute_rates
 from agent.model.snapshot import HostInfo, Snapshot, WorkloadIdentity, WorkloadState
 from collectors.cgroupfs import CgroupReader
@@ -38,7 +39,8 @@ class _Tracked:
 
 @dataclass
 class CollectionState:
-    by_path: dict[str, _Tracked] = field(default_factory=dict)
+    #: Sorted too: a removal finds the cgroups below it without a scan of every path.
+    by_path: PathIndex[_Tracked] = field(default_factory=PathIndex)
     prev_samples: dict[str, CgroupSample] = field(default_factory=dict)
     prev_net: dict[str, tuple[int, int]] = field(default_factory=dict)
     seq: int = 0
@@ -64,9 +66,9 @@ class Collector:
         found = self.discovery.scan()
         with self._lock:
             old = self.state.by_path
-            self.state.by_path = {
-                w.cgroup: old.get(w.cgroup, _Tracked(w)) for w in found.values()
-            }
+            self.state.by_path = PathIndex()
+            for w in found.values():
+                self.state.by_path[w.cgroup] = old.get(w.cgroup) or _Tracked(w)
             for w in found.values():
                 tracked = self.state.by_path[w.cgroup]
                 if tracked.identity != w:  # an equal one stays: consumers compare by `is`
@@ -96,7 +98,7 @@ class Collector:
         with self._lock:
             for path in paths:
                 released.add(path)
-                for p in [p for p in self.state.by_path if p == path or p.startswith(path + "/")]:
+                for p in self.state.by_path.subtree(path):
                     gone.append(self.state.by_path.pop(p).identity)
                     released.add(p)
         for path in released:
