@@ -90,6 +90,24 @@ def test_a_gzip_scrape_never_waits_for_the_snapshot_being_compressed_ahead() -> 
     assert b'name="g"' in b"".join(renderer.scrape(newest, False))
 
 
+@pytest.mark.parametrize("gzip", [True, False])
+def test_a_scrape_of_a_snapshot_already_replaced_gets_the_newer_rendering(gzip: bool) -> None:
+    """A scrape takes the published snapshot, then waits for a worker thread; a cycle can
+    publish and render ahead in between. The older one is not rendered (and compressed) again:
+    100-170 ms a scrape at 1,000 workloads, seen in a soak."""
+    renderer = MetricsRenderer(cadvisor=False)
+    old = _snapshot(["a", "c"])
+    assert b'name="c"' in _body(renderer, old)
+    new = replace(_snapshot(["a", "d"]), seq=2)
+    renderer.prepare(new)
+    assert renderer.render_ahead(new)
+    renders, compressions = renderer.renders, renderer.compressions
+    body = (_body(renderer, old) if gzip
+            else b"".join(renderer.scrape(old, False)))
+    assert b'name="d"' in body and b'name="c"' not in body
+    assert (renderer.renders, renderer.compressions) == (renders, compressions)
+
+
 def test_render_ahead_compresses_only_the_formats_scraped_with_gzip() -> None:
     renderer = MetricsRenderer(cadvisor=False)
     first = _snapshot(["a"])

@@ -244,22 +244,27 @@ class Agent:
             created, deleted = self._pending.take()
 
             def work(created: list[str] = created, deleted: list[str] = deleted
-                     ) -> Snapshot | None:
+                     ) -> tuple[list[WorkloadIdentity], list[WorkloadIdentity]]:
                 gone = self.collector.remove_paths(deleted)
                 added = self.collector.add_paths(created)
                 self._added_during_cycle.extend(added)
-                snap = self.snapshot
-                if snap is None:
-                    return None
-                return self.collector.amend(snap, added, gone)
+                return added, gone
 
+            loop = asyncio.get_running_loop()
             try:
-                snap = await asyncio.get_running_loop().run_in_executor(None, work)
+                added, gone = await loop.run_in_executor(None, work)
+                # The snapshot published when the amendment is done, not the one before it: a
+                # cycle may publish meanwhile, and amending the older one took the published
+                # snapshot a cycle back (seen: /metrics rendering an old one again, 100+ ms).
+                while (base := self.snapshot) is not None:
+                    snap = await loop.run_in_executor(None, self.collector.amend, base, added,
+                                                      gone)
+                    if self.snapshot is base:
+                        self.snapshot = snap
+                        break
             except Exception:  # the next rescan finds what these changes would have told
                 log.exception("applying %d tree changes failed", len(created) + len(deleted))
                 continue
-            if snap is not None:
-                self.snapshot = snap
             log.debug("tree change: +%d -%d cgroups", len(created), len(deleted))
 
     def _reload(self) -> None:
