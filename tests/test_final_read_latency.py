@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterable
 
 import pytest
 from prometheus_client.core import GaugeMetricFamily
 
-from agent.kernel.final_read import LatencyHistogram, latency_family, recent_latency_family
+from agent.kernel.final_read import (
+    _RECENT,
+    LatencyHistogram,
+    latency_family,
+    recent_latency_family,
+)
 
 
 def _values(fam: GaugeMetricFamily) -> dict[str, float]:
@@ -41,7 +47,8 @@ def test_a_scrapes_sort_never_holds_up_the_end_of_a_final_read(
     import agent.kernel.final_read as final_read
 
     hist = LatencyHistogram()
-    for ms in range(1, 101):
+    # A full ring and one more: the older half is dropped, the next scrape sorts again.
+    for ms in range(1, _RECENT + 2):
         hist.observe(ms / 1000)
     sorting, observed = threading.Event(), threading.Event()
 
@@ -63,6 +70,26 @@ def test_a_scrapes_sort_never_holds_up_the_end_of_a_final_read(
     final.join(5)
     assert not held_up
     scrape.join(5)
-    assert hist.count == 101
+    assert hist.count == _RECENT + 2
     monkeypatch.undo()
-    assert hist.quantiles((0.5, 0.99)) == [0.051, 0.1]
+    kept = sorted([ms / 1000 for ms in range(_RECENT // 2 + 2, _RECENT + 2)] + [0.2])
+    assert hist.quantiles((0.5, 0.99)) == [kept[len(kept) // 2], kept[int(0.99 * len(kept))]]
+
+
+def test_quantiles_are_those_of_the_ring_sorted_through_its_drops() -> None:
+    """Kept sorted read by read and sorted again after each drop of the ring's older half:
+    the quantiles are always those of the ring's values sorted now."""
+    rng = random.Random(7)
+    hist = LatencyHistogram()
+    ring: list[float] = []
+    qs = (0.0, 0.5, 0.9, 0.99, 1.0)
+    for n in range(3 * _RECENT):
+        value = rng.choice([rng.random(), 0.001 * rng.randint(1, 50)])
+        hist.observe(value)
+        if len(ring) >= _RECENT:
+            del ring[: _RECENT // 2]
+        ring.append(value)
+        if n % 97 == 0 or len(ring) == _RECENT // 2 + 1:
+            want = sorted(ring)
+            assert hist.quantiles(qs) == [want[min(len(want) - 1, int(q * len(want)))]
+                                          for q in qs]

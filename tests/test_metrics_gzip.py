@@ -135,6 +135,16 @@ def test_render_ahead_compresses_only_the_formats_scraped_with_gzip() -> None:
     assert renderer.renders == 4 and renderer.compressions == 2
 
 
+def test_a_scrapes_end_does_not_encode_the_snapshots_part_again() -> None:
+    """The head is flushed to a byte boundary: a scrape's end holds its own bytes and the
+    trailer, not the snapshot part's last block once more (0.39 against 0.04 ms a scrape)."""
+    text = b"".join(f'm{{id="/c{i}"}} {i * 7919 % 104729}\n'.encode() for i in range(50_000))
+    prefix = GzipPrefix([text[i:i + 65536] for i in range(0, len(text), 65536)])
+    end = prefix.finish(b"")
+    assert len(end) < 32, len(end)
+    assert _one_member(prefix.head + end) == text
+
+
 def test_a_prefix_ends_any_number_of_times_and_each_end_is_a_whole_stream() -> None:
     head = [b"x" * 70_000, b"", b"line 1\n" * 1000]
     prefix = GzipPrefix(head)

@@ -11,6 +11,7 @@ finished read is kept for `container_agent_final_read_latency_seconds`.
 from __future__ import annotations
 
 import array
+import bisect
 import contextlib
 import logging
 import queue
@@ -51,6 +52,12 @@ class LatencyHistogram:
         self.sum = 0.0
         #: Doubles, not a list of floats: 32 KiB at 4,096 values against 128 KiB.
         self._recent = array.array("d")
+        #: The same values kept sorted (one insort per read), so a scrape picks its quantiles
+        #: instead of sorting 4,096 values (~0.4 ms of a scrape's CPU, under the GIL). None
+        #: after the ring dropped its older half: sorted again by the next quantiles().
+        self._sorted: array.array[float] | None = array.array("d")
+        #: Reads observed: a re-sort made while one came is not kept.
+        self._observed = 0
         self._lock = threading.Lock()
 
     def observe(self, seconds: float) -> None:
@@ -60,9 +67,13 @@ class LatencyHistogram:
                     self.counts[i] += 1
             self.count += 1
             self.sum += seconds
+            self._observed += 1
             if len(self._recent) >= _RECENT:
                 del self._recent[: _RECENT // 2]
+                self._sorted = None
             self._recent.append(seconds)
+            if self._sorted is not None:
+                bisect.insort(self._sorted, seconds)
 
     def totals(self) -> tuple[list[int], int, float]:
         """Cumulative bucket counts, count, sum: one consistent reading."""
@@ -70,15 +81,25 @@ class LatencyHistogram:
             return list(self.counts), self.count, self.sum
 
     def quantiles(self, qs: Sequence[float]) -> list[float]:
-        """The recent values' quantiles `qs` (empty before any read), from one sort. The ring
-        is copied under the lock and sorted outside it: a scrape's sort (~0.4 ms at 4,096
+        """The recent values' quantiles `qs` (empty before any read), picked from the sorted
+        values. After the ring dropped its older half they are sorted again: the ring is
+        copied under the lock and sorted outside it, so a scrape's sort (~0.4 ms at 4,096
         values) never holds up observe(), the end of a final read."""
         with self._lock:
-            recent = self._recent[:]
-        values = sorted(recent)
-        if not values:
-            return []
-        return [values[min(len(values) - 1, int(q * len(values)))] for q in qs]
+            if self._sorted is not None:
+                return _picked(self._sorted, qs)
+            recent, observed = self._recent[:], self._observed
+        values = array.array("d", sorted(recent))
+        with self._lock:
+            if self._sorted is None and self._observed == observed:
+                self._sorted = values
+        return _picked(values, qs)
+
+
+def _picked(values: array.array[float], qs: Sequence[float]) -> list[float]:
+    if not values:
+        return []
+    return [values[min(len(values) - 1, int(q * len(values)))] for q in qs]
 
 
 def settled(read: Callable[[], bytes | None], tries: int = 3,
