@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +74,14 @@ def _counted_during(call: Callable[[int], bytes]) -> int:
 def test_the_gil_is_kept_through_the_syscall() -> None:
     """os.read lets the other thread run while it waits; held_io.read does not (for an fd
     that cannot block, that saves the wait for the GIL afterwards)."""
-    released = _counted_during(lambda fd: os.read(fd, 1))
-    kept = _counted_during(lambda fd: held_io.read(fd, 1))
+    # A long switch interval: the other thread runs only when the GIL is let go, not at a
+    # forced switch just before or after the call (up to 17 ms of its counting there once
+    # made `kept` 1/17 of `released` in CI on a busy host).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        released = _counted_during(lambda fd: os.read(fd, 1))
+        kept = _counted_during(lambda fd: held_io.read(fd, 1))
+    finally:
+        sys.setswitchinterval(interval)
     assert released > 20 * max(kept, 1), (released, kept)
