@@ -205,9 +205,6 @@ class MetricsRenderer:
                 return seq_zipped[1]  # this snapshot's, or a newer one's (see _render_once)
             self._render_once(snapshot)
             assert self._seq is not None
-            seq_zipped = self._zipped.get(openmetrics)
-            if seq_zipped is not None and seq_zipped[0] == self._seq:
-                return seq_zipped[1]
             zipped = GzipPrefix(_snapshot_parts(self._families, self._tails, openmetrics))
             self._zipped[openmetrics] = (self._seq, zipped)
             self.compressions += 1

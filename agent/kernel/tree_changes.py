@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from agent.kernel.path_index import PathIndex
+
 
 class PendingTreeChanges:
     def __init__(self) -> None:
-        self._created: dict[str, None] = {}
+        # Iterated in arrival order (a dict); a removal finds its subtree by bisection.
+        self._created: PathIndex[None] = PathIndex()
         self._deleted: dict[str, None] = {}
 
     def add(self, created: Iterable[str], deleted: Iterable[str]) -> None:
@@ -22,8 +25,7 @@ class PendingTreeChanges:
         removed before it was applied, itself or with a directory above it, is only removed
         (a removal takes the subtree: Collector.remove_paths)."""
         for path in deleted:
-            below = path.rstrip("/") + "/"
-            for made in [p for p in self._created if p == path or p.startswith(below)]:
+            for made in self._created.subtree(path):
                 del self._created[made]
             self._deleted[path] = None
         for path in created:
