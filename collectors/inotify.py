@@ -8,6 +8,7 @@ import errno
 import os
 import select
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from collectors import held_io
@@ -43,6 +44,21 @@ class InotifyEvent:
     @property
     def overflow(self) -> bool:
         return bool(self.mask & IN_Q_OVERFLOW)
+
+
+def raw_events(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """(wd, mask, cookie, name) of each event in what a read of an inotify fd returned."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        wd, mask, cookie, length = _HEADER.unpack_from(data, offset)
+        offset += _HEADER.size
+        yield wd, mask, cookie, data[offset : offset + length].split(b"\0", 1)[0]
+        offset += length
+
+
+def parse_events(data: bytes) -> list[InotifyEvent]:
+    return [InotifyEvent(wd, mask, cookie, os.fsdecode(name))
+            for wd, mask, cookie, name in raw_events(data)]
 
 
 class Inotify:
@@ -87,13 +103,7 @@ class Inotify:
                 if e.errno == errno.EINTR:
                     continue
                 raise
-            offset = 0
-            while offset + _HEADER.size <= len(data):
-                wd, mask, cookie, length = _HEADER.unpack_from(data, offset)
-                offset += _HEADER.size
-                raw = data[offset : offset + length].split(b"\0", 1)[0]
-                offset += length
-                events.append(InotifyEvent(wd, mask, cookie, os.fsdecode(raw)))
+            events.extend(parse_events(data))
 
     def close(self) -> None:
         if self.fd >= 0:

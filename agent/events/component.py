@@ -43,6 +43,7 @@ from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
 from agent.kernel.cgroup_watch import CgroupWatcher
 from agent.kernel.final_read import latency_family, recent_latency_family
+from agent.kernel.final_read_process import FinalReadProcess
 from agent.kernel.final_reads import FinalReads, start_final_reads
 from agent.kernel.watched import NoListener, PollScope, PsiTrigger, WatchedCgroup
 from agent.model.recent_keys import RecentKeys
@@ -132,10 +133,16 @@ class EventsComponent(Component):
         self.log = await asyncio.to_thread(EventLog, ctx.store)
         self.hub.last_id = await asyncio.to_thread(self.log.last_id)
         self._api.heartbeat_s = float(cfg.get("heartbeat_s", 15))
+        watcher = ctx.watcher
+        self._own_watcher = watcher is None
+        if watcher is None:  # no daemon (a test's context): a watch of our own
+            watcher = CgroupWatcher(ctx.layout, identify)
         realtime = bool(cfg.get("final_read_realtime", True))
+        forward = bool(cfg.get("final_read_forwards_inotify", True))
         final_reads = await asyncio.to_thread(
             start_final_reads, ctx.layout, ctx.reader or CgroupReader(ctx.layout),
-            bool(cfg.get("final_read_process", True)), realtime)
+            bool(cfg.get("final_read_process", True)), realtime,
+            watcher.ino.fd if forward else None)
         self.final_reads = final_reads
         ctx.host_facts["final_cpu_at_rmdir"] = await asyncio.to_thread(
             self.rmdir.open, ctx.layout, bool(cfg.get("rmdir_probe", True)))
@@ -148,10 +155,6 @@ class EventsComponent(Component):
             int(cfg.get("some_stall_us", 150_000)), int(cfg.get("window_us", 2_000_000)),
             tuple(str(r) for r in cfg.get("pressure_resources", ("cpu", "memory", "io"))),
         )
-        watcher = ctx.watcher
-        self._own_watcher = watcher is None
-        if watcher is None:  # no daemon (a test's context): a watch of our own
-            watcher = CgroupWatcher(ctx.layout, identify)
         watcher.listener = self
         watcher.on_emptied = self._submit_final
         # The rmdir probe keeps the exact CPU of a cgroup removed at once: no need to wait,
@@ -163,6 +166,9 @@ class EventsComponent(Component):
         self.watcher = watcher
         if self._own_watcher:
             watcher.start(self.loop)
+        if isinstance(final_reads, FinalReadProcess) and forward:
+            # After the listener is set: the process reads the watch's notices from here on.
+            await asyncio.to_thread(watcher.forward_inotify, final_reads)
         self._tasks.append(ctx.health.spawn(self.name, self._prune_forever(), name="prune"))
         ctx.health.watch_thread(self.name, "final-read", final_reads.alive)
         self.emit(EventType.AGENT_STARTED, None, "", {"pid": os.getpid()})

@@ -57,5 +57,8 @@ SETTINGS: Mapping[str, Setting] = MappingProxyType(
         "final_read_realtime": Setting(bool, True, "the final-read process at SCHED_FIFO 1 "
                                        "(root): a cgroup's end is read at once on a loaded "
                                        "host"),
+        "final_read_forwards_inotify": Setting(
+            bool, True, "the final-read process reads the kernel watch's notices and starts a "
+            "cgroup's final read at its populated 0 itself, then forwards them to the agent"),
     }
 )

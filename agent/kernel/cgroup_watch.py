@@ -21,6 +21,7 @@ from agent.core.process_limits import raise_nofile_limit
 from agent.kernel.deferred import DeferredWork
 from agent.kernel.fd_budget import OUT_OF_FDS, FdBudget
 from agent.kernel.final_read import settled
+from agent.kernel.forwarded_inotify import ForwardedInotify, InotifySource
 from agent.kernel.inotify import (
     IN_CREATE,
     IN_DELETE,
@@ -102,6 +103,8 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
         #: time slice under load, before the final read is even asked for.
         self.settle_at_empty = True
         self.ino = Inotify()
+        #: Set while the final-read process reads `ino` and forwards what it read.
+        self._forwarded: ForwardedInotify | None = None
         self.deferred = DeferredWork()
         self.psi_waiter = PsiWaiter(self._on_psi, self.fd_budget)
         self.cgroups: PathIndex[WatchedCgroup] = PathIndex()
@@ -130,8 +133,34 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
         self._thread.start()
         self._schedule_poll()
 
+    def forward_inotify(self, source: InotifySource) -> bool:
+        """From now on `source` reads the inotify fd (it was handed the fd) and forwards what
+        it read: told every directory watch first, under the lock, so none is missed."""
+        with self.lock:
+            if self._forwarded is not None or self._thread.closing or not self._thread.alive():
+                return False
+            forwarded = ForwardedInotify(source)
+            if not forwarded.start(self._dir_wds):
+                return False
+            self._thread.remove(self.ino.fd)
+            self._forwarded = forwarded
+            self._thread.add(forwarded.wake_fd, self._on_inotify)
+            return True
+
+    def _read_inotify_again(self, forwarded: ForwardedInotify) -> None:
+        if not self._thread.closing:
+            log.warning("the final-read process no longer forwards the kernel watch's notices:"
+                        " read here again, and the tree rescanned")
+        self._thread.remove(forwarded.wake_fd)
+        forwarded.close()
+        self._forwarded = None
+        self._thread.add(self.ino.fd, self._on_inotify)
+
     def close(self) -> None:
         self._thread.close()  # first: nothing runs in the watch thread from here on
+        if self._forwarded is not None:
+            self._forwarded.close()
+            self._forwarded = None
         self.deferred.close()
         with self.lock:
             for path in list(self.cgroups):
@@ -346,9 +375,22 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
     @locked
     def _on_inotify(self) -> None:
         now = time.monotonic_ns()
+        forwarded = self._forwarded
+        if forwarded is None:
+            self._on_events(self.ino.read_events(), now)
+            return
+        events, ended = forwarded.read_events()
+        if ended:
+            self._read_inotify_again(forwarded)
+        try:
+            self._on_events(events, now)
+        finally:
+            forwarded.source.done()
+
+    def _on_events(self, events: list[InotifyEvent], now: int) -> None:
         todo: dict[tuple[int, str], WatchedCgroup] = {}
         tree: list[InotifyEvent] = []
-        for ev in self.ino.read_events():
+        for ev in events:
             parent = self._dir_wds.get(ev.wd)
             if parent is not None and ev.mask & IN_MODIFY and ev.name \
                     and not ev.mask & IN_ISDIR:

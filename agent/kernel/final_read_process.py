@@ -10,6 +10,10 @@ each to its `deliver`, as FinalReadThread does.
 Nothing is lost when the process cannot be used: a job that does not fit the pipe, or comes
 while the process is not running, goes to the in-process FinalReadThread; the jobs it had not
 answered when it died go there too.
+
+Handed the kernel watch's inotify fd (`inotify_fd`), the process reads it for the watch and
+starts a final read at each `populated 0` itself (agent.kernel.forwarded_inotify): this class
+is then the watch's InotifySource, and `submit` hands over the read the process already did.
 """
 
 from __future__ import annotations
@@ -17,13 +21,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from agent.kernel.final_read import FinalRead, FinalReadThread, LatencyHistogram
 from agent.kernel.final_read_wire import (
+    ANSWER,
+    CONTROL,
+    FORWARD,
+    READY,
+    START_FORWARDING,
+    EarlyRead,
+    Frames,
+    Result,
+    decode_frame,
     decode_result,
     encode_job,
     encode_setup,
@@ -44,8 +58,9 @@ class FinalReadProcess:
     """FinalReadThread's interface; the reads are done by a child process."""
 
     def __init__(self, layout: CgroupLayout, fallback: FinalReadThread,
-                 realtime: bool = True) -> None:
-        """`realtime`: the process runs at SCHED_FIFO 1 (where allowed)."""
+                 realtime: bool = True, inotify_fd: int | None = None) -> None:
+        """`realtime`: the process runs at SCHED_FIFO 1 (where allowed). `inotify_fd`: the
+        kernel watch's, inherited, for start_forwarding (cgroup2 only)."""
         self.fallback = fallback
         #: One histogram for every final read, the process's and the fallback's.
         self.latency: LatencyHistogram = fallback.latency
@@ -53,23 +68,56 @@ class FinalReadProcess:
         self._jobs: dict[int, FinalRead] = {}
         self._next_id = 0
         self._lock = threading.Lock()
+        #: Held for every write to the process: a frame of the map is never torn by a job's.
+        self._write_lock = threading.Lock()
         self._running = False
         self._closing = False
         #: Jobs the process could not take (pipe full, path too long, not running).
         self.handed_back = 0
+        #: Final reads the process did at a `populated 0` it read itself, handed over.
+        self.early_reads = 0
+        #: Directory watches the process was not told of (its pipe full): their notices come
+        #: without a read, which is then asked for.
+        self.dirs_untold = 0
+        self._can_forward = inotify_fd is not None and layout.unified is not None
+        self._wake: Callable[[], None] | None = None
+        #: Forwarded bytes not taken yet, and the reads they started (by path: the latest).
+        self._chunks: list[bytes] = []
+        self._early_queued: dict[str, EarlyRead] = {}
+        #: The reads of the bytes being handled (watch thread only, between take and done).
+        self._early_now: dict[str, EarlyRead] = {}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "agent.kernel.final_read_child"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+            pass_fds=(inotify_fd,) if self._can_forward and inotify_fd is not None else (),
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._stdin, self._stdout = self._proc.stdin, self._proc.stdout
-        self._stdin.write(encode_setup(layout, realtime))
+        self._stdin.write(encode_setup(layout, realtime,
+                                       inotify_fd if self._can_forward else None))
         self._stdin.flush()
         os.set_blocking(self._stdin.fileno(), False)
+        frames = result_frames()
+        self._ready(frames)
         self._running = True
-        self._thread = threading.Thread(target=self._results, name="final-read-results",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._results, args=(frames,),
+                                        name="final-read-results", daemon=True)
         self._thread.start()
+
+    def _ready(self, frames: Frames) -> None:
+        """Waits for the process to say it is ready to read (so the map written next does not
+        wait on its start-up); OSError when it exited instead."""
+        fd = self._stdout.fileno()
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                rc = self._proc.wait()
+                self._stdout.close()
+                self._stdin.close()
+                raise OSError(f"the final-read process exited at its start (status {rc})")
+            for _, body in frames.feed(data):
+                if decode_frame(body)[0] == READY:
+                    return
 
     @property
     def reader(self) -> CgroupReader:
@@ -83,9 +131,20 @@ class FinalReadProcess:
     def submit(self, path: str, notified_ns: int,
                deliver: Callable[[CgroupSample], None]) -> None:
         """Called in the watch thread: the write keeps the GIL, so the job is in the pipe
-        before any other thread of the agent runs."""
+        before any other thread of the agent runs. A read the process already did at this
+        `populated 0` (forwarding) is delivered instead."""
         if self._closing:
             return  # stopping: dropped, as the jobs still queued are
+        early = self._early_now.pop(path, None)
+        if early is not None:
+            read_ns, finished_ns, sample = early
+            self.early_reads += 1
+            self.latency.observe((finished_ns - read_ns) / 1e9)
+            try:
+                deliver(sample)
+            except Exception:
+                log.exception("final sample of %s not delivered", path)
+            return
         job_id = 0
         with self._lock:
             running = self._running
@@ -94,18 +153,76 @@ class FinalReadProcess:
                 job_id = self._next_id
                 self._jobs[job_id] = FinalRead(path, notified_ns, deliver)
         frame = encode_job(job_id, notified_ns, path) if running else None
-        if frame is not None:
-            try:
-                held_io.write(self._stdin.fileno(), frame)
-                return
-            except (OSError, ValueError):  # full (the process is behind), gone, or closed
-                pass
+        if frame is not None and self._write_frame(frame):
+            return
         if running:
             with self._lock:
                 if self._jobs.pop(job_id, None) is None:
                     return  # the process died meanwhile and its jobs were handed back
         self.handed_back += 1
         self.fallback.submit(path, notified_ns, deliver)
+
+    def _write_frame(self, frame: bytes) -> bool:
+        """One frame (<= PIPE_BUF: whole or not at all), the GIL kept; False when refused."""
+        with self._write_lock:
+            try:
+                held_io.write(self._stdin.fileno(), frame)
+                return True
+            except (OSError, ValueError):  # full (the process is behind), gone, or closed
+                return False
+
+    # -- forwarding the kernel watch's inotify fd (InotifySource) ---------------------------
+    def start_forwarding(self, dirs: Mapping[int, str], wake: Callable[[], None]) -> bool:
+        if not self._can_forward or not self._running or self._closing:
+            return False
+        frames = [f for wd, path in dirs.items()
+                  if (f := encode_job(CONTROL, wd, path)) is not None]
+        start = encode_job(CONTROL, START_FORWARDING, "")
+        assert start is not None
+        data = memoryview(b"".join([*frames, start]))
+        fd = self._stdin.fileno()
+        with self._lock:
+            self._wake = wake
+        with self._write_lock:
+            try:  # all of it: the process reads it now (it said it is ready)
+                while data:
+                    try:
+                        data = data[os.write(fd, data):]
+                    except BlockingIOError:
+                        select.select([], [fd], [], 1.0)
+            except OSError as e:
+                log.error("final-read process not told the watches (%s): the watch reads its"
+                          " notices itself", e)
+                with self._lock:
+                    self._wake = None
+                return False
+        return True
+
+    def tell_dir(self, wd: int, path: str) -> None:
+        frame = encode_job(CONTROL, wd, path)
+        if frame is None or not self._write_frame(frame):
+            self.dirs_untold += 1
+
+    def take(self) -> tuple[bytes, bool]:
+        with self._lock:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._early_now, self._early_queued = self._early_queued, {}
+            return data, not self._running
+
+    def done(self) -> None:
+        self._early_now = {}
+
+    def stop_forwarding(self) -> None:
+        with self._lock:
+            self._wake = None
+
+    def _forwarded(self, data: bytes, early: dict[str, EarlyRead]) -> None:
+        with self._lock:
+            self._chunks.append(data)
+            self._early_queued.update(early)
+            if self._wake is not None:
+                self._wake()
 
     def alive(self) -> bool:
         """The process runs and its results are taken."""
@@ -125,8 +242,7 @@ class FinalReadProcess:
         self._stdout.close()
         self.fallback.close()
 
-    def _results(self) -> None:
-        frames = result_frames()
+    def _results(self, frames: Frames) -> None:
         fd = self._stdout.fileno()
         try:
             while True:
@@ -134,14 +250,20 @@ class FinalReadProcess:
                 if not data:
                     break
                 for _, body in frames.feed(data):
-                    self._answer(body)
+                    frame = decode_frame(body)
+                    if frame[0] == ANSWER:
+                        self._answer(decode_result(frame))
+                    elif frame[0] == FORWARD:
+                        chunk, early = frame[1], frame[2]
+                        assert isinstance(chunk, bytes) and isinstance(early, dict)
+                        self._forwarded(chunk, early)
         except Exception:
             log.exception("final-read process results failed")
         finally:
             self._ended()
 
-    def _answer(self, body: bytes) -> None:
-        job_id, finished_ns, sample, error = decode_result(body)
+    def _answer(self, result: Result) -> None:
+        job_id, finished_ns, sample, error = result
         with self._lock:
             job = self._jobs.pop(job_id, None)
         if job is None:
@@ -162,6 +284,8 @@ class FinalReadProcess:
             self._running = False
             jobs = list(self._jobs.values())
             self._jobs.clear()
+            if self._wake is not None:  # the watch reads its fd itself again
+                self._wake()
         if self._closing:
             return
         rc = self._proc.poll()

@@ -1,10 +1,15 @@
 """What the agent and its final-read process say to each other over two pipes.
 
-Agent -> process: the layout and priority once (JSON), then one frame per read: job id, the
-notice's monotonic_ns, the cgroup's path. A frame fits in PIPE_BUF, so a write to the
+Agent -> process: the layout, priority and the inotify fd to forward (JSON) once, then frames
+of job id, a number and a path. A job id above 0 is a read (the number: the notice's
+monotonic_ns); job id 0 tells which cgroup a watch descriptor of the forwarded inotify
+instance is on (the number: the wd), or, with the number START_FORWARDING, that the map is
+complete and the process now reads the inotify fd. A frame fits in PIPE_BUF, so a write to the
 non-blocking pipe is whole or refused (EAGAIN), never torn.
-Process -> agent: one frame per read: job id, monotonic_ns when the read finished, the sample
-(pickled) or the error that stopped it. Both run the same code from the same install.
+Process -> agent: length-prefixed pickles: READY once; a read's result (job id, monotonic_ns
+when it finished, the sample or the error that stopped it); and, while forwarding, each read of
+the inotify fd as it came with the final reads it started (path -> notice and finished
+monotonic_ns, sample). Both run the same code from the same install.
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ PIPE_BUF = select.PIPE_BUF
 MAX_PATH = PIPE_BUF - JOB.size
 
 Result = tuple[int, int, CgroupSample | None, str | None]
+#: A final read the process started itself, at a `populated 0` it took off the inotify fd:
+#: (notice monotonic_ns, finished monotonic_ns, sample).
+EarlyRead = tuple[int, int, CgroupSample]
+#: Job id of the frames that are not reads (see the module's doc).
+CONTROL = 0
+#: The number of the control frame that starts the forwarding (never a wd: those are > 0).
+START_FORWARDING = -1
+#: The process -> agent frames' kinds.
+READY, ANSWER, FORWARD = "ready", "answer", "forward"
 
 
 def mapping_proxy(d: dict[str, object]) -> Mapping[str, object]:
@@ -48,9 +62,11 @@ _DISPATCH = copyreg.dispatch_table.copy()
 _DISPATCH[MappingProxyType] = _reduce_proxy
 
 
-def encode_setup(layout: CgroupLayout, realtime: bool) -> bytes:
-    """The first message: where the hierarchies are, and whether to run at SCHED_FIFO."""
+def encode_setup(layout: CgroupLayout, realtime: bool, inotify_fd: int | None = None) -> bytes:
+    """The first message: where the hierarchies are, whether to run at SCHED_FIFO, and the
+    inotify fd (inherited) it is to read and forward once told to start."""
     body = json.dumps({
+        "inotify_fd": inotify_fd,
         "kind": layout.kind.value,
         "unified": None if layout.unified is None else str(layout.unified),
         "v1": {ctrl: str(p) for ctrl, p in layout.v1.items()},
@@ -59,14 +75,15 @@ def encode_setup(layout: CgroupLayout, realtime: bool) -> bytes:
     return RESULT.pack(len(body)) + body
 
 
-def decode_setup(body: bytes) -> tuple[CgroupLayout, bool]:
+def decode_setup(body: bytes) -> tuple[CgroupLayout, bool, int | None]:
     raw = json.loads(body)
     layout = CgroupLayout(
         LayoutKind(raw["kind"]),
         None if raw["unified"] is None else Path(raw["unified"]),
         MappingProxyType({ctrl: Path(p) for ctrl, p in raw["v1"].items()}),
     )
-    return layout, bool(raw["realtime"])
+    fd = raw.get("inotify_fd")
+    return layout, bool(raw["realtime"]), None if fd is None else int(fd)
 
 
 def encode_job(job_id: int, notified_ns: int, path: str) -> bytes | None:
@@ -77,16 +94,29 @@ def encode_job(job_id: int, notified_ns: int, path: str) -> bytes | None:
     return JOB.pack(job_id, notified_ns, len(name)) + name
 
 
-def encode_result(job_id: int, finished_ns: int, sample: CgroupSample | None,
-                  error: str | None) -> bytes:
+def _encode(frame: tuple[object, ...]) -> bytes:
     out = io.BytesIO()
     out.write(b"\0" * RESULT.size)
     pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
     pickler.dispatch_table = _DISPATCH
-    pickler.dump((job_id, finished_ns, sample, error))
+    pickler.dump(frame)
     data = out.getbuffer()
     RESULT.pack_into(data, 0, len(data) - RESULT.size)
     return bytes(data)
+
+
+def encode_ready() -> bytes:
+    return _encode((READY,))
+
+
+def encode_result(job_id: int, finished_ns: int, sample: CgroupSample | None,
+                  error: str | None) -> bytes:
+    return _encode((ANSWER, job_id, finished_ns, sample, error))
+
+
+def encode_forward(data: bytes, early: Mapping[str, EarlyRead]) -> bytes:
+    """A read of the inotify fd, bytes as the kernel gave them, and the reads they started."""
+    return _encode((FORWARD, data, dict(early)))
 
 
 class Frames:
@@ -120,6 +150,15 @@ def result_frames() -> Frames:
     return Frames(RESULT, 0)
 
 
-def decode_result(body: bytes) -> Result:
-    job_id, finished_ns, sample, error = pickle.loads(body)
-    return int(job_id), int(finished_ns), sample, error
+def decode_frame(body: bytes) -> tuple[object, ...]:
+    """(READY,), (ANSWER, *Result) or (FORWARD, bytes, {path: EarlyRead})."""
+    frame = pickle.loads(body)
+    assert isinstance(frame, tuple) and frame and frame[0] in (READY, ANSWER, FORWARD), frame
+    return frame
+
+
+def decode_result(frame: tuple[object, ...]) -> Result:
+    _, job_id, finished_ns, sample, error = frame
+    assert sample is None or isinstance(sample, CgroupSample)
+    assert error is None or isinstance(error, str)
+    return int(job_id), int(finished_ns), sample, error  # type: ignore[call-overload]

@@ -30,14 +30,16 @@ class FinalReads(Protocol):
 
 
 def start_final_reads(layout: CgroupLayout, reader: CgroupReader,
-                      own_process: bool, realtime: bool) -> FinalReads:
+                      own_process: bool, realtime: bool,
+                      inotify_fd: int | None = None) -> FinalReads:
     """FinalReadProcess when `own_process` and it starts, else FinalReadThread (said why).
-    `realtime`: the process at SCHED_FIFO."""
+    `realtime`: the process at SCHED_FIFO; `inotify_fd`: the kernel watch's, for the process
+    to read and forward (CgroupWatcher.forward_inotify)."""
     thread = FinalReadThread(reader)
     if not own_process:
         return thread
     try:
-        return FinalReadProcess(layout, thread, realtime)
+        return FinalReadProcess(layout, thread, realtime, inotify_fd)
     except OSError as e:
         log.warning("final-read process not started (%s): final reads are done in the agent",
                     e)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from agent.kernel.fd_budget import OUT_OF_FDS, FdBudget
+from agent.kernel.forwarded_inotify import ForwardedInotify
 from agent.kernel.inotify import (
     IN_CREATE,
     IN_DELETE,
@@ -50,6 +51,7 @@ class TreeWatch:
     _deleted: list[str]
     _dir_wds: dict[int, str]
     _dir_by_path: PathIndex[int]
+    _forwarded: ForwardedInotify | None
 
     if TYPE_CHECKING:  # provided by CgroupWatcher and LoopBridge
         def _tell(self, fn: Callable[..., None], *args: object) -> None: ...
@@ -119,6 +121,8 @@ class TreeWatch:
             return
         self._dir_wds[wd] = rel
         self._dir_by_path[rel] = wd
+        if self._forwarded is not None:
+            self._forwarded.source.tell_dir(wd, rel)
         if report_new:
             self._created.append(rel)
 

@@ -199,11 +199,12 @@ def main() -> None:
                         " churned period, inside the soak (grace: a fifth of it, at most 120 s)")
     p.add_argument("--idle", type=int, default=0,
                    help="cgroups holding a sleeping process, besides the churn (0)")
-    p.add_argument("--final-reads", choices=("realtime", "process", "thread"),
-                   default="realtime",
-                   help="where final reads run: a process of their own at SCHED_FIFO "
-                        "(realtime, the agent's default); that process at normal priority "
-                        "(process); a thread of the agent (thread)")
+    p.add_argument("--final-reads", choices=("forwarding", "realtime", "process", "thread"),
+                   default="forwarding",
+                   help="where final reads run: a process of their own at SCHED_FIFO that "
+                        "reads the kernel watch's notices first (forwarding, the agent's "
+                        "default); that process, the notices read by the agent (realtime); "
+                        "that at normal priority (process); a thread of the agent (thread)")
     p.add_argument("--plain-metrics", action="store_true",
                    help="scrape /metrics without Accept-Encoding: gzip (Prometheus sends it)")
     args = p.parse_args()
@@ -212,7 +213,8 @@ def main() -> None:
             factory.create(f"idle-{i:05d}").spawn(["sleep", str(int(args.duration) + 900)])
         ledger = {"period_seconds": args.period, "grace_seconds": min(120, args.period // 5)}
         events = {"final_read_process": args.final_reads != "thread",
-                  "final_read_realtime": args.final_reads == "realtime"}
+                  "final_read_realtime": args.final_reads in ("forwarding", "realtime"),
+                  "final_read_forwards_inotify": args.final_reads == "forwarding"}
         agent = RunningAgent(Path(tmp), {"interval": 1, "ledger": ledger, "events": events}, [])
         try:
             agent.wait_ready(timeout=180)  # a host busy with other cgroups starts slowly
