@@ -42,7 +42,7 @@ from agent.events.settings import SETTINGS
 from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
 from agent.kernel.cgroup_watch import CgroupWatcher
-from agent.kernel.final_read import latency_family, recent_latency_family
+from agent.kernel.final_read import latency_family, reads_family, recent_latency_family
 from agent.kernel.final_read_process import FinalReadProcess
 from agent.kernel.final_reads import FinalReads, start_final_reads
 from agent.kernel.watched import NoListener, PollScope, PsiTrigger, WatchedCgroup
@@ -218,6 +218,7 @@ class EventsComponent(Component):
         if self.log is not None:  # the store's writer carries the events: its health here
             out.extend(store_families(self.log.store.writer))
         if self.final_reads is not None:
+            out.append(reads_family(self.final_reads.read_counts()))
             out.append(latency_family(self.final_reads.latency))
             out.append(recent_latency_family(self.final_reads.latency))
         return out

@@ -105,6 +105,7 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
         self.ino = Inotify()
         #: Set while the final-read process reads `ino` and forwards what it read.
         self._forwarded: ForwardedInotify | None = None
+        self._forward_at_start: InotifySource | None = None
         self.deferred = DeferredWork()
         self.psi_waiter = PsiWaiter(self._on_psi, self.fd_budget)
         self.cgroups: PathIndex[WatchedCgroup] = PathIndex()
@@ -129,23 +130,32 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
         self.psi_waiter.start(loop)
         if watch_tree:
             self._watch_subtree("/", report_new=False)
-        self._thread.add(self.ino.fd, self._on_inotify)
+        source, self._forward_at_start = self._forward_at_start, None
+        if source is None or not self._forward(source):
+            self._thread.add(self.ino.fd, self._on_inotify)
         self._thread.start()
         self._schedule_poll()
 
     def forward_inotify(self, source: InotifySource) -> bool:
-        """From now on `source` reads the inotify fd (it was handed the fd) and forwards what
-        it read: told every directory watch first, under the lock, so none is missed."""
+        """From now on (or from start() on, called before it) `source` reads the inotify fd
+        (it was handed the fd) and forwards what it read: told every directory watch first,
+        under the lock, so none is missed."""
         with self.lock:
-            if self._forwarded is not None or self._thread.closing or not self._thread.alive():
+            if self._forwarded is not None or self._thread.closing:
                 return False
-            forwarded = ForwardedInotify(source)
-            if not forwarded.start(self._dir_wds):
-                return False
-            self._thread.remove(self.ino.fd)
-            self._forwarded = forwarded
-            self._thread.add(forwarded.wake_fd, self._on_inotify)
-            return True
+            if self.loop is None:  # not started: the watch begins with it
+                self._forward_at_start = source
+                return True
+            return self._thread.alive() and self._forward(source)
+
+    def _forward(self, source: InotifySource) -> bool:
+        forwarded = ForwardedInotify(source)
+        if not forwarded.start(self._dir_wds):
+            return False
+        self._thread.remove(self.ino.fd)
+        self._forwarded = forwarded
+        self._thread.add(forwarded.wake_fd, self._on_inotify)
+        return True
 
     def _read_inotify_again(self, forwarded: ForwardedInotify) -> None:
         if not self._thread.closing:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from agent.core.urgency import URGENT, Urgency
 from collectors import held_io
@@ -132,6 +132,8 @@ class FinalReadThread:
         #: CPU-bound loops elsewhere give way while a read is queued (see agent.core.urgency).
         self.urgency = urgency
         self.latency = LatencyHistogram()
+        #: Final reads done here.
+        self.reads = 0
         self._queue: queue.SimpleQueue[FinalRead | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="final-read", daemon=True)
         self._thread.start()
@@ -143,6 +145,10 @@ class FinalReadThread:
 
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def read_counts(self) -> dict[str, int]:
+        """Final reads done so far, by where (reads_family's labels)."""
+        return {"agent": self.reads}
 
     def close(self) -> None:
         # Reads still queued at shutdown are dropped: their cgroups get final: false.
@@ -165,6 +171,7 @@ class FinalReadThread:
                 continue
             finally:
                 self.urgency.end()
+            self.reads += 1
             self.latency.observe((time.monotonic_ns() - job.notified_ns) / 1e9)
             try:
                 job.deliver(sample)
@@ -185,6 +192,18 @@ def recent_latency_family(hist: LatencyHistogram) -> GaugeMetricFamily:
     )
     for q, value in zip(RECENT_QUANTILES, hist.quantiles(RECENT_QUANTILES), strict=False):
         fam.add_metric([repr(q)], value)
+    return fam
+
+
+def reads_family(counts: dict[str, int]) -> CounterMetricFamily:
+    fam = CounterMetricFamily(
+        "container_agent_final_reads_total",
+        "Final reads of emptied cgroups, by where: at_notice (the final-read process, at the "
+        "populated 0 it read off the kernel watch's inotify fd), process (that process, asked "
+        "by the agent), agent (a thread of the agent)", labels=["where"],
+    )
+    for where in ("at_notice", "process", "agent"):
+        fam.add_metric([where], counts.get(where, 0))
     return fam
 
 

@@ -74,8 +74,10 @@ class FinalReadProcess:
         self._closing = False
         #: Jobs the process could not take (pipe full, path too long, not running).
         self.handed_back = 0
-        #: Final reads the process did at a `populated 0` it read itself, handed over.
+        #: Final reads the process did at a `populated 0` it read itself, handed over; and
+        #: those it did when asked.
         self.early_reads = 0
+        self.answered = 0
         #: Directory watches the process was not told of (its pipe full): their notices come
         #: without a read, which is then asked for.
         self.dirs_untold = 0
@@ -161,6 +163,10 @@ class FinalReadProcess:
                     return  # the process died meanwhile and its jobs were handed back
         self.handed_back += 1
         self.fallback.submit(path, notified_ns, deliver)
+
+    def read_counts(self) -> dict[str, int]:
+        return {"at_notice": self.early_reads, "process": self.answered,
+                "agent": self.fallback.reads}
 
     def _write_frame(self, frame: bytes) -> bool:
         """One frame (<= PIPE_BUF: whole or not at all), the GIL kept; False when refused."""
@@ -272,6 +278,7 @@ class FinalReadProcess:
             log.error("final read of %s failed in the final-read process: %s", job.path, error)
             self.fallback.submit(job.path, job.notified_ns, job.deliver)
             return
+        self.answered += 1
         self.latency.observe((finished_ns - job.notified_ns) / 1e9)
         try:
             job.deliver(sample)
