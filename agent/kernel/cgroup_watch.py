@@ -333,7 +333,8 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
             cg.v1_tries = 0
             self._defer_v1(cg)
         changed = populated != cg.populated
-        if populated and changed and "cgroup.events" in cg.fds:
+        # Forwarding, the final-read process polls young cgroups (final_read_notices).
+        if populated and changed and "cgroup.events" in cg.fds and self._forwarded is None:
             self._young[cg.path] = (cg, time.monotonic_ns() + _YOUNG_FOR_NS)
             self._thread.tick(self._poll_young, _YOUNG_POLL_S)
         # An old cgroup's first read is its state, not a change; a new one's is a start, or,

@@ -21,22 +21,18 @@ import select
 import signal
 import sys
 import time
-from pathlib import Path
 
+from agent.kernel.final_read_notices import Forwarding
 from agent.kernel.final_read_wire import (
     CONTROL,
     RESULT,
     START_FORWARDING,
-    EarlyRead,
     decode_setup,
-    encode_forward,
     encode_ready,
     encode_result,
     job_frames,
 )
-from collectors.cgroup_tree import cgroup_path
 from collectors.cgroupfs import CgroupReader
-from collectors.inotify import IN_IGNORED, IN_MODIFY, raw_events
 
 _STDIN, _STDOUT = 0, 1
 
@@ -57,65 +53,13 @@ def _write_all(data: bytes) -> None:
         view = view[os.write(_STDOUT, view):]
 
 
-class Forwarding:
-    """Reads the agent's inotify fd: final reads at `populated 0`, then the bytes to the agent."""
-
-    def __init__(self, reader: CgroupReader, unified: Path, fd: int) -> None:
-        self.reader = reader
-        self.root = str(unified)
-        self.fd = fd
-        #: The cgroup (path below the cgroup2 root) of each directory watch, as the agent told.
-        self.dirs: dict[int, str] = {}
-
-    def forward(self) -> None:
-        try:
-            data = os.read(self.fd, 65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        notified_ns = time.monotonic_ns()
-        emptied: dict[str, None] = {}
-        for wd, mask, _cookie, name in raw_events(data):
-            if mask & IN_MODIFY and name == b"cgroup.events":
-                path = self.dirs.get(wd)
-                if path is not None:
-                    emptied[path] = None
-            elif mask & IN_IGNORED:
-                self.dirs.pop(wd, None)
-        early: dict[str, EarlyRead] = {}
-        for path in emptied:
-            if self._populated(path) is False:
-                try:
-                    sample = self.reader.read(path, member_pid=None)
-                except Exception:  # the agent asks for the read again, and logs what fails
-                    continue
-                finally:
-                    self.reader.release(path)
-                early[path] = (notified_ns, time.monotonic_ns(), sample)
-        _write_all(encode_forward(data, early))
-
-    def _populated(self, path: str) -> bool | None:
-        try:
-            fd = os.open(f"{cgroup_path(self.root, path)}/cgroup.events", os.O_RDONLY)
-        except OSError:
-            return None  # removed: the agent's kept fds and rmdir probe tell its end
-        try:
-            text = os.read(fd, 512)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        for line in text.splitlines():
-            if line.startswith(b"populated "):
-                return line != b"populated 0"
-        return None
-
-
 def serve(reader: CgroupReader, forwarding: Forwarding | None) -> None:
     frames = job_frames()
     poll = select.epoll()
     poll.register(_STDIN, select.EPOLLIN)
     while True:
-        ready = {fd for fd, _ in poll.poll()}
+        # While a cgroup is young its cgroup.events is polled (Forwarding.poll_young).
+        ready = {fd for fd, _ in poll.poll(forwarding.poll_s() if forwarding else -1)}
         if _STDIN in ready:
             data = os.read(_STDIN, 65536)
             if not data:
@@ -138,8 +82,10 @@ def serve(reader: CgroupReader, forwarding: Forwarding | None) -> None:
                 reader.release(path)  # its last read: nothing about it is kept
                 _write_all(encode_result(job_id, finished_ns, sample, error))
         # After the agent's frames: a notice on a directory it just told about finds its path.
-        if forwarding is not None and forwarding.fd in ready:
-            forwarding.forward()
+        if forwarding is not None:
+            if forwarding.fd in ready:
+                forwarding.forward()
+            forwarding.poll_young()
 
 
 def main() -> int:
@@ -163,7 +109,7 @@ def main() -> int:
     reader = CgroupReader(layout, max_open_dirs=0)
     forwarding = None
     if inotify_fd is not None and layout.unified is not None:
-        forwarding = Forwarding(reader, layout.unified, inotify_fd)
+        forwarding = Forwarding(reader, layout.unified, inotify_fd, _write_all)
     try:
         _write_all(encode_ready())
         serve(reader, forwarding)
