@@ -134,7 +134,7 @@ def test_cgroups_made_after_the_start_are_read_by_the_process_and_a_death_gives_
             assert sample.cpu is not None and sample.cpu.usage_usec == usage
             os.kill(proc.pid, signal.SIGKILL)
             deadline = time.monotonic() + 5
-            while w._forwarded is not None:  # noqa: SLF001 - what the death changes
+            while w._forwarded is not None:
                 assert time.monotonic() < deadline, "the watch never read its fd again"
                 await asyncio.sleep(0.01)
             # The watch reads the fd itself: a cgroup made now is still seen, and its end

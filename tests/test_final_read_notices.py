@@ -16,7 +16,6 @@ from collectors.cgroupfs import CgroupReader
 from collectors.inotify import IN_MODIFY, Inotify, parse_events
 from tests.support.cgroups import CgroupFactory, TestCgroup
 
-
 #: The tests' kept cgroup.events fds (closed by the fixture below).
 cgroups_kept: list[int] = []
 
@@ -83,6 +82,11 @@ def test_an_end_the_young_poll_finds_goes_as_a_notice_with_its_read(
         assert sample.populated is False
         assert sample.cpu is not None and sample.cpu.usage_usec == cg.cpu_usage_usec()
         assert fwd.young == {}  # its fd closed with it
+        # The kernel's own notice of that end comes after: forwarded, not read a second time.
+        _until("the kernel's notice", lambda: ino.pending())
+        fwd.forward()
+        data, early = sent.frames[-1]
+        assert any(e.wd == wd for e in parse_events(data)) and early == {}
     finally:
         ino.close()
 
@@ -96,7 +100,7 @@ def test_a_notice_of_populated_0_is_read_at_once_and_forwarded_as_it_came(
         _until("populated 1 noticed", lambda: (fwd.forward(), bool(fwd.young))[1])
         assert all(early == {} for _, early in sent.frames)
         time.sleep(0.3)
-        fwd._forget_young(wd)  # noqa: SLF001 - the young poll left out: only the notice tells
+        fwd._forget_young(wd)
         os.kill(burner.pid, signal.SIGKILL)
         burner.wait()
         _until("populated 0 noticed", lambda: ino.pending())

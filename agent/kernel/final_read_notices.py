@@ -59,6 +59,10 @@ class Forwarding:
         self.dirs: dict[int, str] = {}
         #: Young cgroups by directory watch.
         self.young: dict[int, Young] = {}
+        #: Directory watches whose cgroup was last seen empty, its end read: the kernel's
+        #: notice of an end the poll found reads nothing new (the agent asks in the rare case
+        #: of a whole life between two of its notices).
+        self.ended: set[int] = set()
         self._next_poll = 0.0
 
     def poll_s(self) -> float:
@@ -79,6 +83,7 @@ class Forwarding:
                 noticed[wd] = None
             elif mask & IN_IGNORED:
                 self.dirs.pop(wd, None)
+                self.ended.discard(wd)
                 self._forget_young(wd)
         early: dict[str, EarlyRead] = {}
         for wd in noticed:
@@ -86,11 +91,14 @@ class Forwarding:
             if path is None:
                 continue  # not told yet: the agent asks for the read
             populated = self._populated(wd, path)
-            if populated is False:
+            if populated is False and wd not in self.ended:
                 self._forget_young(wd)
+                self.ended.add(wd)
                 self._read(path, notified_ns, early)
-            elif populated and wd not in self.young:
-                self._make_young(wd, path)
+            elif populated:
+                self.ended.discard(wd)
+                if wd not in self.young:
+                    self._make_young(wd, path)
         self._send(encode_forward(data, early))
 
     def poll_young(self) -> None:
@@ -108,6 +116,7 @@ class Forwarding:
                 populated = None  # removed: the agent's kept fds and rmdir probe tell it
             if populated is False:
                 self._forget_young(wd)
+                self.ended.add(wd)
                 self._read(young.path, time.monotonic_ns(), early)
                 notices.append(_NOTICE.pack(wd, IN_MODIFY, 0, 16, _EVENTS))
             elif populated is None or now > young.until_ns:
