@@ -15,11 +15,12 @@ from tests.support.cgroups import CgroupFactory
 from tests.support.churn import final_read_process
 
 
-def _final_cpu(agent: RunningAgent, cgroups: CgroupFactory, name: str) -> tuple[int, int]:
+def _final_cpu(agent: RunningAgent, cgroups: CgroupFactory, name: str,
+               seconds: float = 0.05) -> tuple[int, int]:
     """One short life: the stopped event's final CPU and the kernel's last counter."""
     cg = cgroups.create(name)
     cg.spawn([sys.executable, "-S", "-c", "import time\nt=time.monotonic()\n"
-              "while time.monotonic()-t<0.05: pass"]).wait()
+              f"while time.monotonic()-t<{seconds}: pass"]).wait()
 
     def stopped() -> list[dict[str, object]]:
         r = agent.agentctl("events", "--type", "container_stopped", "--container", cg.rel,
@@ -31,6 +32,13 @@ def _final_cpu(agent: RunningAgent, cgroups: CgroupFactory, name: str) -> tuple[
     fields = event["fields"]
     assert isinstance(fields, dict) and fields["final"] is True
     return int(fields["cpu_usage_usec"]), cg.cpu_usage_usec()
+
+
+def _final_reads(agent: RunningAgent) -> dict[str, float]:
+    """container_agent_final_reads_total by `where`."""
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^container_agent_final_reads_total\{where="([^"]+)"\} (\S+)$',
+        agent.get_text("/metrics"), re.M)}
 
 
 def _events_up(agent: RunningAgent) -> int:
@@ -46,13 +54,21 @@ def test_final_reads_in_their_process_and_after_its_death(cgroups: CgroupFactory
         assert os.sched_getscheduler(child) == os.SCHED_FIFO
         got, kernel = _final_cpu(agent, cgroups, "before")
         assert got == kernel > 0
+        # The process reads the watch's notices: an end is read there at its notice.
+        at_notice = _final_reads(agent)["at_notice"]
+        got, kernel = _final_cpu(agent, cgroups, "at-notice", seconds=0.4)
+        assert got == kernel > 0
+        assert _final_reads(agent)["at_notice"] > at_notice
         os.kill(child, signal.SIGKILL)  # a process of the agentd this test started
         agent.wait_for(lambda: _events_up(agent) == 0, timeout=10)
         parts = {c["component"]: c for c in agent.get("/api/v1/host")["components"]}
         assert parts["events"]["up"] is False
         assert any("final-read" in f for f in parts["events"]["faults"]), parts["events"]
+        reads = _final_reads(agent)
         got, kernel = _final_cpu(agent, cgroups, "after")  # read in the agent now
         assert got == kernel > 0
+        after = _final_reads(agent)
+        assert after["agent"] > reads["agent"] and after["at_notice"] == reads["at_notice"]
         assert final_read_process(agent.proc.pid) is None
 
 
