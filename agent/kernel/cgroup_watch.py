@@ -158,9 +158,8 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
         return True
 
     def _read_inotify_again(self, forwarded: ForwardedInotify) -> None:
-        if not self._thread.closing:
-            log.warning("the final-read process no longer forwards the kernel watch's notices:"
-                        " read here again, and the tree rescanned")
+        log.info("the final-read process no longer forwards the kernel watch's notices: read"
+                 " here again (the tree rescanned unless it was stopped on purpose)")
         self._thread.remove(forwarded.wake_fd)
         forwarded.close()
         self._forwarded = None

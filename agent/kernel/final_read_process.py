@@ -209,12 +209,12 @@ class FinalReadProcess:
         if frame is None or not self._write_frame(frame):
             self.dirs_untold += 1
 
-    def take(self) -> tuple[bytes, bool]:
+    def take(self) -> tuple[bytes, bool, bool]:
         with self._lock:
             data = b"".join(self._chunks)
             self._chunks.clear()
             self._early_now, self._early_queued = self._early_queued, {}
-            return data, not self._running
+            return data, not self._running, not self._running and not self._closing
 
     def done(self) -> None:
         self._early_now = {}
@@ -225,6 +225,8 @@ class FinalReadProcess:
 
     def _forwarded(self, data: bytes, early: dict[str, EarlyRead]) -> None:
         with self._lock:
+            if self._wake is None:
+                return  # the watch stopped taking them (it closed): nothing waits for them
             self._chunks.append(data)
             self._early_queued.update(early)
             if self._wake is not None:

@@ -33,9 +33,10 @@ class InotifySource(Protocol):
         """A directory watch was added (its notices are forwarded without reads until told)."""
         ...
 
-    def take(self) -> tuple[bytes, bool]:
-        """The bytes forwarded since the last take, and whether the forwarding has ended
-        (nothing more will come). Their final reads are handed over until done()."""
+    def take(self) -> tuple[bytes, bool, bool]:
+        """The bytes forwarded since the last take, whether the forwarding has ended (nothing
+        more will come), and whether notices may have been lost with it (it did not end by
+        close()). Their final reads are handed over until done()."""
         ...
 
     def done(self) -> None:
@@ -62,13 +63,13 @@ class ForwardedInotify:
         return started
 
     def read_events(self) -> tuple[list[InotifyEvent], bool]:
-        """The events forwarded so far, and whether the forwarding ended: then a queue
-        overflow is added last, so that the tree is rescanned."""
+        """The events forwarded so far, and whether the forwarding ended: if notices may have
+        been lost with it, a queue overflow is added last, so that the tree is rescanned."""
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.wake_fd)
-        data, ended = self.source.take()
+        data, ended, lost = self.source.take()
         events = parse_events(data)
-        if ended:
+        if lost:
             events.append(InotifyEvent(-1, IN_Q_OVERFLOW, 0, ""))
         return events, ended
 
