@@ -56,7 +56,7 @@ def raw_events(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
         offset += length
 
 
-def parse_events(data: bytes) -> list[InotifyEvent]:
+def inotify_events(data: bytes) -> list[InotifyEvent]:
     return [InotifyEvent(wd, mask, cookie, os.fsdecode(name))
             for wd, mask, cookie, name in raw_events(data)]
 
@@ -103,7 +103,7 @@ class Inotify:
                 if e.errno == errno.EINTR:
                     continue
                 raise
-            events.extend(parse_events(data))
+            events.extend(inotify_events(data))
 
     def close(self) -> None:
         if self.fd >= 0:

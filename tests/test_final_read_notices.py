@@ -13,7 +13,7 @@ import pytest
 from agent.kernel.final_read_notices import Forwarding
 from agent.kernel.final_read_wire import FORWARD, EarlyRead, decode_frame, result_frames
 from collectors.cgroupfs import CgroupReader
-from collectors.inotify import IN_MODIFY, Inotify, parse_events
+from collectors.inotify import IN_MODIFY, Inotify, inotify_events
 from tests.support.cgroups import CgroupFactory, TestCgroup
 
 #: The tests' kept cgroup.events fds (closed by the fixture below).
@@ -76,7 +76,7 @@ def test_an_end_the_young_poll_finds_goes_as_a_notice_with_its_read(
         burner.wait()
         _until("the end polled", lambda: (fwd.poll_young(), bool(sent.frames[1:]))[1])
         data, early = sent.frames[-1]
-        assert [(e.wd, e.mask, e.name) for e in parse_events(data)] == \
+        assert [(e.wd, e.mask, e.name) for e in inotify_events(data)] == \
             [(wd, IN_MODIFY, "cgroup.events")]
         _notified, _finished, sample = early[cg.rel]
         assert sample.populated is False
@@ -86,7 +86,7 @@ def test_an_end_the_young_poll_finds_goes_as_a_notice_with_its_read(
         _until("the kernel's notice", lambda: ino.pending())
         fwd.forward()
         data, early = sent.frames[-1]
-        assert any(e.wd == wd for e in parse_events(data)) and early == {}
+        assert any(e.wd == wd for e in inotify_events(data)) and early == {}
     finally:
         ino.close()
 
@@ -106,7 +106,7 @@ def test_a_notice_of_populated_0_is_read_at_once_and_forwarded_as_it_came(
         _until("populated 0 noticed", lambda: ino.pending())
         fwd.forward()
         data, early = sent.frames[-1]
-        assert any(e.wd == wd and e.name == "cgroup.events" for e in parse_events(data))
+        assert any(e.wd == wd and e.name == "cgroup.events" for e in inotify_events(data))
         sample = early[cg.rel][2]
         assert sample.populated is False
         assert sample.cpu is not None and sample.cpu.usage_usec == cg.cpu_usage_usec()

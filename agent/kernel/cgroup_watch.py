@@ -21,6 +21,7 @@ from agent.core.process_limits import raise_nofile_limit
 from agent.kernel.deferred import DeferredWork
 from agent.kernel.fd_budget import OUT_OF_FDS, FdBudget
 from agent.kernel.final_read import settled
+from agent.kernel.final_read_notices import YOUNG_FOR_NS, YOUNG_POLL_S
 from agent.kernel.forwarded_inotify import ForwardedInotify, InotifySource
 from agent.kernel.inotify import (
     IN_CREATE,
@@ -59,11 +60,6 @@ log = logging.getLogger("agent.kernel.watch")
 
 #: Files kept open for as long as a cgroup2 cgroup is followed.
 _KEPT = ("cgroup.events", "cpu.stat")
-#: A cgroup that just filled has its cgroup.events re-read this often, for this long: the
-#: kernel sends at most one notice per 10 ms per file (the rest later, by a timer) and inotify
-#: hears of it through a work item, so the end of a life of a few ms is told too late to read
-#: it before a prompt rmdir. A pread on the kept fd costs microseconds.
-_YOUNG_POLL_S, _YOUNG_FOR_NS = 0.002, 250_000_000
 
 
 class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
@@ -114,7 +110,7 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
         self._file_wds: dict[int, WatchedCgroup] = {}
         self._psi_fds: dict[int, WatchedCgroup] = {}
         self._poll_handle: asyncio.TimerHandle | None = None
-        #: Cgroups that filled less than _YOUNG_FOR_NS ago -> until when they are polled.
+        #: Cgroups that filled less than YOUNG_FOR_NS ago -> until when they are polled.
         self._young: dict[str, tuple[WatchedCgroup, int]] = {}
         self.psi_error: str | None = None
         #: Which polled v1 counters can move (PollScope); all until told.
@@ -334,8 +330,8 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
         changed = populated != cg.populated
         # Forwarding, the final-read process polls young cgroups (final_read_notices).
         if populated and changed and "cgroup.events" in cg.fds and self._forwarded is None:
-            self._young[cg.path] = (cg, time.monotonic_ns() + _YOUNG_FOR_NS)
-            self._thread.tick(self._poll_young, _YOUNG_POLL_S)
+            self._young[cg.path] = (cg, time.monotonic_ns() + YOUNG_FOR_NS)
+            self._thread.tick(self._poll_young, YOUNG_POLL_S)
         # An old cgroup's first read is its state, not a change; a new one's is a start, or,
         # new and already empty, maybe a whole life that ended before the watch. Told something
         # changed, yet still empty: a short life (populated 1 then 0) fell between two reads

@@ -19,22 +19,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.kernel.final_read_wire import EarlyRead, encode_forward
+from collectors.cgroup_dir import read_file
 from collectors.cgroup_tree import cgroup_path
+from collectors.cgroup_v2 import events
 from collectors.cgroupfs import CgroupReader
 from collectors.inotify import IN_IGNORED, IN_MODIFY, raw_events
 
-#: How often, and how long after it filled, a young cgroup's cgroup.events is polled.
+#: A cgroup that just filled has its cgroup.events re-read this often, for this long (here, or
+#: by the agent's watch when it reads its notices itself): the kernel sends at most one notice
+#: per 10 ms per file (the rest later, by a timer) and inotify hears of it through a work item,
+#: so the end of a life of a few ms is told too late to read it before a prompt rmdir. A pread
+#: on a kept fd costs microseconds.
 YOUNG_POLL_S, YOUNG_FOR_NS = 0.002, 250_000_000
 _EVENTS = b"cgroup.events"
 #: An inotify event with the name `cgroup.events` (NUL-padded to 16 bytes, as the kernel pads).
 _NOTICE = struct.Struct("iIII16s")
-
-
-def populated_of(text: bytes) -> bool | None:
-    for line in text.splitlines():
-        if line.startswith(b"populated "):
-            return line != b"populated 0"
-    return None
 
 
 class Young:
@@ -111,7 +110,7 @@ class Forwarding:
         early: dict[str, EarlyRead] = {}
         for wd, young in list(self.young.items()):
             try:
-                populated = populated_of(os.pread(young.fd, 512, 0))
+                populated = events(os.pread(young.fd, 512, 0))[0]
             except OSError:
                 populated = None  # removed: the agent's kept fds and rmdir probe tell it
             if populated is False:
@@ -137,12 +136,8 @@ class Forwarding:
         young = self.young.get(wd)
         try:
             if young is not None:
-                return populated_of(os.pread(young.fd, 512, 0))
-            fd = os.open(f"{cgroup_path(self.root, path)}/cgroup.events", os.O_RDONLY)
-            try:
-                return populated_of(os.read(fd, 512))
-            finally:
-                os.close(fd)
+                return events(os.pread(young.fd, 512, 0))[0]
+            return events(read_file(f"{cgroup_path(self.root, path)}/cgroup.events"))[0]
         except OSError:
             return None  # removed: the agent's kept fds and rmdir probe tell its end
 

@@ -229,8 +229,7 @@ class FinalReadProcess:
                 return  # the watch stopped taking them (it closed): nothing waits for them
             self._chunks.append(data)
             self._early_queued.update(early)
-            if self._wake is not None:
-                self._wake()
+            self._wake()
 
     def alive(self) -> bool:
         """The process runs and its results are taken."""

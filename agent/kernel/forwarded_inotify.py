@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from collectors.inotify import IN_Q_OVERFLOW, InotifyEvent, parse_events
+from collectors.inotify import IN_Q_OVERFLOW, InotifyEvent, inotify_events
 
 
 class InotifySource(Protocol):
@@ -68,7 +68,7 @@ class ForwardedInotify:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.wake_fd)
         data, ended, lost = self.source.take()
-        events = parse_events(data)
+        events = inotify_events(data)
         if lost:
             events.append(InotifyEvent(-1, IN_Q_OVERFLOW, 0, ""))
         return events, ended
