@@ -9,7 +9,6 @@ Notifications coalesce (at most ~100/s per file): values are re-read, never coun
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import time
@@ -21,6 +20,7 @@ from agent.control.errors import ControlError
 from agent.control.targets import subtree_pids, write_knob
 from agent.control.tasks import TaskInfo, freeze_timeout, tasks_of, unfrozen
 from agent.core.exit_codes import ExitCode
+from collectors.parsers import parse_events
 
 Progress = Callable[[str], None]
 DEFAULT_TIMEOUT_S = 10.0
@@ -43,22 +43,18 @@ class FreezeResult:
     stuck: tuple[TaskInfo, ...] = field(default=())
 
 
-def parse_events(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        with contextlib.suppress(ValueError):
-            out[key] = int(value)
-    return out
+def _events(data: bytes) -> dict[str, bool | None]:
+    populated, frozen = parse_events(data)
+    return {"populated": populated, "frozen": frozen}
 
 
-def read_events(d: Path) -> dict[str, int]:
-    return parse_events((d / "cgroup.events").read_text())
+def read_events(d: Path) -> dict[str, bool | None]:
+    return _events((d / "cgroup.events").read_bytes())
 
 
-def _read_fd(fd: int) -> dict[str, int]:
+def _read_fd(fd: int) -> dict[str, bool | None]:
     os.lseek(fd, 0, os.SEEK_SET)
-    return parse_events(os.read(fd, 4096).decode())
+    return _events(os.read(fd, 4096))
 
 
 def requested(d: Path) -> bool:
@@ -84,8 +80,8 @@ def state(d: Path, root: Path) -> dict[str, object]:
     anc = frozen_ancestor(d, root)
     return {
         "requested": requested(d),
-        "frozen": bool(events.get("frozen", 0)),
-        "populated": bool(events.get("populated", 0)),
+        "frozen": bool(events.get("frozen")),
+        "populated": bool(events.get("populated")),
         "frozen_by_ancestor": str(anc) if anc is not None else None,
     }
 
@@ -94,7 +90,7 @@ def _write(d: Path, value: str) -> None:
     write_knob(d, "cgroup.freeze", value, "root or no cgroup2 freezer")
 
 
-def wait_event(fd: int, want: int, deadline: float, key: str = "frozen") -> bool:
+def wait_event(fd: int, want: bool, deadline: float, key: str = "frozen") -> bool:
     """Wait until `key` in cgroup.events equals `want` or the deadline passes (in epoll)."""
     ep = select.epoll()
     try:
@@ -125,18 +121,18 @@ def freeze(
     fd = open_events(d)
     try:
         was = _read_fd(fd)  # also arms the notification before the write
-        if was.get("frozen") == 1 and requested(d):
+        if was.get("frozen") and requested(d):
             return FreezeResult("v2", True, time.monotonic() - start, unchanged=True)
         progress(f"writing 1 to {d}/cgroup.freeze")
         _write(d, "1")
         progress(f"waiting for 'frozen 1' in cgroup.events (timeout {timeout:g} s)")
-        if wait_event(fd, 1, start + timeout):
+        if wait_event(fd, True, start + timeout):
             return FreezeResult("v2", True, time.monotonic() - start)
         # Capture who is not parked before the rollback wakes everybody.
         stuck = unfrozen(tasks_of(subtree_pids(d)), "v2")
         _write(d, "0")
         progress("timed out: wrote 0 back to cgroup.freeze")
-        wait_event(fd, 0, time.monotonic() + max(timeout, 1.0))
+        wait_event(fd, False, time.monotonic() + max(timeout, 1.0))
     finally:
         os.close(fd)
     raise freeze_timeout(
@@ -153,14 +149,14 @@ def thaw(
     fd = open_events(d)
     try:
         _read_fd(fd)
-        if not requested(d) and _read_fd(fd).get("frozen") == 0:
+        if not requested(d) and _read_fd(fd).get("frozen") is False:
             return FreezeResult("v2", False, time.monotonic() - start, unchanged=True)
         progress(f"writing 0 to {d}/cgroup.freeze")
         _write(d, "0")
         anc = frozen_ancestor(d, root)
         if anc is not None:
             return FreezeResult("v2", True, time.monotonic() - start, held_by=str(anc))
-        if wait_event(fd, 0, start + timeout):
+        if wait_event(fd, False, start + timeout):
             return FreezeResult("v2", False, time.monotonic() - start)
     finally:
         os.close(fd)

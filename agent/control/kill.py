@@ -91,7 +91,7 @@ def kill(
                 raise ControlError(f"cannot write {unified}/cgroup.kill: {e.strerror}") from None
             _thaw_all(target)
             try:
-                freeze_v2.wait_event(fd, 0, deadline, key="populated")
+                freeze_v2.wait_event(fd, False, deadline, key="populated")
             except OSError as e:
                 # ENODEV: the emptied cgroup is already removed (systemd removes a unit's
                 # cgroup as soon as its last process is gone): the kill is done.

@@ -4,7 +4,7 @@ The final-read process (agent.kernel.final_read_child) reads the watch's inotify
 stead: at a `populated 0` it reads the cgroup's final sample at once, at real-time priority
 with a GIL of its own, then sends the bytes it read with the reads they started. The watch
 handles those bytes as if it had read them; when it asks for a final read at that
-`populated 0`, the process's read is already there (`InotifySource.submit` hands it over).
+`populated 0`, the process's read is already there (`FinalReadProcess.submit` hands it over).
 The reads of a batch come before its bytes, so a notice never finds its read still on the way.
 If the process ends, the watch reads the fd itself again and rescans the tree: notices the
 process had read but not forwarded are lost with it.
