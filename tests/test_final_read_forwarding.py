@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import signal
 import threading
 import time
+from dataclasses import replace
+
+import pytest
 
 from agent.events.lifecycle import identify
 from agent.kernel.cgroup_watch import CgroupWatcher
 from agent.kernel.final_read import FinalReadThread
-from agent.kernel.final_read_process import FinalReadProcess
+from agent.kernel.final_read_process import EARLY_KEEP_NS, FinalReadProcess
 from agent.kernel.watched import WatchedCgroup
 from collectors.cgroupfs import CgroupReader
-from collectors.samples import CgroupSample
+from collectors.inotify import Inotify
+from collectors.samples import CgroupSample, CpuSample
 from tests.support.cgroups import CgroupFactory, TestCgroup
 
 
@@ -53,7 +58,8 @@ async def _forwarding(cgroups: CgroupFactory, finals: Finals
                             realtime=False, inotify_fd=w.ino.fd)
 
     def emptied(cg: WatchedCgroup) -> None:
-        proc.submit(cg.path, cg.notified_ns, finals.deliver_for(cg.path))  # type: ignore[arg-type]
+        proc.submit(cg.path, cg.notified_ns, finals.deliver_for(cg.path),  # type: ignore[arg-type]
+                    cg.at_empty)
 
     w.on_emptied = emptied
     w.start(asyncio.get_running_loop())
@@ -74,6 +80,16 @@ def _watched(w: CgroupWatcher, rel: str) -> WatchedCgroup:
         assert time.monotonic() < deadline, rel
         time.sleep(0.01)
     return cg
+
+
+def _read_by_the_process_while_held(early: int, let_go_ns: int, sample: CgroupSample,
+                                    usage: int) -> None:
+    """One final read, handed over from the process, done before the watch thread was let
+    go, and the kernel's last counter."""
+    assert early == 1
+    assert sample.monotonic_ns < let_go_ns, "read only after the watch thread went on"
+    assert sample.populated is False
+    assert sample.cpu is not None and sample.cpu.usage_usec == usage > 0
 
 
 def test_the_process_reads_a_populated_0_while_the_watch_thread_is_held(
@@ -103,11 +119,7 @@ def test_the_process_reads_a_populated_0_while_the_watch_thread_is_held(
             w.close()
             proc.close()
 
-    early, let_go_ns, sample, usage = asyncio.run(run())
-    assert early == 1
-    assert sample.monotonic_ns < let_go_ns, "read only after the watch thread went on"
-    assert sample.populated is False
-    assert sample.cpu is not None and sample.cpu.usage_usec == usage
+    _read_by_the_process_while_held(*asyncio.run(run()))
 
 
 def test_cgroups_made_after_the_start_are_read_by_the_process_and_a_death_gives_the_fd_back(
@@ -147,3 +159,85 @@ def test_cgroups_made_after_the_start_are_read_by_the_process_and_a_death_gives_
             proc.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("process", ["stopped", "running"])
+def test_a_life_over_before_the_watch_looked_is_read_by_the_process(
+        cgroups: CgroupFactory, process: str) -> None:
+    """A cgroup made, filled and emptied while the watch thread is held off: its end is read
+    by the process, at its look at the new directory (`stopped`: the process reads the
+    IN_CREATE only after the life) or by its poll of the young cgroup (`running`: held over
+    until the watch's own look finds it empty and asks), and it is the kernel's last counter."""
+    assert cgroups.layout.unified is not None, "forwarding is for cgroup2"
+    finals = Finals()
+
+    async def run() -> tuple[int, int, CgroupSample, int]:
+        w, proc = await _forwarding(cgroups, finals)
+        try:
+            with w.lock:
+                if process == "stopped":
+                    os.kill(proc.pid, signal.SIGSTOP)
+                cg = cgroups.create("over-unseen")
+                cg.burn(0.05).wait()
+                _emptied(cg, cgroups.ref_key)
+                if process == "stopped":
+                    os.kill(proc.pid, signal.SIGCONT)
+                time.sleep(0.1)  # the process reads the IN_CREATE (and polls)
+                let_go_ns = time.monotonic_ns()
+            sample = await asyncio.to_thread(finals.wait, cg.rel, 0)
+            return proc.early_reads, let_go_ns, sample, cg.cpu_usage_usec()
+        finally:
+            w.close()
+            proc.close()
+
+    _read_by_the_process_while_held(*asyncio.run(run()))
+
+
+def test_a_read_held_over_is_taken_only_for_the_life_it_read(cgroups: CgroupFactory) -> None:
+    """A read the process sent before the watch asked is handed over only when the watch's
+    counter at empty shows no task ran since (same inode, CPU not above the read's), and
+    only for EARLY_KEEP_NS; else the watch's request is read anew. (The process is told
+    nothing of `held`: it reads anew when asked.)"""
+    assert cgroups.layout.unified is not None, "forwarding is for cgroup2"
+    cg = cgroups.create("held")
+    cg.burn(0.02).wait()
+    _emptied(cg, cgroups.ref_key)
+    reader = CgroupReader(cgroups.layout)
+    ino = Inotify()
+    proc = FinalReadProcess(cgroups.layout, FinalReadThread(reader), realtime=False,
+                            inotify_fd=ino.fd)
+    try:
+        assert proc.start_forwarding({}, lambda: None)
+        held = reader.read(cg.rel)
+        assert held.cpu is not None and held.cpu.usage_usec is not None and held.inode
+        now = time.monotonic_ns()
+
+        def at_empty(inode: int, usage: int) -> CgroupSample:
+            return replace(held, inode=inode, cpu=CpuSample(usage_usec=usage))
+
+        def ask(seen: CgroupSample) -> CgroupSample:
+            """The sample delivered for one request (handed over, or read by the process)."""
+            got: queue.SimpleQueue[CgroupSample] = queue.SimpleQueue()
+            proc.submit(cg.rel, time.monotonic_ns(), got.put, seen)
+            return got.get(timeout=10)
+
+        # Process -> agent, as a read its poll found with no notice to go with it.
+        proc._forwarded(b"", {cg.rel: (now, now, held)})
+        usage = held.cpu.usage_usec
+        assert ask(at_empty(held.inode, usage + 1)) is not held  # a later life: read anew
+        assert ask(at_empty(held.inode + 1, usage)) is not held  # another cgroup at the path
+        assert proc.early_reads == 0 and proc.answered == 2
+        assert ask(at_empty(held.inode, usage)) is held
+        assert proc.early_reads == 1
+        # Asked again for the same end (the kernel's later notice): the same read, counted once.
+        assert ask(at_empty(held.inode, usage)) is held
+        assert proc.early_reads == 1 and proc.answered == 2
+        # Kept EARLY_KEEP_NS: an older one is let go when the next reads come.
+        old = now - EARLY_KEEP_NS - 1
+        proc._forwarded(b"", {cg.rel: (old, old, held)})
+        proc._forwarded(b"", {"/another": (now, now, held)})
+        assert ask(at_empty(held.inode, usage)) is not held
+        assert proc.early_reads == 1
+    finally:
+        proc.close()
+        ino.close()

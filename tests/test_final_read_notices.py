@@ -13,7 +13,7 @@ import pytest
 from agent.kernel.final_read_notices import Forwarding
 from agent.kernel.final_read_wire import FORWARD, EarlyRead, decode_frame, result_frames
 from collectors.cgroupfs import CgroupReader
-from collectors.inotify import IN_MODIFY, Inotify, inotify_events
+from collectors.inotify import IN_CREATE, IN_DELETE, IN_ISDIR, IN_MODIFY, Inotify, inotify_events
 from tests.support.cgroups import CgroupFactory, TestCgroup
 
 #: The tests' kept cgroup.events fds (closed by the fixture below).
@@ -53,11 +53,11 @@ def _setup(cgroups: CgroupFactory, cg: TestCgroup) -> tuple[Inotify, Forwarding,
     ino = Inotify()
     kept = os.open(cg.ref_dir / "cgroup.events", os.O_RDONLY)
     cgroups_kept.append(kept)
-    wd = ino.add_watch(str(cg.ref_dir), IN_MODIFY)
+    wd = ino.add_watch(str(cg.ref_dir), IN_MODIFY | IN_CREATE | IN_DELETE)
     sent = Sent()
     fwd = Forwarding(CgroupReader(cgroups.layout, max_open_dirs=0), cgroups.layout.unified,
                      ino.fd, sent)
-    fwd.dirs[wd] = cg.rel
+    fwd.tell(wd, cg.rel)
     return ino, fwd, sent, wd
 
 
@@ -70,7 +70,7 @@ def test_an_end_the_young_poll_finds_goes_as_a_notice_with_its_read(
     try:
         burner = cg.burn()
         _until("populated 1 noticed", lambda: (fwd.forward(), bool(fwd.young))[1])
-        assert list(fwd.young) == [wd]
+        assert list(fwd.young) == [cg.rel]
         time.sleep(0.05)
         os.kill(burner.pid, signal.SIGKILL)
         burner.wait()
@@ -100,7 +100,7 @@ def test_a_notice_of_populated_0_is_read_at_once_and_forwarded_as_it_came(
         _until("populated 1 noticed", lambda: (fwd.forward(), bool(fwd.young))[1])
         assert all(early == {} for _, early in sent.frames)
         time.sleep(0.3)
-        fwd._forget_young(wd)
+        fwd._forget_young(cg.rel)
         os.kill(burner.pid, signal.SIGKILL)
         burner.wait()
         _until("populated 0 noticed", lambda: ino.pending())
@@ -110,5 +110,91 @@ def test_a_notice_of_populated_0_is_read_at_once_and_forwarded_as_it_came(
         sample = early[cg.rel][2]
         assert sample.populated is False
         assert sample.cpu is not None and sample.cpu.usage_usec == cg.cpu_usage_usec()
+    finally:
+        ino.close()
+
+
+def _ended_life(cg: TestCgroup) -> None:
+    """A short life in `cg`, over when this returns (the burner exited, the cgroup empty)."""
+    cg.burn(0.05).wait()
+    _until("emptied", lambda: "populated 0" in cg.read(cg.factory.ref_key, "cgroup.events"))
+
+
+def test_a_directory_made_is_looked_at_once_and_a_life_already_over_is_read(
+        cgroups: CgroupFactory) -> None:
+    """A cgroup made, filled and emptied before the process reads the IN_CREATE: its final
+    read goes with the IN_CREATE's bytes (the agent, which has not looked yet, finds it when
+    its look asks), and it is the kernel's last counter."""
+    parent = cgroups.create("parent")
+    ino, fwd, sent, wd = _setup(cgroups, parent)
+    try:
+        child = parent.child("over")
+        _ended_life(child)
+        fwd.forward()
+        data, early = sent.frames[-1]
+        assert any(e.wd == wd and e.mask & IN_CREATE and e.mask & IN_ISDIR
+                   and e.name == "over" for e in inotify_events(data))
+        sample = early[child.rel][2]
+        assert sample.populated is False
+        assert sample.cpu is not None and sample.cpu.usage_usec == child.cpu_usage_usec() > 0
+        assert fwd.young == {} and child.rel in fwd.ended
+        # The agent's request for that end is answered with this read, while no task ran.
+        assert fwd.done_read(child.rel) == early[child.rel]
+        _ended_life(child)
+        assert fwd.done_read(child.rel) is None
+        # Its removal forgets it.
+        for d in child.dirs.values():
+            d.rmdir()
+        cgroups.created.remove(child)
+        _until("IN_DELETE", lambda: ino.pending())
+        fwd.forward()
+        assert child.rel not in fwd.ended
+    finally:
+        ino.close()
+
+
+def test_a_directory_made_empty_is_young_and_its_end_goes_with_its_read(
+        cgroups: CgroupFactory) -> None:
+    """Made and not filled yet: polled; the life that comes is read at its end, found by the
+    poll, and sent without a notice (its directory watch is not told: the agent's look asks)."""
+    parent = cgroups.create("parent")
+    ino, fwd, sent, _wd = _setup(cgroups, parent)
+    try:
+        child = parent.child("later")
+        fwd.forward()
+        assert list(fwd.young) == [child.rel] and not fwd.young[child.rel].filled
+        assert sent.frames[-1][1] == {}  # nothing ran: nothing read
+        burner = child.burn()
+        _until("filled", lambda: (fwd.poll_young(), fwd.young[child.rel].filled)[1])
+        os.kill(burner.pid, signal.SIGKILL)
+        burner.wait()
+        _until("the end polled", lambda: (fwd.poll_young(), child.rel not in fwd.young)[1])
+        data, early = sent.frames[-1]
+        assert data == b""
+        sample = early[child.rel][2]
+        assert sample.cpu is not None and sample.cpu.usage_usec == child.cpu_usage_usec()
+    finally:
+        ino.close()
+
+
+def test_a_read_whose_cpu_counter_moved_since_is_read_again(cgroups: CgroupFactory) -> None:
+    """The settle: the counter is checked after a sleep; one that moved since the read (here
+    a task still running, charged at its ticks, as an exiting task's last slice is at its final
+    switch) means the read is done again."""
+    cg = cgroups.create("moving")
+    ino, fwd, _sent, _wd = _setup(cgroups, cg)
+    try:
+        cg.burn()
+        time.sleep(0.05)
+        early: dict[str, EarlyRead] = {}
+        fwd._read(cg.rel, 1, early)
+        first = early[cg.rel][2]
+        time.sleep(0.03)  # a few ticks: the running task's CPU is charged
+        fwd._settle(early)
+        again = early[cg.rel][2]
+        assert first.cpu is not None and again.cpu is not None
+        assert again.cpu.usage_usec is not None and first.cpu.usage_usec is not None
+        assert again.cpu.usage_usec > first.cpu.usage_usec
+        assert early[cg.rel][0] == 1  # still timed from its notice
     finally:
         ino.close()

@@ -193,7 +193,8 @@ def test_a_real_sample_crosses_the_pipe_unchanged(cgroups: CgroupFactory) -> Non
     sample = CgroupReader(cgroups.layout).read(cg.rel)
     frame = encode_result(7, 123, sample, None)
     [(_, body)] = list(result_frames().feed(frame))
-    job_id, finished, back, error = decode_result(decode_frame(body))
+    job_id, read_ns, finished, back, error = decode_result(decode_frame(body))
+    assert read_ns == 0
     assert (job_id, finished, error) == (7, 123, None)
     assert back == sample and back is not None and back.cpu == sample.cpu
     assert back.memory is not None and sample.memory is not None

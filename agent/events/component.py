@@ -293,7 +293,7 @@ class EventsComponent(Component):
             with contextlib.suppress(RuntimeError):  # loop closed at shutdown
                 loop.call_soon_threadsafe(self._after_read, cg, sample, at_empty, until)
 
-        reads.submit(cg.path, cg.notified_ns or time.monotonic_ns(), deliver)
+        reads.submit(cg.path, cg.notified_ns or time.monotonic_ns(), deliver, at_empty)
 
     def _after_read(self, cg: WatchedCgroup, sample: CgroupSample,
                     at_empty: CgroupSample | None, until: float) -> None:

@@ -138,8 +138,8 @@ class FinalReadThread:
         self._thread = threading.Thread(target=self._run, name="final-read", daemon=True)
         self._thread.start()
 
-    def submit(self, path: str, notified_ns: int,
-               deliver: Callable[[CgroupSample], None]) -> None:
+    def submit(self, path: str, notified_ns: int, deliver: Callable[[CgroupSample], None],
+               at_empty: CgroupSample | None = None) -> None:
         self.urgency.begin()
         self._queue.put(FinalRead(path, notified_ns, deliver))
 

@@ -72,7 +72,11 @@ def serve(reader: CgroupReader, forwarding: Forwarding | None) -> None:
                     if number == START_FORWARDING:
                         poll.register(forwarding.fd, select.EPOLLIN)
                     else:
-                        forwarding.dirs[number] = path
+                        forwarding.tell(number, path)
+                    continue
+                done = forwarding.done_read(path) if forwarding is not None else None
+                if done is not None:  # this end was read here already (see done_read)
+                    _write_all(encode_result(job_id, done[1], done[2], None, done[0]))
                     continue
                 try:
                     sample, error = reader.read(path, member_pid=None), None

@@ -25,6 +25,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from agent.kernel.final_read import FinalRead, FinalReadThread, LatencyHistogram
@@ -52,6 +53,15 @@ log = logging.getLogger("agent.kernel.final_read")
 
 #: How long close() waits for the process to exit once its stdin is closed.
 _EXIT_WAIT_S = 5.0
+#: How long a read the process did itself is kept for the watch to ask for (or ask again).
+EARLY_KEEP_NS = 5_000_000_000
+
+
+def _covers(sample: CgroupSample, at_empty: CgroupSample | None) -> bool:
+    """`sample`'s CPU counter is at least `at_empty`'s: no task ran after it was read."""
+    done = sample.cpu.usage_usec if sample.cpu is not None else None
+    seen = at_empty.cpu.usage_usec if at_empty is not None and at_empty.cpu is not None else None
+    return done is not None and seen is not None and done >= seen
 
 
 class FinalReadProcess:
@@ -83,11 +93,15 @@ class FinalReadProcess:
         self.dirs_untold = 0
         self._can_forward = inotify_fd is not None and layout.unified is not None
         self._wake: Callable[[], None] | None = None
-        #: Forwarded bytes not taken yet, and the reads they started (by path: the latest).
+        #: Forwarded bytes not taken yet.
         self._chunks: list[bytes] = []
-        self._early_queued: dict[str, EarlyRead] = {}
-        #: The reads of the bytes being handled (watch thread only, between take and done).
-        self._early_now: dict[str, EarlyRead] = {}
+        #: The reads the process did itself, by path (the latest), for EARLY_KEEP_NS, each
+        #: with the number of the take() that hands over the bytes it came with and whether
+        #: it was handed over; `_handling`: that take's number while the watch handles its
+        #: bytes (0: none).
+        self._early: dict[str, tuple[EarlyRead, int, bool]] = {}
+        self._takes = 0
+        self._handling = 0
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "agent.kernel.final_read_child"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
@@ -130,18 +144,19 @@ class FinalReadProcess:
     def pid(self) -> int:
         return self._proc.pid
 
-    def submit(self, path: str, notified_ns: int,
-               deliver: Callable[[CgroupSample], None]) -> None:
+    def submit(self, path: str, notified_ns: int, deliver: Callable[[CgroupSample], None],
+               at_empty: CgroupSample | None = None) -> None:
         """Called in the watch thread: the write keeps the GIL, so the job is in the pipe
-        before any other thread of the agent runs. A read the process already did at this
-        `populated 0` (forwarding) is delivered instead."""
+        before any other thread of the agent runs. A read the process already did of this
+        end (forwarding) is delivered instead: see _early_read."""
         if self._closing:
             return  # stopping: dropped, as the jobs still queued are
-        early = self._early_now.pop(path, None)
+        early = self._early_read(path, at_empty)
         if early is not None:
-            read_ns, finished_ns, sample = early
-            self.early_reads += 1
-            self.latency.observe((finished_ns - read_ns) / 1e9)
+            (read_ns, finished_ns, sample), again = early
+            if not again:  # asked again for the same end (a later notice): counted once
+                self.early_reads += 1
+                self.latency.observe((finished_ns - read_ns) / 1e9)
             try:
                 deliver(sample)
             except Exception:
@@ -213,11 +228,33 @@ class FinalReadProcess:
         with self._lock:
             data = b"".join(self._chunks)
             self._chunks.clear()
-            self._early_now, self._early_queued = self._early_queued, {}
+            self._takes += 1
+            self._handling = self._takes
             return data, not self._running, not self._running and not self._closing
 
     def done(self) -> None:
-        self._early_now = {}
+        self._handling = 0
+
+    def _early_read(self, path: str, at_empty: CgroupSample | None
+                    ) -> tuple[EarlyRead, bool] | None:
+        """The process's read of the end the watch saw, if it has one, and whether it was
+        handed over before: the read that came with the notice being handled, or one whose
+        CPU counter is at least the one the watch read at empty (`at_empty`: no task ran
+        since, so it is this life's end; a cgroup made again at the path has another inode)."""
+        with self._lock:
+            entry = self._early.get(path)
+            if entry is None:
+                return None
+            read, took, handed = entry
+            sample = read[2]
+            if at_empty is not None and None not in (at_empty.inode, sample.inode) \
+                    and at_empty.inode != sample.inode:
+                return None
+            if took != self._handling and not _covers(sample, at_empty):
+                return None
+            if not handed:
+                self._early[path] = (read, took, True)
+            return read, handed
 
     def stop_forwarding(self) -> None:
         with self._lock:
@@ -227,9 +264,19 @@ class FinalReadProcess:
         with self._lock:
             if self._wake is None:
                 return  # the watch stopped taking them (it closed): nothing waits for them
-            self._chunks.append(data)
-            self._early_queued.update(early)
-            self._wake()
+            took = self._takes + 1  # the take that hands over `data`
+            for path, read in early.items():
+                self._early.pop(path, None)  # to the end: the dict stays in age order
+                self._early[path] = (read, took, False)
+            # Let go after a while: a later notice of the same end comes within ms.
+            while self._early:
+                (_, oldest_ns, _), _, _ = next(iter(self._early.values()))
+                if oldest_ns > time.monotonic_ns() - EARLY_KEEP_NS:
+                    break
+                del self._early[next(iter(self._early))]
+            if data:
+                self._chunks.append(data)
+                self._wake()
 
     def alive(self) -> bool:
         """The process runs and its results are taken."""
@@ -270,7 +317,7 @@ class FinalReadProcess:
             self._ended()
 
     def _answer(self, result: Result) -> None:
-        job_id, finished_ns, sample, error = result
+        job_id, read_ns, finished_ns, sample, error = result
         with self._lock:
             job = self._jobs.pop(job_id, None)
         if job is None:
@@ -279,8 +326,12 @@ class FinalReadProcess:
             log.error("final read of %s failed in the final-read process: %s", job.path, error)
             self.fallback.submit(job.path, job.notified_ns, job.deliver)
             return
-        self.answered += 1
-        self.latency.observe((finished_ns - job.notified_ns) / 1e9)
+        if read_ns:  # the process had read this end at its notice, before the request came
+            self.early_reads += 1
+            self.latency.observe((finished_ns - read_ns) / 1e9)
+        else:
+            self.answered += 1
+            self.latency.observe((finished_ns - job.notified_ns) / 1e9)
         try:
             job.deliver(sample)
         except Exception:

@@ -35,7 +35,9 @@ RESULT = struct.Struct("<I")
 PIPE_BUF = select.PIPE_BUF
 MAX_PATH = PIPE_BUF - JOB.size
 
-Result = tuple[int, int, CgroupSample | None, str | None]
+#: (job id, read_ns, finished monotonic_ns, sample | None, error): `read_ns` is 0 for a read
+#: done for the job, else the notice time of the process's own read of that end, done before.
+Result = tuple[int, int, int, CgroupSample | None, str | None]
 #: A final read the process started itself, at a `populated 0` it took off the inotify fd:
 #: (notice monotonic_ns, finished monotonic_ns, sample).
 EarlyRead = tuple[int, int, CgroupSample]
@@ -110,8 +112,8 @@ def encode_ready() -> bytes:
 
 
 def encode_result(job_id: int, finished_ns: int, sample: CgroupSample | None,
-                  error: str | None) -> bytes:
-    return _encode((ANSWER, job_id, finished_ns, sample, error))
+                  error: str | None, read_ns: int = 0) -> bytes:
+    return _encode((ANSWER, job_id, read_ns, finished_ns, sample, error))
 
 
 def encode_forward(data: bytes, early: Mapping[str, EarlyRead]) -> bytes:
@@ -158,7 +160,8 @@ def decode_frame(body: bytes) -> tuple[object, ...]:
 
 
 def decode_result(frame: tuple[object, ...]) -> Result:
-    _, job_id, finished_ns, sample, error = frame
+    _, job_id, read_ns, finished_ns, sample, error = frame
     assert sample is None or isinstance(sample, CgroupSample)
     assert error is None or isinstance(error, str)
-    return int(job_id), int(finished_ns), sample, error  # type: ignore[call-overload]
+    return (int(job_id), int(read_ns), int(finished_ns),  # type: ignore[call-overload]
+            sample, error)

@@ -21,8 +21,10 @@ class FinalReads(Protocol):
     @property
     def reader(self) -> CgroupReader: ...
 
-    def submit(self, path: str, notified_ns: int,
-               deliver: Callable[[CgroupSample], None]) -> None: ...
+    def submit(self, path: str, notified_ns: int, deliver: Callable[[CgroupSample], None],
+               at_empty: CgroupSample | None = None) -> None:
+        """Read `path`'s final sample and hand it to `deliver` (in another thread).
+        `at_empty`: the CPU counter the watch read when it saw the cgroup empty."""
 
     def alive(self) -> bool: ...
 
