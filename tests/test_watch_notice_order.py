@@ -84,3 +84,32 @@ def test_a_child_made_in_the_same_batch_is_known_when_the_parent_empties(
         assert (parent.rel, True) in seen, seen
 
     asyncio.run(run())
+
+
+def test_a_task_that_came_between_the_first_look_s_two_reads_is_a_start(
+        cgroups: CgroupFactory) -> None:
+    """A new cgroup's first look read `populated 0`, and a task came in before the CPU counter
+    was read: its start must not read as the end of a whole life (a final read asked for a
+    running cgroup). cgroup.events is read again after the counter: the watch tells a start."""
+    fresh = cgroups.create("fresh")
+    emptied: list[str] = []
+
+    async def run() -> None:
+        w = CgroupWatcher(cgroups.layout, identify)
+        w.on_emptied = lambda cg: emptied.append(cg.path)
+        w.start(asyncio.get_running_loop(), watch_tree=False)
+        try:
+            cg = w.watch(identify(fresh.rel, fresh.ref_dir.stat().st_ino), new=True)
+            assert cg is not None and cg.populated is False
+            emptied.clear()
+            fresh.spawn(["sleep", "60"])
+            with w.lock:
+                cg.populated = None  # as at its first look, which read `populated 0` ...
+                w._set_populated(cg, False, notified=False)  # ... before the task came
+            assert emptied == [] and cg.populated is True
+            assert cg.at_empty is None or cg.at_empty.cpu is None \
+                or not cg.at_empty.cpu.usage_usec
+        finally:
+            w.close()
+
+    asyncio.run(run())

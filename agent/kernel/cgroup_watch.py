@@ -52,7 +52,7 @@ from agent.model.snapshot import WorkloadIdentity
 from collectors import held_io
 from collectors.cgroup_dir import flat
 from collectors.cgroup_tree import cgroup_path
-from collectors.cgroup_v2 import cpu_sample
+from collectors.cgroup_v2 import cpu_sample, events
 from collectors.layout import CgroupLayout
 from collectors.samples import CgroupSample
 
@@ -324,6 +324,14 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
 
     def _set_populated(self, cg: WatchedCgroup, populated: bool, notified: bool) -> None:
         first = cg.populated is None
+        at_empty: CgroupSample | None = None
+        if first and cg.new and not populated and self.on_emptied is not None:
+            # A new cgroup's first look, empty: before its first task, or after a whole life
+            # (the CPU counter tells). A task that came between the two reads would make its
+            # start read as an end: cgroup.events is read again after the counter.
+            at_empty = self._cpu_now(cg)
+            if at_empty is not None and self._populated_now(cg):
+                populated, at_empty = True, None
         if populated and cg.populated is not True:
             cg.v1_tries = 0
             self._defer_v1(cg)
@@ -340,7 +348,7 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
         if tell and not populated and self.on_emptied is not None:
             # The CPU counter first, from the kept fd: the runtime may remove the cgroup any
             # moment now, and the full final read (its own thread) may come too late.
-            cg.at_empty = self._cpu_now(cg)
+            cg.at_empty = at_empty or self._cpu_now(cg)
             self.on_emptied(cg)
         if not populated and cg.files.keys() - {"cgroup.events", "cgroup.procs"}:
             # Count what happened up to the end (an OOM kill emptying it) before the stop.
@@ -350,6 +358,14 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
             cg.seen_populated |= populated
         if tell:
             self._tell(self.listener.on_populated, cg, populated)
+
+    def _populated_now(self, cg: WatchedCgroup) -> bool:
+        """cgroup.events says populated now (its kept fd; by path without one)."""
+        data = self._read_kept(cg, "cgroup.events")
+        if data is None and "cgroup.events" not in cg.fds:
+            text = read_text(f"{self.abs_path(cg.path)}/cgroup.events")
+            data = None if text is None else text.encode()
+        return events(data)[0] is True
 
     @locked
     def _poll_young(self) -> bool:
