@@ -241,3 +241,35 @@ def test_a_read_held_over_is_taken_only_for_the_life_it_read(cgroups: CgroupFact
     finally:
         proc.close()
         ino.close()
+
+
+def test_a_cgroup_removed_before_the_watch_read_its_notice_gets_the_process_s_read(
+        cgroups: CgroupFactory) -> None:
+    """The watch thread held off while the cgroup empties and is removed: its read of the
+    notice finds the cgroup gone, and the end is still the process's read, exact."""
+    assert cgroups.layout.unified is not None, "forwarding is for cgroup2"
+    gone = cgroups.create("gone")
+    burner = gone.burn()
+    finals = Finals()
+
+    async def run() -> tuple[int, int, CgroupSample, int]:
+        w, proc = await _forwarding(cgroups, finals)
+        try:
+            w.watch(identify(gone.rel, gone.ref_dir.stat().st_ino), new=False)
+            time.sleep(0.4)  # past the young cgroup's polling: only the notice tells
+            with w.lock:
+                killed_ns = time.monotonic_ns()
+                os.kill(burner.pid, signal.SIGKILL)
+                burner.wait()
+                _emptied(gone, cgroups.ref_key)
+                time.sleep(0.1)  # the notice reaches inotify, and the process
+                usage = gone.cpu_usage_usec()
+                gone.remove()
+                let_go_ns = time.monotonic_ns()
+            sample = await asyncio.to_thread(finals.wait, gone.rel, killed_ns)
+            return proc.early_reads, let_go_ns, sample, usage
+        finally:
+            w.close()
+            proc.close()
+
+    _read_by_the_process_while_held(*asyncio.run(run()))

@@ -294,6 +294,12 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
                     return
         if text is None:
             if source in ("cgroup.events", "cgroup.procs") and self.cgroups.get(cg.path) is cg:
+                if source == "cgroup.events" and cg.populated and self.on_emptied is not None:
+                    # Emptied and removed before this read (only an empty cgroup can go): its
+                    # end is still asked for; the final-read process read it at the notice,
+                    # else the rmdir probe kept its CPU.
+                    cg.at_empty = None
+                    self.on_emptied(cg)
                 self.unwatch(cg.path)
                 self._tell(self.listener.on_gone, cg)
             elif source == "memory.oom_control":
