@@ -92,10 +92,13 @@ def _read_by_the_process_while_held(early: int, let_go_ns: int, sample: CgroupSa
     assert sample.cpu is not None and sample.cpu.usage_usec == usage > 0
 
 
+@pytest.mark.parametrize("removed", [False, True])
 def test_the_process_reads_a_populated_0_while_the_watch_thread_is_held(
-        cgroups: CgroupFactory) -> None:
+        cgroups: CgroupFactory, removed: bool) -> None:
     """The agent's watch thread is held off with its lock; the process still reads the final
-    sample at once (before the lock is let go), and it is the kernel's last counter."""
+    sample at once (before the lock is let go), and it is the kernel's last counter.
+    `removed`: the cgroup is removed before the watch reads the notice, which then finds it
+    gone; its end is still the process's read."""
     assert cgroups.layout.unified is not None, "forwarding is for cgroup2"
     busy = cgroups.create("busy")
     burner = busy.burn()
@@ -112,9 +115,12 @@ def test_the_process_reads_a_populated_0_while_the_watch_thread_is_held(
                 burner.wait()
                 _emptied(busy, cgroups.ref_key)
                 time.sleep(0.1)  # the notice reaches inotify, and the process
+                usage = busy.cpu_usage_usec()
+                if removed:
+                    busy.remove()
                 let_go_ns = time.monotonic_ns()
             sample = await asyncio.to_thread(finals.wait, busy.rel, killed_ns)
-            return proc.early_reads, let_go_ns, sample, busy.cpu_usage_usec()
+            return proc.early_reads, let_go_ns, sample, usage
         finally:
             w.close()
             proc.close()
@@ -241,35 +247,3 @@ def test_a_read_held_over_is_taken_only_for_the_life_it_read(cgroups: CgroupFact
     finally:
         proc.close()
         ino.close()
-
-
-def test_a_cgroup_removed_before_the_watch_read_its_notice_gets_the_process_s_read(
-        cgroups: CgroupFactory) -> None:
-    """The watch thread held off while the cgroup empties and is removed: its read of the
-    notice finds the cgroup gone, and the end is still the process's read, exact."""
-    assert cgroups.layout.unified is not None, "forwarding is for cgroup2"
-    gone = cgroups.create("gone")
-    burner = gone.burn()
-    finals = Finals()
-
-    async def run() -> tuple[int, int, CgroupSample, int]:
-        w, proc = await _forwarding(cgroups, finals)
-        try:
-            w.watch(identify(gone.rel, gone.ref_dir.stat().st_ino), new=False)
-            time.sleep(0.4)  # past the young cgroup's polling: only the notice tells
-            with w.lock:
-                killed_ns = time.monotonic_ns()
-                os.kill(burner.pid, signal.SIGKILL)
-                burner.wait()
-                _emptied(gone, cgroups.ref_key)
-                time.sleep(0.1)  # the notice reaches inotify, and the process
-                usage = gone.cpu_usage_usec()
-                gone.remove()
-                let_go_ns = time.monotonic_ns()
-            sample = await asyncio.to_thread(finals.wait, gone.rel, killed_ns)
-            return proc.early_reads, let_go_ns, sample, usage
-        finally:
-            w.close()
-            proc.close()
-
-    _read_by_the_process_while_held(*asyncio.run(run()))
