@@ -198,9 +198,10 @@ def recent_latency_family(hist: LatencyHistogram) -> GaugeMetricFamily:
 def reads_family(counts: dict[str, int]) -> CounterMetricFamily:
     fam = CounterMetricFamily(
         "container_agent_final_reads_total",
-        "Final reads of emptied cgroups, by where: at_notice (the final-read process, at the "
-        "populated 0 it read off the kernel watch's inotify fd), process (that process, asked "
-        "by the agent), agent (a thread of the agent)", labels=["where"],
+        "Final reads of emptied cgroups, by where: at_notice (the final-read process, at an "
+        "end it found itself: a notice it read off the kernel watch's inotify fd, its poll of "
+        "a young cgroup, its look at a new one), process (that process, asked by the agent), "
+        "agent (a thread of the agent)", labels=["where"],
     )
     for where in ("at_notice", "process", "agent"):
         fam.add_metric([where], counts.get(where, 0))
