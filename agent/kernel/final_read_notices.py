@@ -130,9 +130,7 @@ class Forwarding:
                 continue  # not told yet: the agent asks for the read
             populated = self._populated(path)
             if populated is False and path not in self.ended:
-                self._forget_young(path)
-                self.ended[path] = None
-                self._read(path, notified_ns, early)
+                self._read_end(path, notified_ns, early)
             elif populated:
                 self.ended.pop(path, None)
                 young = self.young.get(path)
@@ -159,9 +157,7 @@ class Forwarding:
             except OSError:
                 populated = None  # removed: the agent's kept fds and rmdir probe tell it
             if populated is False and young.filled:
-                self._forget_young(path)
-                self.ended[path] = None
-                self._read(path, time.monotonic_ns(), early)
+                self._read_end(path, time.monotonic_ns(), early)
                 wd = self.wds.get(path)
                 if wd is not None:  # else the agent has not looked yet: its look asks
                     notices.append(_NOTICE.pack(wd, IN_MODIFY, 0, 16, _EVENTS))
@@ -178,9 +174,9 @@ class Forwarding:
         """A directory just made: a life already over is read now; else it is young."""
         if path in self.young or len(self.young) >= MAX_YOUNG:
             return
-        d = cgroup_path(self.root, path)
         try:
-            fd = os.open(f"{d}/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(f"{cgroup_path(self.root, path)}/cgroup.events",
+                         os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return  # removed already, or not a cgroup: the agent's look tells
         try:
@@ -188,17 +184,23 @@ class Forwarding:
             populated = events(os.pread(fd, 512, 0))[0]
         except OSError:
             populated = None
-        if populated is False:
-            cpu = cpu_sample(flat(read_file(f"{d}/cpu.stat")))
-            if cpu is not None and cpu.usage_usec:  # a whole life before this look
-                os.close(fd)
-                self.ended[path] = None
-                self._read(path, looked_ns, early)
-                return
-        if populated is None:
+        if populated is None or (populated is False and self._usage(path)):
             os.close(fd)
+            if populated is False:  # a whole life before this look
+                self._read_end(path, looked_ns, early)
             return
         self._keep_young(path, fd, filled=populated)
+
+    def _read_end(self, path: str, notified_ns: int, early: dict[str, EarlyRead]) -> None:
+        """The cgroup was seen empty: no longer young, its end read (kept in `ended`)."""
+        self._forget_young(path)
+        self.ended[path] = None
+        self._read(path, notified_ns, early)
+
+    def _usage(self, path: str) -> int | None:
+        """The CPU counter (cpu.stat usage_usec) now; None when it cannot be read."""
+        cpu = cpu_sample(flat(read_file(f"{cgroup_path(self.root, path)}/cpu.stat")))
+        return cpu.usage_usec if cpu is not None else None
 
     def _read(self, path: str, notified_ns: int, early: dict[str, EarlyRead]) -> None:
         try:
@@ -218,13 +220,11 @@ class Forwarding:
         read = self.ended.get(path)
         if read is None or read[2].cpu is None or read[2].cpu.usage_usec is None:
             return None
-        d = cgroup_path(self.root, path)
         try:
-            inode = os.stat(d).st_ino
+            inode = os.stat(cgroup_path(self.root, path)).st_ino
         except OSError:
             return None  # removed: the agent's rmdir probe and reader tell the rest
-        cpu = cpu_sample(flat(read_file(f"{d}/cpu.stat")))
-        if inode != read[2].inode or cpu is None or cpu.usage_usec != read[2].cpu.usage_usec:
+        if inode != read[2].inode or self._usage(path) != read[2].cpu.usage_usec:
             return None
         return read
 
@@ -240,8 +240,8 @@ class Forwarding:
                 notified_ns, _, sample = early[path]
                 if sample.cpu is None or sample.cpu.usage_usec is None:
                     continue  # removed during the read: the agent's rmdir probe has the CPU
-                now = cpu_sample(flat(read_file(f"{cgroup_path(self.root, path)}/cpu.stat")))
-                if now is not None and now.usage_usec != sample.cpu.usage_usec:
+                now = self._usage(path)
+                if now is not None and now != sample.cpu.usage_usec:
                     moved.append(path)
                     self._read(path, notified_ns, early)
             todo = moved

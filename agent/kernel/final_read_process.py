@@ -256,6 +256,17 @@ class FinalReadProcess:
                 self._early[path] = (read, took, True)
             return read, handed
 
+    def _hand_over(self, path: str, read_ns: int) -> bool:
+        """The process's read of `path` noticed at `read_ns` is handed over (now marked so);
+        whether it was before (then it is not counted again)."""
+        with self._lock:
+            entry = self._early.get(path)
+            if entry is None or entry[0][0] != read_ns:
+                return False
+            read, took, handed = entry
+            self._early[path] = (read, took, True)
+            return handed
+
     def stop_forwarding(self) -> None:
         with self._lock:
             self._wake = None
@@ -269,9 +280,10 @@ class FinalReadProcess:
                 self._early.pop(path, None)  # to the end: the dict stays in age order
                 self._early[path] = (read, took, False)
             # Let go after a while: a later notice of the same end comes within ms.
+            keep_from = time.monotonic_ns() - EARLY_KEEP_NS
             while self._early:
                 (_, oldest_ns, _), _, _ = next(iter(self._early.values()))
-                if oldest_ns > time.monotonic_ns() - EARLY_KEEP_NS:
+                if oldest_ns > keep_from:
                     break
                 del self._early[next(iter(self._early))]
             if data:
@@ -327,8 +339,9 @@ class FinalReadProcess:
             self.fallback.submit(job.path, job.notified_ns, job.deliver)
             return
         if read_ns:  # the process had read this end at its notice, before the request came
-            self.early_reads += 1
-            self.latency.observe((finished_ns - read_ns) / 1e9)
+            if not self._hand_over(job.path, read_ns):
+                self.early_reads += 1
+                self.latency.observe((finished_ns - read_ns) / 1e9)
         else:
             self.answered += 1
             self.latency.observe((finished_ns - job.notified_ns) / 1e9)
