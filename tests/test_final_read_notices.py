@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.kernel.final_read_notices import Forwarding
+from agent.kernel.final_read_notices import YOUNG_FOR_NS, Forwarding
 from agent.kernel.final_read_wire import FORWARD, EarlyRead, decode_frame, result_frames
 from collectors.cgroupfs import CgroupReader
 from collectors.inotify import IN_CREATE, IN_DELETE, IN_ISDIR, IN_MODIFY, Inotify, inotify_events
@@ -173,6 +173,39 @@ def test_a_directory_made_empty_is_young_and_its_end_goes_with_its_read(
         assert data == b""
         sample = early[child.rel][2]
         assert sample.cpu is not None and sample.cpu.usage_usec == child.cpu_usage_usec()
+    finally:
+        ino.close()
+
+
+def test_a_young_directory_not_told_yet_is_polled_until_told_and_its_fill_restarts_the_time(
+        cgroups: CgroupFactory) -> None:
+    """Made empty while the agent's watch is busy: its notices cannot reach the process, so it
+    stays young past YOUNG_FOR_NS until its watch is told; from the tell, and from its fill,
+    it has YOUNG_FOR_NS more (a life filled late is still read at its end)."""
+    parent = cgroups.create("parent")
+    ino, fwd, sent, _wd = _setup(cgroups, parent)
+    young_s = YOUNG_FOR_NS / 1e9
+    try:
+        untold, told = parent.child("untold"), parent.child("told")
+        fwd.forward()
+        assert set(fwd.young) == {untold.rel, told.rel}
+        fwd.tell(ino.add_watch(str(told.ref_dir), IN_MODIFY | IN_CREATE | IN_DELETE), told.rel)
+        time.sleep(young_s * 1.2)
+        fwd.poll_young()
+        assert list(fwd.young) == [untold.rel]  # the told one's fill will be a notice
+        fwd.tell(ino.add_watch(str(untold.ref_dir), IN_MODIFY | IN_CREATE | IN_DELETE),
+                 untold.rel)
+        time.sleep(young_s * 0.3)
+        burner = untold.burn()
+        _until("filled", lambda: (fwd.poll_young(), fwd.young[untold.rel].filled)[1])
+        time.sleep(young_s * 0.8)  # past the tell's YOUNG_FOR_NS, not past the fill's
+        fwd.poll_young()
+        assert untold.rel in fwd.young
+        os.kill(burner.pid, signal.SIGKILL)
+        burner.wait()
+        _until("the end polled", lambda: (fwd.poll_young(), untold.rel not in fwd.young)[1])
+        sample = sent.frames[-1][1][untold.rel][2]
+        assert sample.cpu is not None and sample.cpu.usage_usec == untold.cpu_usage_usec()
     finally:
         ino.close()
 

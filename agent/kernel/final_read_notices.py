@@ -47,6 +47,10 @@ from collectors.inotify import (
 #: so the end of a life of a few ms is told too late to read it before a prompt rmdir. A pread
 #: on a kept fd costs microseconds.
 YOUNG_POLL_S, YOUNG_FOR_NS = 0.002, 250_000_000
+#: A young cgroup whose directory watch the agent has not told yet (its watch thread is busy)
+#: is polled this long: its notices do not reach this process, so the poll is all there is.
+#: Bounded all the same: an agent that never tells must not hold MAX_YOUNG fds for good.
+UNTOLD_FOR_NS = 5_000_000_000
 #: After a batch of final reads, a short sleep, then each read's CPU counter is checked: at
 #: `populated 0` the exiting task is still running its exit, and the CPU it used since its
 #: last tick is charged at its final context switch (on this process's CPU, at real-time
@@ -62,7 +66,8 @@ _NOTICE = struct.Struct("iIII16s")
 
 class Young:
     """A cgroup that just filled (or was just made): its cgroup.events fd, kept until it
-    empties or the time ends. `filled`: seen populated (a new one may not be yet)."""
+    empties or the time ends (counted from its fill, its making or the agent's tell: see
+    UNTOLD_FOR_NS). `filled`: seen populated (a new one may not be yet)."""
 
     __slots__ = ("fd", "filled", "until_ns")
 
@@ -95,6 +100,8 @@ class Forwarding:
         """The agent added a directory watch."""
         self.dirs[wd] = path
         self.wds[path] = wd
+        if (young := self.young.get(path)) is not None:  # its notices come from now on
+            young.until_ns = time.monotonic_ns() + YOUNG_FOR_NS
 
     def poll_s(self) -> float:
         """epoll's timeout: -1 (none) unless a young cgroup is polled."""
@@ -136,8 +143,8 @@ class Forwarding:
                 young = self.young.get(path)
                 if young is None:
                     self._make_young(path, filled=True)
-                else:
-                    young.filled = True
+                elif not young.filled:
+                    self._filled(path, young)
         for path in made:
             self._look(path, early)
         self._settle(early)
@@ -164,7 +171,8 @@ class Forwarding:
             elif populated is None or now > young.until_ns:
                 self._forget_young(path)
             elif populated:
-                young.filled = True
+                if not young.filled:
+                    self._filled(path, young)
                 self.ended.pop(path, None)
         self._settle(early)
         if notices or early:
@@ -265,8 +273,16 @@ class Forwarding:
             return
         self._keep_young(path, fd, filled)
 
+    def _young_until(self, path: str) -> int:
+        return time.monotonic_ns() + (YOUNG_FOR_NS if path in self.wds else UNTOLD_FOR_NS)
+
+    def _filled(self, path: str, young: Young) -> None:
+        """A young cgroup made empty got its first task: its life is polled from now."""
+        young.filled = True
+        young.until_ns = self._young_until(path)
+
     def _keep_young(self, path: str, fd: int, filled: bool) -> None:
-        self.young[path] = Young(fd, time.monotonic_ns() + YOUNG_FOR_NS, filled)
+        self.young[path] = Young(fd, self._young_until(path), filled)
         if len(self.young) == 1:  # else the next poll is due sooner already
             self._next_poll = time.monotonic() + YOUNG_POLL_S
 
