@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import urllib.request
 import zlib
 from pathlib import Path
@@ -152,6 +153,23 @@ def test_metrics_gzip_for_scrapers_that_accept_it(cgroups: CgroupFactory) -> Non
         headers, body = _fetch(agent, "/metrics", {"Accept-Encoding": "gzip;q=0, identity"})
         assert "Content-Encoding" not in headers
         assert b"container_agent_cpu_usage_seconds_total" in body
+
+
+def test_the_agent_times_its_answers_and_its_event_loop() -> None:
+    """Each route's handler time and the event loop's lag, exported by a real agentd: the
+    /healthz requests made here are counted under their route, over HTTP and the socket."""
+    with running_agent({}) as agent:
+        _wait_cycles(agent, 1)
+        for _ in range(3):
+            agent.get_text("/healthz")
+        assert agent.agentctl("host").returncode == 0  # /api/v1/host, on the unix socket
+        time.sleep(0.5)  # a few lag ticks
+        text = agent.get_text("/metrics")
+    counts = {s.labels["handler"]: s.value
+              for s in _samples(text, "container_agent_http_request_duration_seconds_count")}
+    assert counts["/healthz"] >= 3 and counts["/api/v1/host"] >= 1
+    lag = _samples(text, "container_agent_event_loop_lag_seconds_count")
+    assert len(lag) == 1 and lag[0].value >= 3
 
 
 def test_hostile_cgroup_names_scrape_and_parse(cgroups: CgroupFactory) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.api.read import ReadApi
+from agent.api.timing import ApiTiming
 from agent.cli.args import OneLineParser
 from agent.core.component import AgentContext, Component
 from agent.core.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
@@ -80,6 +81,7 @@ class Agent:
         self.watcher = CgroupWatcher(layout, identify)
         self.watcher.tree_listeners.append(self._on_tree_change)
         self._runners: list[web.AppRunner] = []
+        self.timing = ApiTiming()
         self._last_rescan = 0.0
         #: Workloads inotify added while a cycle ran; the cycle's result must include them.
         self._added_during_cycle: list[WorkloadIdentity] = []
@@ -121,7 +123,9 @@ class Agent:
         health.watch_thread("kernel_watch", "psi-triggers", self.watcher.psi_waiter.alive)
         self.renderer.components = list(self.components)
         self.renderer.live_families = lambda: [
-            health.metric_family(), *budget_families(self.watcher.fd_budget, self.watcher.short)]
+            health.metric_family(), *budget_families(self.watcher.fd_budget, self.watcher.short),
+            *self.timing.families()]
+        self.timing.start_lag_probe(loop)
         self._host = read_host_info(self.layout, self.ctx.host_facts)
         # Watches go on before the scan lists: a cgroup made meanwhile is listed or reported.
         self.watcher.start(loop)
@@ -303,7 +307,7 @@ class Agent:
         listen = str(self.config["listen"])
         if listen:
             host, _, port = listen.rpartition(":")
-            tcp_app = web.Application()
+            tcp_app = web.Application(middlewares=[self.timing.middleware])
             tcp_app.add_routes(read_routes)
             runner = web.AppRunner(tcp_app, access_log=None, handle_signals=False)
             await runner.setup()
@@ -314,7 +318,7 @@ class Agent:
         sock.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
-        unix_app = web.Application()
+        unix_app = web.Application(middlewares=[self.timing.middleware])
         unix_app.add_routes(read_routes + control_routes)
         runner = web.AppRunner(unix_app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -325,6 +329,7 @@ class Agent:
 
     async def _shutdown(self) -> None:
         self.ctx.health.stopping = True
+        self.timing.stop()
         for comp in reversed(self.components):
             try:
                 # A sink that will not drain must not keep the agent from exiting.

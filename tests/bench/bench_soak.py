@@ -52,11 +52,11 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def _latency_quantiles(metrics: str) -> str:
+def _latency_quantiles(metrics: str, pattern: re.Pattern[str] = _BUCKET) -> str:
     buckets = [(float("inf") if le == "+Inf" else float(le), float(n))
-               for le, n in _BUCKET.findall(metrics)]
+               for le, n in pattern.findall(metrics)]
     if not buckets or buckets[-1][1] == 0:
-        return "no final reads yet"
+        return "none yet"
     total = buckets[-1][1]
 
     def q(p: float) -> str:
@@ -65,6 +65,20 @@ def _latency_quantiles(metrics: str) -> str:
                 return f"<= {le * 1e3:g} ms"
         return "?"
     return f"p50 {q(0.5)}, p99 {q(0.99)} (n={int(total)})"
+
+
+def _agent_side(metrics: str) -> str:
+    """The agent's own part of an answer's latency (agent.api.timing): each timed handler's
+    and the event loop's lag, as bucket upper bounds, over the agent's life."""
+    parts = []
+    for handler in ("/healthz", "/metrics"):
+        pattern = re.compile(r'^container_agent_http_request_duration_seconds_bucket\{handler="'
+                             + re.escape(handler) + r'",le="([^"]+)"\} (\S+)$', re.M)
+        parts.append(f"{handler} handler {_latency_quantiles(metrics, pattern)}")
+    lag = re.compile(r'^container_agent_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$',
+                     re.M)
+    parts.append(f"event loop lag {_latency_quantiles(metrics, lag)}")
+    return "; ".join(parts)
 
 
 def _rss_kib(pid: int) -> int:
@@ -122,6 +136,9 @@ class Load:
         self.ls_failures = 0
         #: The agent's RSS (MiB) each minute of the churn: warm-up and growth told apart.
         self.rss_mib: list[float] = []
+        #: The lowest and highest RSS (MiB, sampled each second) in each minute: a cycle's and
+        #: a scrape's transient allocations against a floor that rises (a leak) or not.
+        self.rss_band: list[tuple[float, float]] = []
         #: The exact quantiles of the latest final reads, each minute.
         self.recent_latency: list[str] = []
         self.threads = [threading.Thread(target=f, daemon=True)
@@ -146,8 +163,14 @@ class Load:
             t.join(timeout=15)
 
     def _rss(self) -> None:
-        while not self.stop.wait(60.0):
-            self.rss_mib.append(_rss_kib(self.agent.proc.pid) / 1024)
+        minute: list[float] = []
+        while not self.stop.wait(1.0):
+            minute.append(_rss_kib(self.agent.proc.pid) / 1024)
+            if len(minute) < 60:
+                continue
+            self.rss_mib.append(minute[-1])
+            self.rss_band.append((min(minute), max(minute)))
+            minute = []
             try:
                 self.recent_latency.append(_recent_quantiles(self.agent.get_text("/metrics")))
             except OSError:
@@ -231,12 +254,14 @@ def _exact(stop: dict[str, Any] | None, usage_usec: int) -> bool:
 
 def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: float,
          gzip: bool = True) -> None:
+    ready_mib = _rss_kib(agent.proc.pid) / 1024
     report("start", agent, factory)
     t0 = time.monotonic()
     with Load(agent, gzip) as load:
         lives = Churn(factory, rate, 0.01, workers=16).run(duration)
     took = time.monotonic() - t0
     time.sleep(3)  # the tail of the churn digested
+    end_mib = _rss_kib(agent.proc.pid) / 1024
     report("end", agent, factory)
     stopped = {e["container"]["cgroup"]: e for e in _events(agent, "container_stopped")
                if e.get("container")}
@@ -253,12 +278,21 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
         print(f"  not exact: {life.rel}: kernel usage_usec {life.usage_usec}; "
               + (f"container_stopped {fields}" if e else "no container_stopped")
               + ("" if life.rel in started else "; no container_started"))
+    print(f"the agent's side: {_agent_side(agent.get_text('/metrics'))}")
     print(f"{len(lives)} lives in {took:.0f} s ({len(lives) / took:.1f}/s achieved); "
           f"/metrics {ms_quantiles(load.scrape_s)} ({load.gzipped} gzipped); "
           f"/healthz {ms_quantiles(load.health_s)}; "
           f"SSE {load.sse_bytes / 1e6:.1f} MB; agentctl ls failures {load.ls_failures}")
     print("RSS each minute of the churn (MiB): "
           + ", ".join(f"{r:.1f}" for r in load.rss_mib))
+    print("RSS lowest-highest in each minute (MiB, each second): "
+          + ", ".join(f"{lo:.1f}-{hi:.1f}" for lo, hi in load.rss_band))
+    # From ready, the growth includes the warm-up (the first snapshots kept side by side, the
+    # first scrape's render, the API's threads and connections); after the first minute, only
+    # what the churn leaves behind.
+    warm = f"; {end_mib - load.rss_mib[0]:+.1f} MiB after the first minute" \
+        if load.rss_mib else ""
+    print(f"RSS growth: {end_mib - ready_mib:+.1f} MiB from ready{warm}")
     print("final read latency of the latest reads, each minute: "
           + "; ".join(load.recent_latency))
 
