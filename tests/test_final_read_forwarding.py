@@ -157,8 +157,12 @@ def test_cgroups_made_after_the_start_are_read_by_the_process_and_a_death_gives_
                 await asyncio.sleep(0.01)
             # The watch reads the fd itself: a cgroup made now is still seen, and its end
             # read in the agent (the process is gone).
+            fallback_reads = proc.fallback.reads
             sample, usage = await life(w, "after-death")
-            assert proc.early_reads == 1
+            # Read by the agent's own reader; nothing of it came from the process. (Not
+            # early_reads == 1: the rescan after the death asks again for the ended lives,
+            # and one CI run in ~15 counted made-after's read a second time; noted on the issue.)
+            assert proc.fallback.reads > fallback_reads and sample.path not in proc._early
             assert sample.cpu is not None and sample.cpu.usage_usec == usage
         finally:
             w.close()
