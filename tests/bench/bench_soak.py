@@ -107,19 +107,23 @@ def _child_report(pid: int) -> str:
             f"{inotify_watches(child)}, RSS {_rss_kib(child) / 1024:.1f} MiB")
 
 
-def report(label: str, agent: RunningAgent, factory: CgroupFactory) -> None:
+def report(label: str, agent: RunningAgent, factory: CgroupFactory) -> float:
+    """Prints the line; returns the RSS (MiB) in it: read after a scrape, so the start's
+    includes the first scrape's render (~15 MiB at 1,000 cgroups)."""
     pid = agent.proc.pid
     fds = agent_fds(pid)
     metrics = agent.get_text("/metrics")
     closed = re.search(r"^container_agent_ledger_closed_before_seconds (\S+)$", metrics, re.M)
     closed_at = time.strftime("%H:%M:%S", time.gmtime(float(closed.group(1)))) if closed else "?"
+    rss_mib = _rss_kib(pid) / 1024
     print(f"[{label}] fds {len(fds)} (on removed dirs: "
           f"{sum(1 for f in fds if '(deleted)' in f)}), inotify watches "
-          f"{inotify_watches(pid)}, RSS {_rss_kib(pid) / 1024:.1f} MiB, prefix "
+          f"{inotify_watches(pid)}, RSS {rss_mib:.1f} MiB, prefix "
           f"nr_dying_descendants {_dying(factory)}, final read "
           f"{_latency_quantiles(metrics)}; the latest reads exactly: "
           f"{_recent_quantiles(metrics)}; ledger periods closed before {closed_at} UTC; "
           f"{_child_report(pid)}")
+    return rss_mib
 
 
 class Load:
@@ -254,15 +258,13 @@ def _exact(stop: dict[str, Any] | None, usage_usec: int) -> bool:
 
 def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: float,
          gzip: bool = True) -> None:
-    ready_mib = _rss_kib(agent.proc.pid) / 1024
-    report("start", agent, factory)
+    start_mib = report("start", agent, factory)
     t0 = time.monotonic()
     with Load(agent, gzip) as load:
         lives = Churn(factory, rate, 0.01, workers=16).run(duration)
     took = time.monotonic() - t0
     time.sleep(3)  # the tail of the churn digested
-    end_mib = _rss_kib(agent.proc.pid) / 1024
-    report("end", agent, factory)
+    end_mib = report("end", agent, factory)
     stopped = {e["container"]["cgroup"]: e for e in _events(agent, "container_stopped")
                if e.get("container")}
     started = {e["container"]["cgroup"] for e in _events(agent, "container_started")
@@ -287,12 +289,12 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
           + ", ".join(f"{r:.1f}" for r in load.rss_mib))
     print("RSS lowest-highest in each minute (MiB, each second): "
           + ", ".join(f"{lo:.1f}-{hi:.1f}" for lo, hi in load.rss_band))
-    # From ready, the growth includes the warm-up (the first snapshots kept side by side, the
+    # From the start, the growth includes the warm-up (the first snapshots kept side by side, the
     # first scrape's render, the API's threads and connections); after the first minute, only
     # what the churn leaves behind.
     warm = f"; {end_mib - load.rss_mib[0]:+.1f} MiB after the first minute" \
         if load.rss_mib else ""
-    print(f"RSS growth: {end_mib - ready_mib:+.1f} MiB from ready{warm}")
+    print(f"RSS growth: {end_mib - start_mib:+.1f} MiB from the start{warm}")
     print("final read latency of the latest reads, each minute: "
           + "; ".join(load.recent_latency))
 
