@@ -79,12 +79,25 @@ def _libbpf() -> ctypes.CDLL:
     return lib
 
 
+def _map_ops(lib: ctypes.CDLL) -> ctypes.PyDLL:
+    """The map lookups again, through a handle that keeps the GIL: a lookup is a syscall of
+    microseconds, and a thread that lets the GIL go for it waits to get it back behind the
+    caller's busy threads (the agent's event loop asks at every removed cgroup)."""
+    ops = ctypes.PyDLL(lib._name, use_errno=True)
+    vp, i = ctypes.c_void_p, ctypes.c_int
+    for fn, args in (("bpf_map_lookup_elem", [i, vp, vp]), ("bpf_map_delete_elem", [i, vp])):
+        f = getattr(ops, fn)
+        f.restype, f.argtypes = i, args
+    return ops
+
+
 class RmdirCpuProbe:
     """The loaded and attached program and its map; close() detaches it."""
 
     def __init__(self, lib: ctypes.CDLL, obj: int, link: int, map_fd: int,
                  path_map_fd: int) -> None:
         self._lib, self._link, self._map_fd = lib, link, map_fd
+        self._ops = _map_ops(lib)
         self._path_map_fd = path_map_fd
         self._obj: int | None = obj
         #: Entries taken (tests read it).
@@ -126,9 +139,9 @@ class RmdirCpuProbe:
             return None
         key = ctypes.c_uint64(cgroup_id)
         value = _Value()
-        if self._lib.bpf_map_lookup_elem(self._map_fd, ctypes.byref(key), ctypes.byref(value)):
+        if self._ops.bpf_map_lookup_elem(self._map_fd, ctypes.byref(key), ctypes.byref(value)):
             return None
-        self._lib.bpf_map_delete_elem(self._map_fd, ctypes.byref(key))
+        self._ops.bpf_map_delete_elem(self._map_fd, ctypes.byref(key))
         self.taken += 1
         return RmdirCpu(value.usage_ns, value.at_ns)
 
@@ -139,7 +152,7 @@ class RmdirCpuProbe:
         if self._obj is None:
             return None
         cgroup_id = ctypes.c_uint64()
-        if self._lib.bpf_map_lookup_elem(self._path_map_fd, _path_key(path),
+        if self._ops.bpf_map_lookup_elem(self._path_map_fd, _path_key(path),
                                          ctypes.byref(cgroup_id)):
             return None
         return cgroup_id.value

@@ -99,3 +99,30 @@ def test_a_snapshot_older_than_the_rmdir_does_not_start_it_again(
             assert got == [("container_started", "kernel", None),
                            ("container_stopped", None, True)], got
     asyncio.run(body())
+
+
+def test_a_large_snapshot_is_compared_in_parts_with_the_loop_let_go_between(
+        tmp_path: Path) -> None:
+    """Workloads seen only by cycles, more than YIELD_EVERY: a callback due meanwhile runs
+    before the comparison ends (requests are answered between the parts), and every
+    workload is still started once."""
+    from agent.events.component import YIELD_EVERY
+
+    async def body() -> None:
+        async with started(tmp_path, watch_new_cgroups=False) as h:
+            states = []
+            for i in range(YIELD_EVERY * 2 + 10):
+                path = f"/nowhere/w{i}"
+                who = WorkloadIdentity(path, WorkloadKind.CGROUP, "", f"w{i}", path, 100 + i)
+                states.append(WorkloadState(who, CgroupSample(
+                    path, 100 + i, time.monotonic_ns(), time.time_ns(), populated=True)))
+            await h.comp.on_snapshot(snap(1))
+            ran: list[int] = []
+            loop = asyncio.get_running_loop()
+            loop.call_soon(lambda: ran.append(len(h.events("container_started"))))
+            await h.comp.on_snapshot(snap(2, *states))
+            assert ran and 0 < ran[0] < len(states)  # ran part-way through the comparison
+            started_ = [e.container.cgroup for e in h.events("container_started")
+                        if e.container is not None]
+            assert sorted(started_) == sorted(s.identity.cgroup for s in states)
+    asyncio.run(body())
