@@ -160,6 +160,26 @@ def test_a_read_between_final_and_rmdir_leaves_memory_again(tmp_path: Path) -> N
     assert ("boot-a", 7) in led._series
 
 
+def test_a_cycle_read_taken_before_the_final_sample_leaves_memory_too(tmp_path: Path) -> None:
+    """A cycle that ran while the container ended read it populated, before its final
+    sample; the snapshot arrives after the final. Nothing is billed again (an older read) and
+    the container leaves memory again, instead of staying until its period closes; a read
+    taken after the final (refilled) keeps it."""
+    led = open_ledger(tmp_path / "l.db", period=3600)
+    t0 = 1_000_000.0
+    who = ident("/a", 7)
+    led.observe_snapshot(snapshot([(who, synth("/a", 7, t0, cpu=100, mem=4096))]))
+    led.observe_final(who, synth("/a", 7, t0 + 0.5, cpu=250, mem=4096), "boot-a")
+    assert ("boot-a", 7) not in led._series
+    led.observe_snapshot(snapshot([(who, synth("/a", 7, t0 + 0.4, cpu=240, mem=4096))]))
+    assert ("boot-a", 7) not in led._series
+    cpu = [r for r in led.storage.rows(0, 1 << 62, True)
+           if r.inode == 7 and r.meter == "cpu_usec"]
+    assert sum(r.quantity for r in cpu) == 250 - 100
+    led.observe_snapshot(snapshot([(who, synth("/a", 7, t0 + 0.6, cpu=260, mem=4096))]))
+    assert ("boot-a", 7) in led._series  # refilled: read after its final, populated
+
+
 def test_an_ended_container_is_evicted_and_read_back_if_touched_again(tmp_path: Path) -> None:
     """After its final sample a container's series and open rows leave memory (under churn
     they piled up until the period closed); if it is sampled again (refilled), its rows are

@@ -49,7 +49,7 @@ from agent.ledger.network_totals import netns_of, network_totals
 from agent.ledger.periods import NS, period_of, split
 from agent.ledger.series import Series
 from agent.ledger.storage import Batch, LedgerStorage, RowAcc, RowKey, dump_json
-from agent.model.recent_keys import RecentKeys
+from agent.model.recent_keys import RecentValues
 from agent.model.snapshot import Snapshot, WorkloadIdentity
 from collectors.samples import CgroupSample
 
@@ -133,7 +133,8 @@ class Ledger:
         self._open: dict[RowKey, RowAcc] = self.storage.open_rows()
         self._series: dict[tuple[str, int], Series] = {}
         #: Incarnations that had their final sample, most recent last (ENDED_KEPT at most).
-        self._ended: RecentKeys[tuple[str, int]] = RecentKeys(ENDED_KEPT)
+        #: Incarnations whose final sample was applied, with its monotonic_ns.
+        self._ended: RecentValues[tuple[str, int], int] = RecentValues(ENDED_KEPT)
         self._net: dict[tuple[str, str], Series] = {}
 
     # -- entry points ---------------------------------------------------------------------
@@ -149,7 +150,7 @@ class Ledger:
             emptied: list[tuple[str, int]] = []
             for wid, state in sorted(snapshot.workloads.items()):
                 key = self._observe(batch, boot, state.identity, state.sample, baseline=first)
-                if key is not None and key in self._ended and state.sample.populated is False:
+                if key is not None and self._after_its_end(key, state.sample):
                     emptied.append(key)
                 if key is None or wid not in net:
                     continue
@@ -168,8 +169,9 @@ class Ledger:
             self._close_due(batch, snapshot.wall_ns)
             self._commit(batch)
             self.stats["cycles"] += 1
-            # Read after its final sample but before its rmdir (a cycle in that window): its
-            # rows went to the store, and it leaves memory again.
+            # Read after its final sample but before its rmdir, or read before its final
+            # sample by a cycle that ran while it ended: its rows went to the store, and it
+            # leaves memory again.
             for key in emptied:
                 self._evict(key, snapshot.wall_ns)
 
@@ -189,7 +191,7 @@ class Ledger:
             self.stats["final_samples"] += 1
             if key is not None:
                 self._evict(key, sample.wall_ns)
-                self._ended.add(key)
+                self._ended.put(key, sample.monotonic_ns)
 
     def _evict(self, key: tuple[str, int], wall_ns: int) -> None:
         """A container that ended holds no memory here: its series and open rows are in the
@@ -200,6 +202,15 @@ class Ledger:
         for start in (here, here - self.period):
             for meter in METERS:
                 self._open.pop((*key, SELF, meter, start), None)
+
+    def _after_its_end(self, key: tuple[str, int], sample: CgroupSample) -> bool:
+        """A cycle's sample of an incarnation whose final sample was applied: read empty (in
+        the window before the rmdir), or read before the final (the cycle ran while it ended;
+        at 50 lives a second about one a cycle, each kept in memory until its period closed).
+        A refilled one (populated, read after its final) is live again."""
+        ended_ns = self._ended.get(key)
+        return ended_ns is not None and (sample.populated is False
+                                         or sample.monotonic_ns <= ended_ns)
 
     def close_due(self, now_ns: int) -> None:
         """Close every period whose end + grace has passed at now_ns (an injectable clock)."""
