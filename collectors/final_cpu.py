@@ -66,8 +66,6 @@ def _libbpf() -> ctypes.CDLL:
         ("bpf_object__find_map_fd_by_name", i, [vp, cp]),
         ("bpf_program__attach", vp, [vp]),
         ("bpf_link__destroy", i, [vp]),
-        ("bpf_map_lookup_elem", i, [i, vp, vp]),
-        ("bpf_map_delete_elem", i, [i, vp]),
         ("libbpf_set_print", vp, [vp]),
     ):
         try:
@@ -80,13 +78,16 @@ def _libbpf() -> ctypes.CDLL:
 
 
 def _map_ops(lib: ctypes.CDLL) -> ctypes.PyDLL:
-    """The map lookups again, through a handle that keeps the GIL: a lookup is a syscall of
+    """The map lookups, through a handle that keeps the GIL: a lookup is a syscall of
     microseconds, and a thread that lets the GIL go for it waits to get it back behind the
     caller's busy threads (the agent's event loop asks at every removed cgroup)."""
     ops = ctypes.PyDLL(lib._name, use_errno=True)
     vp, i = ctypes.c_void_p, ctypes.c_int
     for fn, args in (("bpf_map_lookup_elem", [i, vp, vp]), ("bpf_map_delete_elem", [i, vp])):
-        f = getattr(ops, fn)
+        try:
+            f = getattr(ops, fn)
+        except AttributeError:
+            raise ProbeUnavailable(f"libbpf too old: no {fn} (libbpf 1.x needed)") from None
         f.restype, f.argtypes = i, args
     return ops
 
@@ -94,10 +95,9 @@ def _map_ops(lib: ctypes.CDLL) -> ctypes.PyDLL:
 class RmdirCpuProbe:
     """The loaded and attached program and its map; close() detaches it."""
 
-    def __init__(self, lib: ctypes.CDLL, obj: int, link: int, map_fd: int,
+    def __init__(self, lib: ctypes.CDLL, ops: ctypes.PyDLL, obj: int, link: int, map_fd: int,
                  path_map_fd: int) -> None:
-        self._lib, self._link, self._map_fd = lib, link, map_fd
-        self._ops = _map_ops(lib)
+        self._lib, self._ops, self._link, self._map_fd = lib, ops, link, map_fd
         self._path_map_fd = path_map_fd
         self._obj: int | None = obj
         #: Entries taken (tests read it).
@@ -112,6 +112,7 @@ class RmdirCpuProbe:
         if not os.path.exists("/sys/kernel/btf/vmlinux"):
             raise ProbeUnavailable("the kernel has no BTF (CONFIG_DEBUG_INFO_BTF)")
         lib = _libbpf()
+        ops = _map_ops(lib)
         obj = lib.bpf_object__open_file(str(obj_path).encode(), None)
         if not obj:
             raise ProbeUnavailable(f"cannot open {obj_path.name}: {_err()}")
@@ -130,7 +131,7 @@ class RmdirCpuProbe:
         except BaseException:
             lib.bpf_object__close(obj)
             raise
-        return cls(lib, obj, link, map_fd, path_map_fd)
+        return cls(lib, ops, obj, link, map_fd, path_map_fd)
 
     def take(self, cgroup_id: int) -> RmdirCpu | None:
         """The counter kept at the rmdir of the cgroup whose directory had inode `cgroup_id`,

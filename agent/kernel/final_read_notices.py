@@ -101,7 +101,7 @@ class Forwarding:
         self.dirs[wd] = path
         self.wds[path] = wd
         if (young := self.young.get(path)) is not None:  # its notices come from now on
-            young.until_ns = time.monotonic_ns() + YOUNG_FOR_NS
+            young.until_ns = self._young_until(path)
 
     def poll_s(self) -> float:
         """epoll's timeout: -1 (none) unless a young cgroup is polled."""

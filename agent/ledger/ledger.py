@@ -132,8 +132,8 @@ class Ledger:
         self._closed_before = int(meta.get(META_CLOSED_BEFORE, "0"))
         self._open: dict[RowKey, RowAcc] = self.storage.open_rows()
         self._series: dict[tuple[str, int], Series] = {}
-        #: Incarnations that had their final sample, most recent last (ENDED_KEPT at most).
-        #: Incarnations whose final sample was applied, with its monotonic_ns.
+        #: Incarnations whose final sample was applied, with its monotonic_ns (the latest
+        #: ENDED_KEPT).
         self._ended: RecentValues[tuple[str, int], int] = RecentValues(ENDED_KEPT)
         self._net: dict[tuple[str, str], Series] = {}
 

@@ -1,5 +1,6 @@
-"""A set of the latest N keys added (oldest forgotten first): for facts about ended things
-that must outlive them for a while, but not forever (removed incarnations, ended lives)."""
+"""The latest N keys added, with a value each or as a set (oldest forgotten first): for facts
+about ended things that must outlive them for a while, but not forever (removed incarnations,
+ended lives and when they ended)."""
 
 from __future__ import annotations
 
@@ -10,26 +11,7 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-class RecentKeys(Generic[K]):
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._keys: dict[K, None] = {}  # insertion-ordered: the oldest first
-
-    def add(self, key: K) -> None:
-        self._keys[key] = None
-        if len(self._keys) > self.limit:
-            del self._keys[next(iter(self._keys))]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
 class RecentValues(Generic[K, V]):
-    """The latest N keys added, each with a value (oldest forgotten first)."""
-
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._values: dict[K, V] = {}  # insertion-ordered: the oldest first
@@ -43,5 +25,15 @@ class RecentValues(Generic[K, V]):
     def get(self, key: K) -> V | None:
         return self._values.get(key)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
     def __len__(self) -> int:
         return len(self._values)
+
+
+class RecentKeys(RecentValues[K, None], Generic[K]):
+    """The set form."""
+
+    def add(self, key: K) -> None:
+        self.put(key, None)
