@@ -16,7 +16,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily
@@ -32,9 +31,9 @@ from agent.events.lifecycle import (
     mirrors_children,
     net_totals,
     nothing_ran,
-    pressure_fields,
     throttle_episode,
 )
+from agent.events.limit_events import LimitEvents
 from agent.events.model import Event, EventContainer, EventType, severity_for
 from agent.events.poll_scope import limited_subtrees
 from agent.events.rmdir_final import RmdirFinals
@@ -56,30 +55,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agent.events")
 
-#: Counter (source, key) -> event type; PER_UNIT types get one event per counted occurrence.
-COUNTER_EVENTS: Mapping[tuple[str, str], str] = MappingProxyType(
-    {
-        ("memory.events", "high"): EventType.MEMORY_HIGH,
-        ("memory.events", "max"): EventType.MEMORY_MAX,
-        ("memory.events", "oom"): EventType.OOM,
-        ("memory.events", "oom_kill"): EventType.OOM_KILL,
-        ("memory.events", "oom_group_kill"): EventType.OOM_GROUP_KILL,
-        ("memory.oom_control", "oom_kill"): EventType.OOM_KILL,
-        ("memory.failcnt", "failcnt"): EventType.MEMORY_MAX,
-        ("pids.events", "max"): EventType.PIDS_MAX,
-    }
-)
-PER_UNIT = frozenset({EventType.OOM, EventType.OOM_KILL, EventType.OOM_GROUP_KILL})
-#: More kills than this in one re-read are stored as one extra event carrying the rest.
-MAX_PER_UNIT = 100
-#: A control component's frozen/thawed and the kernel's for the same cgroup are one event.
-_DEDUPE_S = 5.0
 #: Removed incarnations remembered (an incarnation, path and inode, never comes back): a
 #: snapshot is at most a few cycles old, 1,024 covers 20 s of 50 removals a second.
 GONE_KEPT = 1024
 #: A snapshot's workloads are compared this many at a time, the event loop let go between.
 YIELD_EVERY = 256
-_FREEZE_GRACE_S = 0.5
 #: Retention also runs every this many events.
 _PRUNE_EVERY = 5000
 
@@ -119,7 +99,7 @@ class EventsComponent(Component):
         self._usage: dict[tuple[str, int], int] = {}
         self._throttled: set[tuple[str, int]] = set()
         self._prev: Snapshot | None = None
-        self._recent: dict[tuple[str, str], float] = {}
+        self.limits = LimitEvents(self.emit)
         self._tasks: list[asyncio.Task[None]] = []
         self._api = EventsApi(self._event_log, self.hub, 15.0)
 
@@ -205,13 +185,13 @@ class EventsComponent(Component):
 
     def metric_families(self, snapshot: Snapshot) -> Iterable[Metric]:
         events = CounterMetricFamily(
-            "container_agent_events", "Events emitted since the agent started, by type",
+            "container_agent_events_total", "Events emitted since the agent started, by type",
             labels=["type"],
         )
         for etype, n in sorted(self.counts.items()):
             events.add_metric([etype], n)
         dropped = CounterMetricFamily(
-            "container_agent_event_deliveries_dropped",
+            "container_agent_event_deliveries_dropped_total",
             "Events a sink never received (queue full or retries exhausted)", labels=["sink"],
         )
         for sink in self.sinks:
@@ -234,7 +214,7 @@ class EventsComponent(Component):
         if etype in (EventType.FROZEN, EventType.THAWED) and who is not None and (
             fields.get("source") != "kernel"
         ):
-            self._note_control(who.cgroup, str(etype))
+            self.limits.control_said(who.cgroup, str(etype))
         if who is not None and self.ctx is not None:
             who = self.ctx.enrich_identity(who)  # the runtime's name, even before a cycle ran
         container = EventContainer.of(who) if who is not None else None
@@ -368,47 +348,15 @@ class EventsComponent(Component):
             except Exception:
                 log.exception("final-sample listener failed for %s", who.cgroup)
 
-    def _note_control(self, cgroup: str, etype: str) -> None:
-        now = time.monotonic()
-        if len(self._recent) > 1000:
-            self._recent = {k: t for k, t in self._recent.items() if now - t < _DEDUPE_S}
-        self._recent[(cgroup, etype)] = now
-
     def on_frozen(self, cg: WatchedCgroup, frozen: bool) -> None:
-        # A freeze by `agentctl freeze` is also emitted by the control component, with more
-        # to say (outcome, duration): wait a moment and stay silent if it spoke.
-        etype = EventType.FROZEN if frozen else EventType.THAWED
-        seen = time.monotonic()
         if self.loop is not None:
-            self.loop.call_later(_FREEZE_GRACE_S, self._kernel_freeze, cg.identity, etype, seen)
-
-    def _kernel_freeze(self, who: WorkloadIdentity, etype: EventType, seen: float) -> None:
-        said = self._recent.get((who.cgroup, str(etype)))
-        if said is not None and abs(said - seen) < _DEDUPE_S:
-            return
-        self.emit(etype, who, "", {"source": "kernel"})
+            self.limits.frozen(cg, frozen, self.loop)
 
     def on_counter(self, cg: WatchedCgroup, source: str, key: str, delta: int, total: int) -> None:
-        etype = COUNTER_EVENTS.get((source, key))
-        if etype is None:
-            return
-        base = {"source": source, "counter": key}
-        if etype not in PER_UNIT:
-            self.emit(etype, cg.identity, "", {**base, "count": delta, "total": total})
-            return
-        for i in range(min(delta, MAX_PER_UNIT)):
-            self.emit(etype, cg.identity, "", {**base, "total": total - delta + i + 1})
-        if delta > MAX_PER_UNIT:
-            self.emit(etype, cg.identity, "", {**base, "count": delta - MAX_PER_UNIT,
-                                                "total": total, "coalesced": True})
+        self.limits.counter(cg, source, key, delta, total)
 
     def on_pressure(self, cg: WatchedCgroup, res: str, text: str) -> None:
-        psi = self.watcher.psi if self.watcher else None
-        fields: dict[str, object] = {"resource": res}
-        if psi is not None:
-            fields.update(stall_us=psi.stall_us, window_us=psi.window_us)
-        fields.update(pressure_fields(text))
-        self.emit(EventType.PRESSURE, cg.identity, "", fields)
+        self.limits.pressure(cg, res, text, self.watcher.psi if self.watcher else None)
 
     def on_gone(self, cg: WatchedCgroup) -> None:
         key = (cg.path, cg.inode)

@@ -185,10 +185,18 @@ CADVISOR_SPECS: tuple[Spec, ...] = (
     Spec("container_threads", "gauge", "Number of threads",
          _value(lambda s: s.pids.current if s.pids is not None else None)),
     Spec("container_threads_max", "gauge", "Maximum number of threads", _value(_threads_max)),
-    *(Spec(f"container_pressure_{res}_{kind}_seconds_total", "counter", f"PSI {res} {kind}",
-           _psi(res, level))
-      for res in ("cpu", "memory", "io")
-      for kind, level in (("waiting", "some"), ("stalled", "full"))),
+    Spec("container_pressure_cpu_waiting_seconds_total", "counter",
+         "Time tasks waited for CPU (PSI some)", _psi("cpu", "some")),
+    Spec("container_pressure_cpu_stalled_seconds_total", "counter",
+         "Time no task could run for want of CPU (PSI full)", _psi("cpu", "full")),
+    Spec("container_pressure_memory_waiting_seconds_total", "counter",
+         "Time tasks waited for memory (PSI some)", _psi("memory", "some")),
+    Spec("container_pressure_memory_stalled_seconds_total", "counter",
+         "Time no task could run for want of memory (PSI full)", _psi("memory", "full")),
+    Spec("container_pressure_io_waiting_seconds_total", "counter",
+         "Time tasks waited for IO (PSI some)", _psi("io", "some")),
+    Spec("container_pressure_io_stalled_seconds_total", "counter",
+         "Time no task could run for want of IO (PSI full)", _psi("io", "full")),
 )
 
 

@@ -268,7 +268,7 @@ def self_families() -> list[Metric]:
         times = _SELF.cpu_times()
         mem = _SELF.memory_info()
     fd_count = open_fd_count()
-    cpu = CounterMetricFamily("container_agent_process_cpu_seconds",
+    cpu = CounterMetricFamily("container_agent_process_cpu_seconds_total",
                               "CPU time the agent has used (user + system)")
     cpu.add_metric([], times.user + times.system)
     rss = GaugeMetricFamily("container_agent_process_resident_memory_bytes", "Agent RSS")

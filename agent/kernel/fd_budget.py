@@ -111,7 +111,7 @@ def budget_families(budget: FdBudget, short: int) -> list[Metric]:
         "lack of fds (their files are read by path, their pressure and v1 OOM events not told)")
     degraded.add_metric([], short)
     missed = CounterMetricFamily(
-        "container_agent_kernel_watch_reads_missed",
+        "container_agent_kernel_watch_reads_missed_total",
         "Kernel watch re-reads of a file by path that found no fd free (EMFILE)")
     missed.add_metric([], budget.reads_missed)
     return [held, cap, degraded, missed]
