@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -25,6 +24,7 @@ from prometheus_client.openmetrics import exposition as om_format
 
 from agent.core.component import Component
 from agent.exporters.cadvisor import cadvisor_render
+from agent.exporters.family_text import render_families
 from agent.exporters.gzip_body import GzipPrefix
 from agent.exporters.metrics import (
     DEFAULT_OPTIONS,
@@ -42,24 +42,6 @@ log = logging.getLogger("agent.metrics")
 OPENMETRICS = om_format.CONTENT_TYPE_LATEST
 TEXT = text_format.CONTENT_TYPE_LATEST
 _EOF = b"# EOF\n"
-
-
-class _Families:
-    def __init__(self, families: Iterable[Metric]) -> None:
-        self._families = list(families)
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
-
-
-def _render(families: Iterable[Metric], openmetrics: bool) -> bytes:
-    """prometheus_client's rendering, without OpenMetrics' `# EOF` (added once per scrape)."""
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Families(families))
-    if openmetrics:
-        body = bytes(om_format.generate_latest(reg))  # type: ignore[no-untyped-call]
-        return body[: -len(_EOF)] if body.endswith(_EOF) else body
-    return bytes(text_format.generate_latest(reg))
 
 
 def metrics_options(config: Mapping[str, Any]) -> MetricsOptions:
@@ -179,7 +161,7 @@ class MetricsRenderer:
         families = render_workload_families(snapshot, self.options, self._rows)
         if self.cadvisor:
             families += cadvisor_render(snapshot, self._rows.cadvisor)
-        self._tails = {om: _render(others, om) for om in (False, True)}
+        self._tails = {om: render_families(others, om) for om in (False, True)}
         self._families = families
         self._seq = snapshot.seq
         self.renders += 1
@@ -251,7 +233,7 @@ class MetricsRenderer:
 
     def _live(self, snapshot: Snapshot, openmetrics: bool) -> bytes:
         """The families rendered at every scrape (small, live counters), and OpenMetrics' end."""
-        live = _render(self._component_families(snapshot, per_cycle=False)
+        live = render_families(self._component_families(snapshot, per_cycle=False)
                        + self.live_families(), openmetrics)
         return live + _EOF if openmetrics else live
 

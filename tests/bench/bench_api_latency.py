@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.support.agent_side import agent_side
 from tests.support.agentd import RunningAgent
 from tests.support.cgroups import CgroupFactory, cgroup_factory
 from tests.support.churn import Churn
@@ -114,6 +115,7 @@ def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interva
 def measure(label: str, agent: RunningAgent, factory: CgroupFactory, seconds: float,
             rate: float, exports: bool, metrics_rate: float, gzip: bool) -> None:
     health = Probe(agent.base_url + "/healthz", 20)
+    health_urllib = Probe(agent.base_url + "/healthz", 5, client="urllib")
     metrics = Probe(agent.base_url + "/metrics", metrics_rate, gzip)
     exporter = Exporter(agent)
     if exports:
@@ -123,16 +125,21 @@ def measure(label: str, agent: RunningAgent, factory: CgroupFactory, seconds: fl
     took = time.monotonic() - t0
     exporter.stop.set()
     health.finish()
+    health_urllib.finish()
     metrics.finish()
     if exports:
         exporter.thread.join(timeout=130)
     host = agent.get("/api/v1/host")
-    store = dict(_STORE.findall(agent.get_text("/metrics")))
+    metrics_text = agent.get_text("/metrics")
+    store = dict(_STORE.findall(metrics_text))
     print(f"[{label}] {host['workloads']} workloads; {len(lives)} lives in {took:.0f} s; "
           f"{exporter.done} billing exports ({exporter.bytes / 1e6:.1f} MB)")
     print(f"[{label}] /healthz {quantiles(health.latency)}, {health.errors} errors")
+    print(f"[{label}] /healthz, urllib (a connection per request, its parsing timed too): "
+          f"{quantiles(health_urllib.latency)}, {health_urllib.errors} errors")
     print(f"[{label}] /metrics {quantiles(metrics.latency)}, {metrics.gzipped} gzipped, "
           f"{metrics.errors} errors")
+    print(f"[{label}] the agent's side: {agent_side(metrics_text)}")
     if store:
         print(f"[{label}] store: " + ", ".join(f"{k.removeprefix('container_agent_store_')} "
                                                f"{float(v):.0f}" for k, v in sorted(store.items())))
@@ -148,7 +155,7 @@ def main() -> None:
                    help="/metrics scrapes per second (20; Prometheus scrapes every 15 s by"
                         " default, every 1 s at the most aggressive)")
     p.add_argument("--plain-metrics", action="store_true",
-                   help="scrape /metrics without Accept-Encoding: gzip (Prometheus sends it)")
+                   help="scrape /metrics for the plain text format, not gzip (Prometheus asks for OpenMetrics, gzipped)")
     p.add_argument("--no-exports", action="store_true",
                    help="no billing exports (what the exports add, against a run with them)")
     p.add_argument("--compare", default="", help="another checkout to run the same load with")

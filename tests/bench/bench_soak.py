@@ -1,8 +1,8 @@
 """Soak: a real agentd under container churn for a long while; is it still bounded and prompt?
 
 50 cgroup lives a second (cgroup2 and the v1 hierarchies, under our own prefix, removed 10 ms
-after emptying), a /metrics scrape every second (gzip, as Prometheus asks; `--plain-metrics`:
-without), an SSE client on the event stream, and
+after emptying), a /metrics scrape every second (OpenMetrics, gzipped, as Prometheus asks;
+`--plain-metrics`: the text format, not compressed), an SSE client on the event stream, and
 `agentctl ls` every 5 s; with `--idle N`, N more cgroups each holding a sleeping process (issue
 11 asks for the final-read latency at 1,000 cgroups with a cycle running). Printed at the start
 and at the end: the agent's fds, inotify watches (from /proc/<pid>/fdinfo), RSS (and those of
@@ -29,13 +29,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.support.agent_side import agent_side, latency_quantiles
 from tests.support.agentd import RunningAgent
 from tests.support.cgroups import CgroupFactory, cgroup_factory
 from tests.support.churn import Churn, agent_fds, final_read_process, inotify_watches
 from tests.support.latency_probe import Probe
 
-_BUCKET = re.compile(
-    r'^container_agent_final_read_latency_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
 _RECENT = re.compile(
     r'^container_agent_final_read_latency_recent_seconds\{quantile="([^"]+)"\} (\S+)$', re.M)
 
@@ -50,35 +49,6 @@ def _recent_quantiles(metrics: str) -> str:
 
 def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
-def _latency_quantiles(metrics: str, pattern: re.Pattern[str] = _BUCKET) -> str:
-    buckets = [(float("inf") if le == "+Inf" else float(le), float(n))
-               for le, n in pattern.findall(metrics)]
-    if not buckets or buckets[-1][1] == 0:
-        return "none yet"
-    total = buckets[-1][1]
-
-    def q(p: float) -> str:
-        for le, n in buckets:
-            if n >= p * total:
-                return f"<= {le * 1e3:g} ms"
-        return "?"
-    return f"p50 {q(0.5)}, p99 {q(0.99)} (n={int(total)})"
-
-
-def _agent_side(metrics: str) -> str:
-    """The agent's own part of an answer's latency (agent.api.timing): each timed handler's
-    and the event loop's lag, as bucket upper bounds, over the agent's life."""
-    parts = []
-    for handler in ("/healthz", "/metrics"):
-        pattern = re.compile(r'^container_agent_http_request_duration_seconds_bucket\{handler="'
-                             + re.escape(handler) + r'",le="([^"]+)"\} (\S+)$', re.M)
-        parts.append(f"{handler} handler {_latency_quantiles(metrics, pattern)}")
-    lag = re.compile(r'^container_agent_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$',
-                     re.M)
-    parts.append(f"event loop lag {_latency_quantiles(metrics, lag)}")
-    return "; ".join(parts)
 
 
 def _rss_kib(pid: int) -> int:
@@ -120,7 +90,7 @@ def report(label: str, agent: RunningAgent, factory: CgroupFactory) -> float:
           f"{sum(1 for f in fds if '(deleted)' in f)}), inotify watches "
           f"{inotify_watches(pid)}, RSS {rss_mib:.1f} MiB, prefix "
           f"nr_dying_descendants {_dying(factory)}, final read "
-          f"{_latency_quantiles(metrics)}; the latest reads exactly: "
+          f"{latency_quantiles(metrics)}; the latest reads exactly: "
           f"{_recent_quantiles(metrics)}; ledger periods closed before {closed_at} UTC; "
           f"{_child_report(pid)}")
     return rss_mib
@@ -233,7 +203,7 @@ def main() -> None:
                         "default); that process, the notices read by the agent (realtime); "
                         "that at normal priority (process); a thread of the agent (thread)")
     p.add_argument("--plain-metrics", action="store_true",
-                   help="scrape /metrics without Accept-Encoding: gzip (Prometheus sends it)")
+                   help="scrape /metrics for the plain text format, not gzip (Prometheus asks for OpenMetrics, gzipped)")
     args = p.parse_args()
     with cgroup_factory("soak") as factory, tempfile.TemporaryDirectory() as tmp:
         for i in range(args.idle):
@@ -280,7 +250,7 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
         print(f"  not exact: {life.rel}: kernel usage_usec {life.usage_usec}; "
               + (f"container_stopped {fields}" if e else "no container_stopped")
               + ("" if life.rel in started else "; no container_started"))
-    print(f"the agent's side: {_agent_side(agent.get_text('/metrics'))}")
+    print(f"the agent's side: {agent_side(agent.get_text('/metrics'))}")
     print(f"{len(lives)} lives in {took:.0f} s ({len(lives) / took:.1f}/s achieved); "
           f"/metrics {ms_quantiles(load.scrape_s)} ({load.gzipped} gzipped); "
           f"/healthz {ms_quantiles(load.health_s)}; "
