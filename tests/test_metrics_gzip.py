@@ -168,3 +168,34 @@ def test_a_prefix_ends_any_number_of_times_and_each_end_is_a_whole_stream() -> N
 ])
 def test_accept_encoding(header: str, expected: bool) -> None:
     assert accepts_gzip(header) is expected
+
+
+@pytest.mark.parametrize("gzip", [True, False])
+def test_a_scrape_is_ready_on_the_loop_only_when_nothing_needs_rendering(gzip: bool) -> None:
+    """scrape_ready (the event loop's try) answers exactly as scrape() does once the snapshot
+    is rendered ahead, renders nothing itself, and never waits for a rendering under way."""
+    renderer = MetricsRenderer(cadvisor=False)
+    live = _LiveCounter()
+    renderer.live_families = live
+    snap = _snapshot(["a", "c"])
+    assert renderer.scrape_ready(snap, False, gzip) is None  # nothing rendered: a worker's job
+    assert renderer.renders == 0 and renderer.scraped_ns is None
+    renderer.scrape(snap, False, gzip)  # a first scrape renders (and marks a scraper)
+    nxt = replace(_snapshot(["a", "d"]), seq=2)
+    renderer.prepare(nxt)
+    assert renderer.render_ahead(nxt)
+    renders, compressions = renderer.renders, renderer.compressions
+    ready = renderer.scrape_ready(nxt, False, gzip)
+    assert ready is not None
+    body = _one_member(b"".join(ready)) if gzip else b"".join(ready)
+    assert b'name="d"' in body and f"_total {live.calls}.0".encode() in body
+    assert (renderer.renders, renderer.compressions) == (renders, compressions)
+    later = replace(_snapshot(["a", "e"]), seq=3)
+    renderer.prepare(later)
+    with renderer._lock:  # render_ahead at work on `later`
+        ready = renderer.scrape_ready(later, False, gzip)
+    if gzip:  # the last cycle's compressed body, as scrape() gives while it compresses
+        assert ready is not None and b'name="d"' in _one_member(b"".join(ready))
+        assert renderer.stale_answers == 1
+    else:
+        assert ready is None

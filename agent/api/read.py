@@ -116,9 +116,12 @@ class ReadApi:
         om = wants_openmetrics(request.headers.get("Accept", ""))
         gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
 
-        # Rendering happens on the first scrape of a snapshot: off the event loop.
-        loop = asyncio.get_running_loop()
-        parts = await loop.run_in_executor(None, self.renderer.scrape, snap, om, gzip)
+        # Rendered ahead (something scrapes): answered here. Else the rendering of the
+        # snapshot happens off the event loop.
+        parts = self.renderer.scrape_ready(snap, om, gzip)
+        if parts is None:
+            loop = asyncio.get_running_loop()
+            parts = await loop.run_in_executor(None, self.renderer.scrape, snap, om, gzip)
         # The rendered parts go out one by one (the writer waits while the socket is
         # behind), never joined: a scrape adds no body-sized copy to the agent's memory.
         headers = {"Content-Type": OPENMETRICS if om else TEXT, "Vary": "Accept-Encoding"}
