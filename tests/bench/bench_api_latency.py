@@ -155,7 +155,8 @@ def main() -> None:
                    help="/metrics scrapes per second (20; Prometheus scrapes every 15 s by"
                         " default, every 1 s at the most aggressive)")
     p.add_argument("--plain-metrics", action="store_true",
-                   help="scrape /metrics for the plain text format, not gzip (Prometheus asks for OpenMetrics, gzipped)")
+                   help="scrape /metrics for the plain text format, not gzip (Prometheus asks "
+                        "for OpenMetrics, gzipped)")
     p.add_argument("--no-exports", action="store_true",
                    help="no billing exports (what the exports add, against a run with them)")
     p.add_argument("--compare", default="", help="another checkout to run the same load with")

@@ -203,7 +203,8 @@ def main() -> None:
                         "default); that process, the notices read by the agent (realtime); "
                         "that at normal priority (process); a thread of the agent (thread)")
     p.add_argument("--plain-metrics", action="store_true",
-                   help="scrape /metrics for the plain text format, not gzip (Prometheus asks for OpenMetrics, gzipped)")
+                   help="scrape /metrics for the plain text format, not gzip (Prometheus asks "
+                        "for OpenMetrics, gzipped)")
     args = p.parse_args()
     with cgroup_factory("soak") as factory, tempfile.TemporaryDirectory() as tmp:
         for i in range(args.idle):

@@ -11,10 +11,10 @@ email.parser): what a script polling the agent sees, its own CPU included.
 The benchmarks' timed clients run here, not as threads of the benchmark: a thread sharing a GIL with
 the benchmark's churn threads and body-reading fetchers measures its own waits for that GIL too.
 Run: `python tests/support/latency_probe.py URL RATE [gzip] [urllib]` (stdin open for as long
-as it should run), or through `Probe` from a benchmark. With `gzip` it asks as Prometheus 2.x does on
-every scrape (PROMETHEUS_ACCEPT: OpenMetrics first, and a gzip body), and times the arrival of
-the body; it does not decompress it (the scraper's CPU, on the host's two cores here, elsewhere
-where Prometheus runs on another host).
+as it should run), or through `Probe` from a benchmark. With `gzip` it asks as Prometheus 2.x
+does on every scrape (PROMETHEUS_ACCEPT: OpenMetrics first, and a gzip body), and times the
+arrival of the body; it does not decompress it (the scraper's CPU, on the host's two cores
+here, elsewhere where Prometheus runs on another host).
 """
 
 from __future__ import annotations
