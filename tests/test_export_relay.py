@@ -1,7 +1,8 @@
 """Billing exports run in a child process (agent.ledger.export_relay): the file is the one the
-in-process export would give, it is not computed in the agent's process, the child's failures
-reach the client as one-line errors, a child cut short never passes for a whole file, and a
-client that goes away takes its child with it.
+in-process export would give, it is not computed in the agent's process, the kernel sends it
+whole with its length and nothing stays in the state directory, the child's failures reach the
+client as one-line errors (also after part of the file was written: never taken for the whole
+file), and a client that goes away takes its child with it.
 
 The `_FakeChild` jobs run a shell or Python one-liner in place of the export child, to fail
 in ways the real one seldom does; the rest runs the real child on a real ledger database."""
@@ -11,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
+import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psutil
 import pytest
 from aiohttp import web
@@ -136,9 +139,21 @@ class _FakeChild(ExportJob):
         return list(self.command)
 
 
+#: Where the fakes' files are made (a real job's: its ledger's directory).
+_FAKE_DB = Path(tempfile.gettempdir()) / "no-ledger.db"
+
+
 def _fake(script: str) -> _FakeChild:
-    return _FakeChild(Path("/nonexistent"), 0, 1, "csv", None, False,
-                      command=("/bin/sh", "-c", script))
+    return _FakeChild(_FAKE_DB, 0, 1, "csv", None, False, command=("/bin/sh", "-c", script))
+
+
+class _AgentLikeServer(TestServer):
+    """aiohttp's test server cancels a handler whose client left; the agent's server
+    (agent.core.daemon) does not, as aiohttp's default: the export sees the client go itself."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        kwargs["handler_cancellation"] = False
+        return web.AppRunner(self.app, **kwargs)
 
 
 async def _serve(job: ExportJob, then: Any) -> Any:
@@ -149,7 +164,7 @@ async def _serve(job: ExportJob, then: Any) -> Any:
 
     app = web.Application()
     app.add_routes([web.get("/export", handler)])
-    async with TestClient(TestServer(app)) as client:
+    async with TestClient(_AgentLikeServer(app)) as client:
         return await then(client)
 
 
@@ -172,17 +187,31 @@ def test_a_child_that_fails_before_writing_gives_a_one_line_error(
 
 
 def test_a_child_cut_short_never_passes_for_a_whole_file() -> None:
-    async def read(client: TestClient[Any, Any]) -> tuple[int, str, bytes | str]:
+    async def read(client: TestClient[Any, Any]) -> tuple[int, str, bytes]:
         r = await client.get("/export")
-        try:
-            return r.status, r.headers["Content-Type"], await r.read()
-        except aiohttp.ClientPayloadError as e:
-            return r.status, r.headers["Content-Type"], f"payload error: {e}"
+        return r.status, r.headers["Content-Type"], await r.read()
 
     whole = asyncio.run(_serve(_fake("printf 'a,b\\n1,2\\n'"), read))
     assert whole == (200, "text/csv; charset=utf-8", b"a,b\n1,2\n")
     cut = asyncio.run(_serve(_fake("printf 'a,b\\n1,'; exit 1"), read))
-    assert cut[0] == 200 and isinstance(cut[2], str) and cut[2].startswith("payload error")
+    assert cut[0] == 500 and cut[1].startswith("application/json")
+    assert b"export failed: the export process exited with status 1" in cut[2]
+
+
+def test_a_large_file_is_sent_whole_with_its_length_and_leaves_nothing(tmp_path: Path) -> None:
+    """24 MiB, more than a socket takes at once: sendfile(2) resumes until all is sent."""
+    line = "0123456789abcdef" * 4 + "\n"
+    job = _FakeChild(tmp_path / "ledger.db", 0, 1, "csv", None, False, command=(
+        sys.executable, "-c", f"import sys\nsys.stdout.write({line!r} * {24 * 2**20 // 65})"))
+
+    async def read(client: TestClient[Any, Any]) -> tuple[int, int, bytes]:
+        r = await client.get("/export")
+        return r.status, int(r.headers["Content-Length"]), await r.read()
+
+    status, length, body = asyncio.run(_serve(job, read))
+    assert status == 200 and length == len(body) == len(line) * (24 * 2**20 // 65)
+    assert body == line.encode() * (24 * 2**20 // 65)
+    assert list(tmp_path.iterdir()) == []  # the file had no name: nothing to clean up
 
 
 def _children_with(marker: str) -> list[psutil.Process]:
@@ -199,25 +228,26 @@ def _children_with(marker: str) -> list[psutil.Process]:
 def test_a_client_that_goes_away_takes_its_child_with_it(
         caplog: pytest.LogCaptureFixture) -> None:
     marker = f"export-child-{uuid.uuid4().hex}"
-    # A child that would write for a minute.
-    job = _FakeChild(Path("/nonexistent"), 0, 1, "csv", None, False, command=(
-        sys.executable, "-c",
-        "import sys, time\nfor _ in range(6000):\n"
-        "    sys.stdout.write('a,b\\n' * 16384); sys.stdout.flush(); time.sleep(0.01)",
-        marker))
+    # A child that would work for a minute.
+    job = _FakeChild(_FAKE_DB, 0, 1, "csv", None, False, command=(
+        sys.executable, "-c", "import time; time.sleep(60)", marker))
 
-    async def leave_early(client: TestClient[Any, Any]) -> tuple[int, int, int]:
-        r = await client.get("/export")
-        first = await r.content.readany()
-        running = len(_children_with(marker))
-        r.close()  # the client goes away mid-file
-        for _ in range(200):
-            if not _children_with(marker):
+    async def leave_early(client: TestClient[Any, Any]) -> tuple[int, int]:
+        assert client.port is not None
+        sock = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", client.port))
+        sock.sendall(b"GET /export HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(250):
+            if _children_with(marker):
                 break
             await asyncio.sleep(0.02)
-        return min(len(first), 1), running, len(_children_with(marker))
+        running = len(_children_with(marker))
+        sock.close()  # the client goes away before the file is ready
+        t0 = time.monotonic()
+        while _children_with(marker) and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.02)
+        return running, len(_children_with(marker))
 
-    # Killed while the client is still there: it would have slept a minute.
+    # Killed while the agent runs on: it would have slept a minute.
     with caplog.at_level(logging.ERROR):
-        assert asyncio.run(_serve(job, leave_early)) == (1, 1, 0)
+        assert asyncio.run(_serve(job, leave_early)) == (1, 0)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
