@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from agent.api.read import SEND_BATCH, _batches
 from agent.exporters.exposition import RENDER_AHEAD_WINDOW_S, MetricsRenderer
 from agent.exporters.gzip_body import GzipPrefix, accepts_gzip
 from agent.model.snapshot import Snapshot
@@ -199,3 +200,14 @@ def test_a_scrape_is_ready_on_the_loop_only_when_nothing_needs_rendering(gzip: b
         assert renderer.stale_answers == 1
     else:
         assert ready is None
+
+
+def test_a_plain_body_goes_out_in_few_sends_and_whole() -> None:
+    """The plain body's ~100 parts (4 MB at 1,000 workloads) are sent in batches of about
+    SEND_BATCH bytes: all of them, in order, none split."""
+    parts = [bytes([65 + i % 26]) * (1000 + 997 * i % 70_000) for i in range(100)]
+    batches = list(_batches(parts))
+    assert b"".join(batches) == b"".join(parts)
+    assert all(len(b) >= SEND_BATCH for b in batches[:-1])
+    assert len(batches) <= sum(map(len, parts)) // SEND_BATCH + 1
+    assert list(_batches([])) == []

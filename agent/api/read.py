@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -122,17 +122,21 @@ class ReadApi:
         if parts is None:
             loop = asyncio.get_running_loop()
             parts = await loop.run_in_executor(None, self.renderer.scrape, snap, om, gzip)
-        # The rendered parts go out one by one (the writer waits while the socket is
-        # behind), never joined: a scrape adds no body-sized copy to the agent's memory.
         headers = {"Content-Type": OPENMETRICS if om else TEXT, "Vary": "Accept-Encoding"}
         if gzip:
+            # ~170 kB at 1,000 workloads: joined, it goes out with the headers in one send.
+            # Each send gives the GIL away, and on a busy host taking it back is the cost
+            # (a send per part, 3 in all, was the largest part of a scrape on the loop).
             headers["Content-Encoding"] = "gzip"
+            return web.Response(body=b"".join(parts), headers=headers)
+        # Plain, 4 MB at 1,000 workloads: sent in batches, never joined whole (a scrape adds
+        # no body-sized copy to the agent's memory); the writer waits while the socket is
+        # behind.
         resp = web.StreamResponse(headers=headers)
         resp.content_length = sum(map(len, parts))
         await resp.prepare(request)
-        for part in parts:
-            if part:
-                await resp.write(part)
+        for batch in _batches(parts):
+            await resp.write(batch)
         await resp.write_eof()
         return resp
 
@@ -193,3 +197,20 @@ class ReadApi:
             web.get("/api/v1/containers", self.containers),
             web.get("/api/v1/containers/{ref:.+}", self.container),
         ]
+
+
+#: Plain /metrics bodies go out in sends of about this many bytes (one per part was ~100).
+SEND_BATCH = 1 << 18
+
+
+def _batches(parts: Iterable[bytes]) -> Iterator[bytes]:
+    batch: list[bytes] = []
+    size = 0
+    for part in parts:
+        batch.append(part)
+        size += len(part)
+        if size >= SEND_BATCH:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if size:
+        yield b"".join(batch)
