@@ -74,7 +74,9 @@ def test_an_end_the_young_poll_finds_goes_as_a_notice_with_its_read(
         time.sleep(0.05)
         os.kill(burner.pid, signal.SIGKILL)
         burner.wait()
-        _until("the end polled", lambda: (fwd.poll_young(), bool(sent.frames[1:]))[1])
+        # (The frames before: the notices of the start, one or two reads of the fd.)
+        _until("the end polled",
+               lambda: (fwd.poll_young(), any(cg.rel in e for _, e in sent.frames))[1])
         data, early = sent.frames[-1]
         assert [(e.wd, e.mask, e.name) for e in inotify_events(data)] == \
             [(wd, IN_MODIFY, "cgroup.events")]
@@ -229,5 +231,30 @@ def test_a_read_whose_cpu_counter_moved_since_is_read_again(cgroups: CgroupFacto
         assert again.cpu.usage_usec is not None and first.cpu.usage_usec is not None
         assert again.cpu.usage_usec > first.cpu.usage_usec
         assert early[cg.rel][0] == 1  # still timed from its notice
+    finally:
+        ino.close()
+
+
+def test_a_map_told_again_keeps_only_what_it_names(cgroups: CgroupFactory) -> None:
+    """A directory left out of a map told again is forgotten whole (its wd, its young poll and
+    the fd of that poll); a path told again with a new wd keeps only the new one."""
+    kept, left_out = cgroups.create("kept"), cgroups.create("left-out")
+    ino, fwd, _sent, wd = _setup(cgroups, kept)
+    try:
+        cgroups_kept.append(os.open(left_out.ref_dir / "cgroup.events", os.O_RDONLY))
+        other = ino.add_watch(str(left_out.ref_dir), IN_MODIFY | IN_CREATE | IN_DELETE)
+        fwd.tell(other, left_out.rel)
+        burner = left_out.burn()
+        _until("populated 1 noticed", lambda: (fwd.forward(), left_out.rel in fwd.young)[1])
+        young_fd = fwd.young[left_out.rel].fd
+        fwd.begin_reset()
+        fwd.tell(wd + 1000, kept.rel)  # the same directory under another wd (a new watch)
+        fwd.end_reset()
+        assert fwd.dirs == {wd + 1000: kept.rel} and fwd.wds == {kept.rel: wd + 1000}
+        assert fwd.young == {}
+        with pytest.raises(OSError):
+            os.fstat(young_fd)  # closed with it
+        os.kill(burner.pid, signal.SIGKILL)
+        burner.wait()
     finally:
         ino.close()

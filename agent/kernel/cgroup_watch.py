@@ -452,9 +452,10 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
                 overflow = True
                 self._forget_removed()  # their IN_DELETE may be among the lost events
                 self._watch_subtree("/", report_new=True)
-                for cg in list(self.cgroups.values()):
-                    for source in {*cg.wds.values(), *cg.names.values()}:
-                        todo[(id(cg), source)] = cg
+                if self._forwarded is not None:  # the process's map lost them too
+                    self._forwarded.source.reset_dirs(self._dir_wds)
+                todo.update(((id(cg), source), cg) for cg in list(self.cgroups.values())
+                            for source in {*cg.wds.values(), *cg.names.values()})
                 continue
             parent = self._dir_wds.get(ev.wd)
             if parent is None:

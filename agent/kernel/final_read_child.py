@@ -25,6 +25,8 @@ import time
 from agent.kernel.final_read_notices import Forwarding
 from agent.kernel.final_read_wire import (
     CONTROL,
+    RESET_DIRS,
+    RESET_DONE,
     RESULT,
     START_FORWARDING,
     decode_setup,
@@ -71,6 +73,10 @@ def serve(reader: CgroupReader, forwarding: Forwarding | None) -> None:
                         continue
                     if number == START_FORWARDING:
                         poll.register(forwarding.fd, select.EPOLLIN)
+                    elif number == RESET_DIRS:
+                        forwarding.begin_reset()
+                    elif number == RESET_DONE:
+                        forwarding.end_reset()
                     else:
                         forwarding.tell(number, path)
                     continue

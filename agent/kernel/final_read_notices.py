@@ -95,13 +95,31 @@ class Forwarding:
         #: whole life between two of its notices), and the agent's request is answered with it.
         self.ended: dict[str, EarlyRead | None] = {}
         self._next_poll = 0.0
+        #: While the agent tells the whole map again: the paths told so far.
+        self._retold: set[str] | None = None
 
     def tell(self, wd: int, path: str) -> None:
         """The agent added a directory watch."""
         self.dirs[wd] = path
         self.wds[path] = wd
+        if self._retold is not None:
+            self._retold.add(path)
         if (young := self.young.get(path)) is not None:  # its notices come from now on
             young.until_ns = self._young_until(path)
+
+    def begin_reset(self) -> None:
+        """The agent tells its whole map again (after a queue overflow)."""
+        self._retold = set()
+
+    def end_reset(self) -> None:
+        """The map is told again: a directory it no longer names went while notices were
+        lost (its IN_IGNORED with them): nothing of it is kept. A young cgroup not told yet
+        stays (the agent's rescan may not have reached it; UNTOLD_FOR_NS bounds it)."""
+        retold, self._retold = self._retold or set(), None
+        for path in [p for p in self.wds if p not in retold]:
+            self._forget(path)
+        for wd in [wd for wd, p in self.dirs.items() if self.wds.get(p) != wd]:
+            del self.dirs[wd]
 
     def poll_s(self) -> float:
         """epoll's timeout: -1 (none) unless a young cgroup is polled."""

@@ -34,6 +34,8 @@ from agent.kernel.final_read_wire import (
     CONTROL,
     FORWARD,
     READY,
+    RESET_DIRS,
+    RESET_DONE,
     START_FORWARDING,
     EarlyRead,
     Frames,
@@ -196,28 +198,38 @@ class FinalReadProcess:
     def start_forwarding(self, dirs: Mapping[int, str], wake: Callable[[], None]) -> bool:
         if not self._can_forward or not self._running or self._closing:
             return False
-        frames = [f for wd, path in dirs.items()
-                  if (f := encode_job(CONTROL, wd, path)) is not None]
-        start = encode_job(CONTROL, START_FORWARDING, "")
-        assert start is not None
-        data = memoryview(b"".join([*frames, start]))
-        fd = self._stdin.fileno()
         with self._lock:
             self._wake = wake
-        with self._write_lock:
-            try:  # all of it: the process reads it now (it said it is ready)
-                while data:
-                    try:
-                        data = data[os.write(fd, data):]
-                    except BlockingIOError:
-                        select.select([], [fd], [], 1.0)
-            except OSError as e:
-                log.error("final-read process not told the watches (%s): the watch reads its"
-                          " notices itself", e)
-                with self._lock:
-                    self._wake = None
-                return False
+        try:
+            self._write_map(dirs, (), (START_FORWARDING,))
+        except OSError as e:
+            log.error("final-read process not told the watches (%s): the watch reads its"
+                      " notices itself", e)
+            with self._lock:
+                self._wake = None
+            return False
         return True
+
+    def reset_dirs(self, dirs: Mapping[int, str]) -> None:
+        try:
+            self._write_map(dirs, (RESET_DIRS,), (RESET_DONE,))
+        except OSError as e:  # the process is gone: the watch hears of it and reads itself
+            log.warning("final-read process not told the watches again: %s", e)
+
+    def _write_map(self, dirs: Mapping[int, str], before: tuple[int, ...],
+                   after: tuple[int, ...]) -> None:
+        """The map of directory watches as control frames, between the control frames
+        `before` and `after`; all of it (the process reads it now), or OSError."""
+        told = [*((n, "") for n in before), *dirs.items(), *((n, "") for n in after)]
+        data = memoryview(b"".join(f for number, path in told
+                                   if (f := encode_job(CONTROL, number, path)) is not None))
+        fd = self._stdin.fileno()
+        with self._write_lock:
+            while data:
+                try:
+                    data = data[os.write(fd, data):]
+                except BlockingIOError:
+                    select.select([], [fd], [], 1.0)
 
     def tell_dir(self, wd: int, path: str) -> None:
         frame = encode_job(CONTROL, wd, path)

@@ -4,7 +4,9 @@ Agent -> process: the layout, priority and the inotify fd to forward (JSON) once
 of job id, a number and a path. A job id above 0 is a read (the number: the notice's
 monotonic_ns); job id 0 tells which cgroup a watch descriptor of the forwarded inotify
 instance is on (the number: the wd), or, with the number START_FORWARDING, that the map is
-complete and the process now reads the inotify fd. A frame fits in PIPE_BUF, so a write to the
+complete and the process now reads the inotify fd; RESET_DIRS, the map's wds, RESET_DONE: the
+whole map again (after a queue overflow: removals whose notices were lost), and what it no
+longer names is forgotten. A frame fits in PIPE_BUF, so a write to the
 non-blocking pipe is whole or refused (EAGAIN), never torn.
 Process -> agent: length-prefixed pickles: READY once; a read's result (job id, monotonic_ns
 when it finished, the sample or the error that stopped it); and, while forwarding, each read of
@@ -45,6 +47,8 @@ EarlyRead = tuple[int, int, CgroupSample]
 CONTROL = 0
 #: The number of the control frame that starts the forwarding (never a wd: those are > 0).
 START_FORWARDING = -1
+#: The numbers of the control frames around a whole map told again (see the module's doc).
+RESET_DIRS, RESET_DONE = -2, -3
 #: The process -> agent frames' kinds.
 READY, ANSWER, FORWARD = "ready", "answer", "forward"
 

@@ -33,6 +33,11 @@ class InotifySource(Protocol):
         """A directory watch was added (its notices are forwarded without reads until told)."""
         ...
 
+    def reset_dirs(self, dirs: Mapping[int, str]) -> None:
+        """Tell the whole map of directory watches again: what it no longer names is
+        forgotten (its removal's notices were lost in a queue overflow)."""
+        ...
+
     def take(self) -> tuple[bytes, bool, bool]:
         """The bytes forwarded since the last take, whether the forwarding has ended (nothing
         more will come), and whether notices may have been lost with it (it did not end by
