@@ -24,7 +24,7 @@ from prometheus_client.openmetrics import exposition as om_format
 
 from agent.core.component import Component
 from agent.exporters.cadvisor import cadvisor_render
-from agent.exporters.family_text import render_families
+from agent.exporters.family_text import EOF, render_families
 from agent.exporters.gzip_body import GzipPrefix
 from agent.exporters.metrics import (
     DEFAULT_OPTIONS,
@@ -41,7 +41,6 @@ log = logging.getLogger("agent.metrics")
 
 OPENMETRICS = om_format.CONTENT_TYPE_LATEST
 TEXT = text_format.CONTENT_TYPE_LATEST
-_EOF = b"# EOF\n"
 
 
 def metrics_options(config: Mapping[str, Any]) -> MetricsOptions:
@@ -260,7 +259,7 @@ class MetricsRenderer:
         """The families rendered at every scrape (small, live counters), and OpenMetrics' end."""
         live = render_families(self._component_families(snapshot, per_cycle=False)
                        + self.live_families(), openmetrics)
-        return live + _EOF if openmetrics else live
+        return live + EOF if openmetrics else live
 
 
 #: psutil reads /proc/self once per cycle (oneshot): ~45 µs against ~27 µs by hand, for one

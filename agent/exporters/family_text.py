@@ -17,7 +17,8 @@ from prometheus_client import exposition as text_format
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
 
-_EOF = b"# EOF\n"
+#: OpenMetrics' last line (once per body: the renderings here leave it out).
+EOF = b"# EOF\n"
 #: A name both formats print unchanged: prometheus_client's UNDERSCORES escaping of a name
 #: leaves these alone (it rewrites ':' too, which is why it is not allowed here).
 _PLAIN_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
@@ -130,7 +131,7 @@ def _by_prometheus_client(metric: Metric, openmetrics: bool) -> str:
     reg.register(_Families([metric]))
     if openmetrics:
         body = bytes(om_format.generate_latest(reg))  # type: ignore[no-untyped-call]
-        return body[: -len(_EOF)].decode()
+        return body[: -len(EOF)].decode()
     return bytes(text_format.generate_latest(reg)).decode()
 
 
