@@ -72,7 +72,10 @@ class ExportRunner:
     async def respond(self, request: web.Request, job: ExportJob,
                       headers: dict[str, str]) -> web.StreamResponse:
         async with self._slots:
-            with tempfile.TemporaryFile(dir=job.db.parent, prefix="export-") as body:
+            # Made and closed in a thread: disk work (an inode; at the close, freeing the
+            # file's blocks, megabytes of them) that has no place on the event loop.
+            body = await asyncio.to_thread(_unnamed_file, job.db.parent)
+            try:
                 code, stderr = await _run_child(request, job, body)
                 if code is None:
                     log.debug("billing export client left before its file was ready")
@@ -80,6 +83,13 @@ class ExportRunner:
                 if code != 0:
                     return _failure(code, stderr.decode(errors="replace"))
                 return await _send(request, body, job.fmt, headers)
+            finally:
+                await asyncio.to_thread(body.close)
+
+
+def _unnamed_file(directory: Path) -> IO[bytes]:
+    """O_TMPFILE where the kernel allows it: no name, gone at its close or the agent's death."""
+    return tempfile.TemporaryFile(dir=directory, prefix="export-")
 
 
 async def _run_child(request: web.Request, job: ExportJob, body: IO[bytes]
