@@ -7,9 +7,12 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 from aiohttp import web
 
+import agent.core.urgency as urgency_module
 from agent.api.timing import LAG_TICK_S, ApiTiming
+from agent.core.urgency import URGENT
 
 
 def _buckets(timing: ApiTiming, family: str, labels: dict[str, str]) -> dict[str, float]:
@@ -85,3 +88,30 @@ def test_the_loop_lag_shows_a_callback_that_held_the_loop() -> None:
     assert lag["+Inf"] >= 3
     assert lag["+Inf"] - lag["0.05"] >= 1  # the held tick ran > 50 ms late
     assert timing.lag.sum >= 0.05
+
+
+def test_background_waits_are_counted_by_what_they_waited_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(urgency_module, "LOOP_GIVE_WAY_MAX_S", 0.01)
+    monkeypatch.setattr(urgency_module, "GIVE_WAY_MAX_S", 0.01)
+
+    def counts() -> dict[str, float]:
+        fam = next(f for f in ApiTiming().families()
+                   if f.name == "container_agent_background_waits")
+        return {s.labels["waited_for"]: s.value for s in fam.samples}
+    before = counts()
+    URGENT.loop_woke()  # the process's own urgency, as the agent's threads see it
+    try:
+        URGENT.give_way()
+    finally:
+        URGENT.loop_sleeps()
+    URGENT.begin()
+    try:
+        URGENT.give_way()
+        URGENT.give_way()
+    finally:
+        URGENT.end()
+    URGENT.give_way()  # nothing urgent, the loop asleep: no wait
+    after = counts()
+    assert after["event_loop"] - before["event_loop"] == 1
+    assert after["urgent"] - before["urgent"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -9,6 +10,7 @@ import time
 import pytest
 
 import agent.core.urgency as urgency_module
+from agent.core.loop_selector import new_event_loop
 from agent.core.urgency import Urgency
 from agent.kernel.final_read import FinalReadThread
 from agent.kernel.watch_thread import WatchThread
@@ -45,6 +47,55 @@ def test_give_way_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     waiter = threading.Thread(target=lambda: (u.give_way(), done.set()))
     waiter.start()
     assert done.wait(5) and u.pending
+
+
+def test_background_loops_wait_while_the_event_loop_works(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real event loop with the agent's selector: a worker passing give_way() makes no
+    progress while the loop runs a 200 ms step, and goes on when the loop sleeps again."""
+    monkeypatch.setattr(urgency_module, "LOOP_GIVE_WAY_MAX_S", 10.0)
+    u = Urgency()
+    loop = new_event_loop(u)
+    passed: list[float] = []  # when the worker got past a give_way()
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            u.give_way()
+            passed.append(time.monotonic())
+            time.sleep(0.001)
+    step: list[float] = []
+
+    async def main() -> None:
+        await asyncio.sleep(0.1)  # the loop sleeps: the worker runs
+        step.append(time.monotonic())
+        while time.monotonic() - step[0] < 0.2:  # one step of CPU work, as a render would be
+            pass
+        step.append(time.monotonic())
+        await asyncio.sleep(0.1)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        stop.set()
+        thread.join(5)
+        loop.close()
+    begin, end = step
+    # One pass may finish just after the step began (it was past its check already).
+    assert len([t for t in passed if begin + 0.02 < t < end]) == 0
+    assert [t for t in passed if t < begin] and [t for t in passed if t > end]
+    assert u.loop_waits >= 1 and not u.loop_busy  # a closed loop holds nothing up
+
+
+def test_waiting_for_the_event_loop_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(urgency_module, "LOOP_GIVE_WAY_MAX_S", 0.01)
+    u = Urgency()
+    u.loop_woke()  # a loop that never sleeps again (overloaded): each check waits at most that
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (u.give_way(), done.set()))
+    waiter.start()
+    assert done.wait(5) and u.loop_waits == 1
 
 
 class _FailingFor(CgroupReader):

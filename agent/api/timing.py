@@ -16,7 +16,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+from agent.core.urgency import URGENT
 
 #: Upper bounds (seconds): sub-millisecond answers up to a checkpoint's seconds.
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0)
@@ -98,7 +100,7 @@ class ApiTiming:
             self._lag_handle.cancel()
             self._lag_handle = None
 
-    def families(self) -> list[HistogramMetricFamily]:
+    def families(self) -> list[Metric]:
         http = HistogramMetricFamily(
             "container_agent_http_request_duration_seconds",
             "From an HTTP handler's call to its response sent, per route (event streams not "
@@ -110,4 +112,11 @@ class ApiTiming:
             f"How late a callback due every {LAG_TICK_S:g} s ran on the agent's event loop "
             "(what a request waits for the loop)")
         self.lag.add_to(lag, [])
-        return [http, lag]
+        waits = CounterMetricFamily(
+            "container_agent_background_waits_total",
+            "Times a collection pass or a render waited for urgent work: a final read or a "
+            "kernel notice (urgent), a step of the event loop (event_loop)",
+            labels=["waited_for"])
+        waits.add_metric(["urgent"], URGENT.waits)
+        waits.add_metric(["event_loop"], URGENT.loop_waits)
+        return [http, lag, waits]

@@ -24,6 +24,7 @@ from agent.core.component import AgentContext, Component
 from agent.core.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
 from agent.core.exit_codes import ExitCode
 from agent.core.hostinfo import read_host_info
+from agent.core.loop_selector import new_event_loop
 from agent.core.process_limits import (
     CycleCollector,
     freeze_long_lived,
@@ -419,7 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentd: cannot open state in {config.state_dir}: {e.strerror}", file=sys.stderr)
         return int(ExitCode.FAILED)
     try:
-        return asyncio.run(agent.run())
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(agent.run())
     except OSError as e:
         print(f"agentd: {e}", file=sys.stderr)
         return int(ExitCode.FAILED)

@@ -7,6 +7,12 @@ its latency grows with the number of syscalls, not with their cost. So the long 
 give way: between items they check `pending` (an attribute read) and, while urgent work is
 outstanding, wait on an event (which releases the GIL) until it is done, at most
 GIVE_WAY_MAX_S at a time. One per process: the GIL it arbitrates is one per process too.
+
+The event loop is urgent as well: a scrape or /healthz waits for the GIL at every recv and send
+while a cycle holds it. The loop's selector (agent.core.loop_selector) says when the loop has
+woken with work and when it sleeps again; while it works, the same loops wait for it, at most
+LOOP_GIVE_WAY_MAX_S at a check. Its work comes in short steps (a request, a batch of notices),
+so a cycle is delayed by about what the loop does, and no longer fights it for the GIL and a CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import threading
 
 #: The longest a loop waits for urgent work at one check (a stuck read costs no more).
 GIVE_WAY_MAX_S = 0.02
+#: The longest a loop waits at one check for the event loop to finish a step: a loop that never
+#: sleeps (overloaded) slows a cycle to about one item per this, not to a stop.
+LOOP_GIVE_WAY_MAX_S = 0.005
 
 
 class Urgency:
@@ -28,6 +37,22 @@ class Urgency:
         self.pending = False
         #: Times a loop waited for urgent work (tests and benchmarks read it).
         self.waits = 0
+        #: True from the event loop's wake-up to its next sleep (no lock, as `pending`).
+        self.loop_busy = False
+        self._loop_idle = threading.Event()
+        self._loop_idle.set()
+        #: Times a loop waited for the event loop's step.
+        self.loop_waits = 0
+
+    def loop_woke(self) -> None:
+        """The event loop's selector returned: the loop runs callbacks now."""
+        self.loop_busy = True
+
+    def loop_sleeps(self) -> None:
+        """The event loop is about to wait in its selector."""
+        self.loop_busy = False
+        if not self._loop_idle.is_set():  # set only when a loop waits: no lock otherwise
+            self._loop_idle.set()
 
     def begin(self) -> None:
         """Urgent work was queued; call end() once per begin() when it is done."""
@@ -47,8 +72,16 @@ class Urgency:
     def give_way(self) -> None:
         """Called between the items of a long CPU-bound loop: waits while urgent work runs."""
         if self.pending:
-            self.waits += 1
+            with self._lock:  # a waiting path: the lock costs nothing there, and no count is lost
+                self.waits += 1
             self._done.wait(GIVE_WAY_MAX_S)
+        elif self.loop_busy:
+            # Cleared before the second look: a loop_sleeps() in between is not missed.
+            self._loop_idle.clear()
+            if self.loop_busy:
+                with self._lock:
+                    self.loop_waits += 1
+                self._loop_idle.wait(LOOP_GIVE_WAY_MAX_S)
 
 
 URGENT = Urgency()

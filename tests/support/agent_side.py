@@ -36,4 +36,9 @@ def agent_side(metrics: str) -> str:
     lag = re.compile(r'^container_agent_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$',
                      re.M)
     parts.append(f"event loop lag {latency_quantiles(metrics, lag)}")
+    waits = dict(re.findall(r'^container_agent_background_waits_total\{waited_for="(\w+)"\}'
+                            r' (\S+)$', metrics, re.M))
+    if waits:
+        parts.append("background loops waited " + ", ".join(
+            f"{float(n):.0f} times for {what.replace('_', ' ')}" for what, n in waits.items()))
     return "; ".join(parts)
