@@ -29,6 +29,7 @@ from aiohttp.test_utils import TestClient, TestServer
 import agent.ledger.export as export_mod
 from agent.ledger.component import LedgerComponent
 from agent.ledger.export import export
+from agent.ledger.export_child import CHILD_NICE
 from agent.ledger.export_relay import ExportJob, ExportRunner
 from agent.ledger.periods import NS
 from tests.test_ledger_support import context, ident, snapshot, synth
@@ -196,6 +197,21 @@ def test_a_child_cut_short_never_passes_for_a_whole_file() -> None:
     cut = asyncio.run(_serve(_fake("printf 'a,b\\n1,'; exit 1"), read))
     assert cut[0] == 500 and cut[1].startswith("application/json")
     assert b"export failed: the export process exited with status 1" in cut[2]
+
+
+def test_the_child_runs_below_the_agent_from_its_start() -> None:
+    """The child reports its own nice value (/proc/self/stat, field 19) without setting it:
+    the agent lowered it, before the child's own main() could (a Python child's start is
+    ~90 ms of CPU)."""
+    async def read(client: TestClient[Any, Any]) -> tuple[int, bytes]:
+        r = await client.get("/export")
+        return r.status, await r.read()
+
+    status, body = asyncio.run(_serve(_fake("sleep 0.2; cat /proc/self/stat"), read))
+    assert status == 200
+    fields = body.decode().rsplit(")", 1)[1].split()  # after the command name
+    assert int(fields[16]) == CHILD_NICE == 10  # stat's 19th field, nice
+    assert os.getpriority(os.PRIO_PROCESS, 0) < CHILD_NICE  # the agent's own is untouched
 
 
 def test_a_large_file_is_sent_whole_with_its_length_and_leaves_nothing(tmp_path: Path) -> None:
