@@ -98,6 +98,22 @@ def test_waiting_for_the_event_loop_is_bounded(monkeypatch: pytest.MonkeyPatch) 
     assert done.wait(5) and u.loop_waits == 1
 
 
+def test_a_loop_that_never_sleeps_takes_only_its_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storm of requests: a thread waits for the event loop at most LOOP_GIVE_WAY_SHARE of
+    each second, so a cycle still ends (and /healthz and the watchdog stay good)."""
+    monkeypatch.setattr(urgency_module, "LOOP_GIVE_WAY_MAX_S", 0.01)
+    u = Urgency()
+    u.loop_woke()  # and never asleep again
+    items = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.0:
+        u.give_way()
+        items += 1
+    # 2 s: two shares of 0.25 s in waits of 0.01 s (a third second may just begin).
+    assert 40 <= u.loop_waits <= 80
+    assert items > 10 * u.loop_waits  # outside the share, items go on without waiting
+
+
 class _FailingFor(CgroupReader):
     """A real reader whose read of one path raises (an unexpected failure, injected)."""
 

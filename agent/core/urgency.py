@@ -13,17 +13,23 @@ while a cycle holds it. The loop's selector (agent.core.loop_selector) says when
 woken with work and when it sleeps again; while it works, the same loops wait for it, at most
 LOOP_GIVE_WAY_MAX_S at a check. Its work comes in short steps (a request, a batch of notices),
 so a cycle is delayed by about what the loop does, and no longer fights it for the GIL and a CPU.
+A thread waits for the loop at most LOOP_GIVE_WAY_SHARE of each second: under a storm of
+requests a cycle still ends in time (a stale snapshot would turn /healthz 503 and stop the
+watchdog's pings).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 #: The longest a loop waits for urgent work at one check (a stuck read costs no more).
 GIVE_WAY_MAX_S = 0.02
 #: The longest a loop waits at one check for the event loop to finish a step: a loop that never
 #: sleeps (overloaded) slows a cycle to about one item per this, not to a stop.
 LOOP_GIVE_WAY_MAX_S = 0.005
+#: The most of each second a thread spends waiting for the event loop.
+LOOP_GIVE_WAY_SHARE = 0.25
 
 
 class Urgency:
@@ -43,6 +49,8 @@ class Urgency:
         self._loop_idle.set()
         #: Times a loop waited for the event loop's step.
         self.loop_waits = 0
+        #: Per thread: [the second it is in (monotonic), seconds waited for the loop in it].
+        self._loop_budget = threading.local()
 
     def loop_woke(self) -> None:
         """The event loop's selector returned: the loop runs callbacks now."""
@@ -76,12 +84,22 @@ class Urgency:
                 self.waits += 1
             self._done.wait(GIVE_WAY_MAX_S)
         elif self.loop_busy:
-            # Cleared before the second look: a loop_sleeps() in between is not missed.
-            self._loop_idle.clear()
-            if self.loop_busy:
-                with self._lock:
-                    self.loop_waits += 1
-                self._loop_idle.wait(LOOP_GIVE_WAY_MAX_S)
+            self._wait_for_loop()
+
+    def _wait_for_loop(self) -> None:
+        now = time.monotonic()
+        budget: list[float] | None = getattr(self._loop_budget, "second", None)
+        if budget is None or now - budget[0] >= 1.0:
+            budget = self._loop_budget.second = [now, 0.0]
+        elif budget[1] >= LOOP_GIVE_WAY_SHARE:
+            return  # this second's share is spent: the loop is shared again, as without this
+        # Cleared before the second look: a loop_sleeps() in between is not missed.
+        self._loop_idle.clear()
+        if self.loop_busy:
+            with self._lock:
+                self.loop_waits += 1
+            self._loop_idle.wait(LOOP_GIVE_WAY_MAX_S)
+            budget[1] += time.monotonic() - now
 
 
 URGENT = Urgency()
