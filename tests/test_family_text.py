@@ -22,7 +22,7 @@ from prometheus_client.openmetrics import exposition as om_format
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Exemplar
 
-from agent.exporters.family_text import go_float, render_families
+from agent.exporters.family_text import render_families
 from tests.conftest import needs_root
 from tests.support.agentd import running_agent
 
@@ -66,13 +66,6 @@ def test_generated_families_of_every_type(doc: str, label: str, value: float,
     info = InfoMetricFamily("ca_build", doc)
     info.add_metric([], {"version": label, "zz": "1"})
     assert_same([counter, gauge, hist, summary, info, GaugeMetricFamily("ca_empty", doc)])
-
-
-@given(value=values)
-def test_float_formatting(value: float) -> None:
-    from prometheus_client.utils import floatToGoString
-
-    assert go_float(value) == floatToGoString(value)
 
 
 def test_families_prometheus_client_alone_renders_are_handed_to_it() -> None:

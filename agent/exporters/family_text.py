@@ -8,14 +8,17 @@ prometheus_client itself (tests/test_family_text.py compares the two).
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
+from prometheus_client.utils import floatToGoString
+
+#: prometheus_client's own float formatting (Go's), typed for the calls here.
+go_float: Callable[[float], str] = floatToGoString
 
 #: OpenMetrics' last line (once per body: the renderings here leave it out).
 EOF = b"# EOF\n"
@@ -49,23 +52,6 @@ def _is_plain(name: str) -> bool:
 
 class _Unusual(Exception):
     """A family this module does not render (prometheus_client does)."""
-
-
-def go_float(value: float) -> str:
-    """prometheus_client's floatToGoString: Go's formatting of a float64."""
-    d = float(value)
-    if d == math.inf:
-        return "+Inf"
-    if d == -math.inf:
-        return "-Inf"
-    if d != d:
-        return "NaN"
-    s = repr(d)
-    dot = s.find(".")
-    if d > 0 and dot > 6:  # Go uses an exponent sooner than Python
-        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
-        return f"{mantissa}e+{dot - 1:02d}"
-    return s
 
 
 def _escape(value: str) -> str:
