@@ -5,11 +5,14 @@ still sees every notice. Real cgroups, the real watch and the real child process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import signal
 import threading
 import time
+import tracemalloc
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -18,6 +21,7 @@ from agent.events.lifecycle import identify
 from agent.kernel.cgroup_watch import CgroupWatcher
 from agent.kernel.final_read import FinalReadThread
 from agent.kernel.final_read_process import EARLY_KEEP_NS, FinalReadProcess
+from agent.kernel.final_read_wire import RESULT, decode_frame, encode_forward, pack_read
 from agent.kernel.watched import WatchedCgroup
 from collectors.cgroupfs import CgroupReader
 from collectors.inotify import IN_Q_OVERFLOW, Inotify, InotifyEvent
@@ -206,13 +210,13 @@ def test_a_life_over_before_the_watch_looked_is_read_by_the_process(
     _read_by_the_process_while_held(*asyncio.run(run()))
 
 
-def test_a_read_held_over_is_taken_only_for_the_life_it_read(cgroups: CgroupFactory) -> None:
-    """A read the process sent before the watch asked is handed over only when the watch's
-    counter at empty shows no task ran since (same inode, CPU not above the read's), and
-    only for EARLY_KEEP_NS; else the watch's request is read anew. (The process is told
-    nothing of `held`: it reads anew when asked.)"""
+@contextlib.contextmanager
+def _forwarding_process(cgroups: CgroupFactory, name: str
+                        ) -> Iterator[tuple[FinalReadProcess, CgroupSample]]:
+    """A forwarding final-read process (told of no directory), and the sample of an emptied
+    cgroup, read in the test."""
     assert cgroups.layout.unified is not None, "forwarding is for cgroup2"
-    cg = cgroups.create("held")
+    cg = cgroups.create(name)
     cg.burn(0.02).wait()
     _emptied(cg, cgroups.ref_key)
     reader = CgroupReader(cgroups.layout)
@@ -221,7 +225,18 @@ def test_a_read_held_over_is_taken_only_for_the_life_it_read(cgroups: CgroupFact
                             inotify_fd=ino.fd)
     try:
         assert proc.start_forwarding({}, lambda: None)
-        held = reader.read(cg.rel)
+        yield proc, reader.read(cg.rel)
+    finally:
+        proc.close()
+        ino.close()
+
+
+def test_a_read_held_over_is_taken_only_for_the_life_it_read(cgroups: CgroupFactory) -> None:
+    """A read the process sent before the watch asked is handed over only when the watch's
+    counter at empty shows no task ran since (same inode, CPU not above the read's), and
+    only for EARLY_KEEP_NS; else the watch's request is read anew. (The process is told
+    nothing of `held`: it reads anew when asked.)"""
+    with _forwarding_process(cgroups, "held") as (proc, held):
         assert held.cpu is not None and held.cpu.usage_usec is not None and held.inode
         now = time.monotonic_ns()
 
@@ -231,29 +246,55 @@ def test_a_read_held_over_is_taken_only_for_the_life_it_read(cgroups: CgroupFact
         def ask(seen: CgroupSample) -> CgroupSample:
             """The sample delivered for one request (handed over, or read by the process)."""
             got: queue.SimpleQueue[CgroupSample] = queue.SimpleQueue()
-            proc.submit(cg.rel, time.monotonic_ns(), got.put, seen)
+            proc.submit(held.path, time.monotonic_ns(), got.put, seen)
             return got.get(timeout=10)
 
         # Process -> agent, as a read its poll found with no notice to go with it.
-        proc._forwarded(b"", {cg.rel: (now, now, held)})
+        proc._forwarded(b"", {held.path: pack_read((now, now, held))})
         usage = held.cpu.usage_usec
-        assert ask(at_empty(held.inode, usage + 1)) is not held  # a later life: read anew
-        assert ask(at_empty(held.inode + 1, usage)) is not held  # another cgroup at the path
+        assert ask(at_empty(held.inode, usage + 1)) != held  # a later life: read anew
+        assert ask(at_empty(held.inode + 1, usage)) != held  # another cgroup at the path
         assert proc.early_reads == 0 and proc.answered == 2
-        assert ask(at_empty(held.inode, usage)) is held
+        assert ask(at_empty(held.inode, usage)) == held
         assert proc.early_reads == 1
         # Asked again for the same end (the kernel's later notice): the same read, counted once.
-        assert ask(at_empty(held.inode, usage)) is held
+        assert ask(at_empty(held.inode, usage)) == held
         assert proc.early_reads == 1 and proc.answered == 2
         # Kept EARLY_KEEP_NS: an older one is let go when the next reads come.
         old = now - EARLY_KEEP_NS - 1
-        proc._forwarded(b"", {cg.rel: (old, old, held)})
-        proc._forwarded(b"", {"/another": (now, now, held)})
-        assert ask(at_empty(held.inode, usage)) is not held
+        proc._forwarded(b"", {held.path: pack_read((old, old, held))})
+        proc._forwarded(b"", {"/another": pack_read((now, now, held))})
+        assert ask(at_empty(held.inode, usage)) != held
         assert proc.early_reads == 1
-    finally:
-        proc.close()
-        ino.close()
+
+
+def test_the_reads_held_for_the_watch_are_kept_packed(cgroups: CgroupFactory) -> None:
+    """The agent keeps each of the process's reads for EARLY_KEEP_NS: at 50 lives a second,
+    250 of them. As the pipe brings them (pickled) 1.6 KB each here; unpickled, with its
+    memory.stat, 8.5 KB (2 MiB at that rate). Handed over, the sample is whole."""
+    with _forwarding_process(cgroups, "packed") as (proc, sample):
+        assert sample.memory is not None and len(sample.memory.stat) > 20
+        now = time.monotonic_ns()
+        frames = [encode_forward(b"", {f"{sample.path}-{i}": (now, now, sample)})
+                  for i in range(250)]
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for frame in frames:
+                forward = decode_frame(frame[RESULT.size:])  # as the results thread does
+                assert isinstance(forward[2], dict)
+                proc._forwarded(b"", forward[2])
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert len(proc._early) == 250
+        assert kept / 250 < 2_500, f"{kept / 250:.0f} bytes kept per read"
+        got: queue.SimpleQueue[CgroupSample] = queue.SimpleQueue()
+        proc.submit(f"{sample.path}-7", time.monotonic_ns(), got.put, sample)
+        handed = got.get(timeout=10)
+        assert handed == sample and handed.memory is not None
+        assert dict(handed.memory.stat) == dict(sample.memory.stat)
+        assert proc.early_reads == 1 and proc.answered == 0
 
 
 def test_a_map_told_again_forgets_what_it_leaves_out_and_an_overflow_tells_it_whole(

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 import pytest
 
 from agent.kernel.final_read_notices import YOUNG_FOR_NS, Forwarding
-from agent.kernel.final_read_wire import FORWARD, EarlyRead, decode_frame, result_frames
+from agent.kernel.final_read_wire import (
+    FORWARD,
+    EarlyRead,
+    decode_frame,
+    result_frames,
+    unpack_read,
+)
 from collectors.cgroupfs import CgroupReader
 from collectors.inotify import IN_CREATE, IN_DELETE, IN_ISDIR, IN_MODIFY, Inotify, inotify_events
 from tests.support.cgroups import CgroupFactory, TestCgroup
@@ -36,7 +42,7 @@ class Sent:
             frame = decode_frame(body)
             assert frame[0] == FORWARD
             assert isinstance(frame[1], bytes) and isinstance(frame[2], dict)
-            self.frames.append((frame[1], frame[2]))
+            self.frames.append((frame[1], {p: unpack_read(r) for p, r in frame[2].items()}))
 
 
 def _until(what: str, check: object, timeout: float = 5.0) -> None:

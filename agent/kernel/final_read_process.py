@@ -39,12 +39,14 @@ from agent.kernel.final_read_wire import (
     START_FORWARDING,
     EarlyRead,
     Frames,
+    PackedRead,
     Result,
     decode_frame,
     decode_result,
     encode_job,
     encode_setup,
     result_frames,
+    unpack_read,
 )
 from collectors import held_io
 from collectors.cgroupfs import CgroupReader
@@ -59,9 +61,8 @@ _EXIT_WAIT_S = 5.0
 EARLY_KEEP_NS = 5_000_000_000
 
 
-def _covers(sample: CgroupSample, at_empty: CgroupSample | None) -> bool:
-    """`sample`'s CPU counter is at least `at_empty`'s: no task ran after it was read."""
-    done = sample.cpu.usage_usec if sample.cpu is not None else None
+def _covers(done: int | None, at_empty: CgroupSample | None) -> bool:
+    """A read's CPU counter (`done`) is at least `at_empty`'s: no task ran after it was read."""
     seen = at_empty.cpu.usage_usec if at_empty is not None and at_empty.cpu is not None else None
     return done is not None and seen is not None and done >= seen
 
@@ -100,8 +101,8 @@ class FinalReadProcess:
         #: The reads the process did itself, by path (the latest), for EARLY_KEEP_NS, each
         #: with the number of the take() that hands over the bytes it came with and whether
         #: it was handed over; `_handling`: that take's number while the watch handles its
-        #: bytes (0: none).
-        self._early: dict[str, tuple[EarlyRead, int, bool]] = {}
+        #: bytes (0: none). Packed: unpickled only when handed over.
+        self._early: dict[str, tuple[PackedRead, int, bool]] = {}
         self._takes = 0
         self._handling = 0
         self._proc = subprocess.Popen(
@@ -257,16 +258,16 @@ class FinalReadProcess:
             entry = self._early.get(path)
             if entry is None:
                 return None
-            read, took, handed = entry
-            sample = read[2]
-            if at_empty is not None and None not in (at_empty.inode, sample.inode) \
-                    and at_empty.inode != sample.inode:
+            packed, took, handed = entry
+            _, _, inode, usage, _ = packed
+            if at_empty is not None and None not in (at_empty.inode, inode) \
+                    and at_empty.inode != inode:
                 return None
-            if took != self._handling and not _covers(sample, at_empty):
+            if took != self._handling and not _covers(usage, at_empty):
                 return None
             if not handed:
-                self._early[path] = (read, took, True)
-            return read, handed
+                self._early[path] = (packed, took, True)
+        return unpack_read(packed), handed
 
     def _hand_over(self, path: str, read_ns: int) -> bool:
         """The process's read of `path` noticed at `read_ns` is handed over (now marked so);
@@ -283,7 +284,7 @@ class FinalReadProcess:
         with self._lock:
             self._wake = None
 
-    def _forwarded(self, data: bytes, early: dict[str, EarlyRead]) -> None:
+    def _forwarded(self, data: bytes, early: dict[str, PackedRead]) -> None:
         with self._lock:
             if self._wake is None:
                 return  # the watch stopped taking them (it closed): nothing waits for them
@@ -294,7 +295,7 @@ class FinalReadProcess:
             # Let go after a while: a later notice of the same end comes within ms.
             keep_from = time.monotonic_ns() - EARLY_KEEP_NS
             while self._early:
-                (_, oldest_ns, _), _, _ = next(iter(self._early.values()))
+                oldest_ns = next(iter(self._early.values()))[0][1]
                 if oldest_ns > keep_from:
                     break
                 del self._early[next(iter(self._early))]
