@@ -88,8 +88,12 @@ class TreeWatch:
                 self._watch_dir(rel, dfd, report_new)
                 if rel != "/" and (parent := self.cgroups.get(rel.rsplit("/", 1)[0] or "/")):
                     parent.has_children = True
-                if report_new and self.follow_new and rel not in self.cgroups:
-                    self.watch(self.identify(rel, os.fstat(dfd).st_ino), new=True, dir_fd=dfd)
+                if report_new and self.follow_new and rel not in self.cgroups \
+                        and self.watch(self.identify(rel, os.fstat(dfd).st_ino), new=True,
+                                       dir_fd=dfd) is None and created and rel == top:
+                    # Removed between the open of its directory and of its files: nothing
+                    # was told of it, as when the open itself fails.
+                    self._tell(self.listener.on_unseen, rel)
                 with os.scandir(dfd) as it:
                     for entry in it:
                         if entry.is_dir(follow_symlinks=False):
