@@ -243,7 +243,8 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
     exact = sum(1 for life in lives if _exact(stopped.get(life.rel), life.usage_usec))
     print(f"container_stopped for {sum(1 for x in lives if x.rel in stopped)} of "
           f"{len(lives)} lives; exact final CPU (== the kernel's last usage_usec): {exact}")
-    # The lives that were not exact, for a diagnosis (the agent's log has their cgroups).
+    # The lives that were not exact, for a diagnosis, with what the agent logged of them.
+    log = agent.log().splitlines()
     for life in [x for x in lives if not _exact(stopped.get(x.rel), x.usage_usec)][:5]:
         e = stopped.get(life.rel)
         fields = {k: v for k, v in (e["fields"] if e else {}).items()
@@ -251,6 +252,8 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
         print(f"  not exact: {life.rel}: kernel usage_usec {life.usage_usec}; "
               + (f"container_stopped {fields}" if e else "no container_stopped")
               + ("" if life.rel in started else "; no container_started"))
+        for line in [x for x in log if life.rel in x][:10]:
+            print(f"    log: {line}")
     print(f"the agent's side: {agent_side(agent.get_text('/metrics'))}")
     print(f"{len(lives)} lives in {took:.0f} s ({len(lives) / took:.1f}/s achieved); "
           f"/metrics {ms_quantiles(load.scrape_s)} ({load.gzipped} gzipped); "
