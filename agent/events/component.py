@@ -40,6 +40,7 @@ from agent.events.rmdir_final import RmdirFinals
 from agent.events.settings import SETTINGS
 from agent.events.sinks import Sink, build_sinks
 from agent.events.store import EventLog
+from agent.events.unseen import unseen_end
 from agent.kernel.cgroup_watch import CgroupWatcher
 from agent.kernel.final_read import latency_family, reads_family, recent_latency_family
 from agent.kernel.final_read_process import FinalReadProcess
@@ -391,26 +392,26 @@ class EventsComponent(Component):
 
     def on_unseen(self, path: str, until: float | None = None) -> None:
         """A cgroup made and removed before the watch got to its IN_CREATE (the watch thread
-        was behind): the rmdir probe kept its CPU by path too, so the life is still told,
-        started and stopped with that counter, as for a cgroup removed before its first read.
+        was behind): its life is still told, started and stopped, from the final-read
+        process's own read of its end or the CPU its rmdir kept (see agent.events.unseen).
         (Its child cgroups, if it had any, were never watched: their CPU is in its counter.)
-        The rmdir's tracepoint may come a moment after the directory went: looked for again
-        every poll_s for wait_s."""
-        if self.rmdir.probe is None or self.watcher is None or self.loop is None:
+        Neither may be there yet: looked for again every poll_s for wait_s."""
+        if self.watcher is None or self.loop is None:
             return
         now = time.monotonic()
         until = now + self.rmdir.wait_s if until is None else until
-        inode = self.rmdir.id_by_path(path)
-        # An earlier life at this path that its own watch tells keeps its counter.
-        ours = inode is not None and not self._known((path, inode))
-        sample = self.rmdir.take(path, inode) if ours and inode is not None else None
-        if inode is None or sample is None:
-            if now < until:  # this life's rmdir may still come
+        found = unseen_end(path, self.final_reads, self.rmdir,
+                           lambda inode: not self._known((path, inode)))
+        if found is None:
+            if now < until:  # this life's rmdir, or the process's read, may still come
                 self.loop.call_later(self.rmdir.poll_s, self.on_unseen, path, until)
             return
-        identity = self.watcher.identify(path, inode)
-        self._emptied(WatchedCgroup(path, inode, identity, new=True), sample, partial=True)
-        self._forget((path, inode))
+        sample, partial = found
+        assert sample.inode is not None
+        identity = self.watcher.identify(path, sample.inode)
+        self._emptied(WatchedCgroup(path, sample.inode, identity, new=True), sample,
+                      partial=partial)
+        self._forget((path, sample.inode))
 
     def _known(self, key: tuple[str, int]) -> bool:
         """An incarnation the watch followed (running, its final read pending, or gone)."""

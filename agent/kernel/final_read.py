@@ -143,6 +143,9 @@ class FinalReadThread:
         self.urgency.begin()
         self._queue.put(FinalRead(path, notified_ns, deliver))
 
+    def take_early(self, path: str, unknown: Callable[[int], bool]) -> CgroupSample | None:
+        return None  # reads are done when asked, none ahead
+
     def alive(self) -> bool:
         return self._thread.is_alive()
 

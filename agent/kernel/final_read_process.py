@@ -269,6 +269,21 @@ class FinalReadProcess:
                 self._early[path] = (packed, took, True)
         return unpack_read(packed), handed
 
+    def take_early(self, path: str, unknown: Callable[[int], bool]) -> CgroupSample | None:
+        with self._lock:
+            entry = self._early.get(path)
+        inode = entry[0][2] if entry is not None else None
+        if entry is None or entry[2] or inode is None or not unknown(inode):
+            return None
+        with self._lock:  # `unknown` is the caller's: not called under this lock
+            if self._early.get(path) is not entry:
+                return None  # a newer read came meanwhile: the next look takes it
+            self._early[path] = (entry[0], entry[1], True)
+            self.early_reads += 1
+        read_ns, finished_ns, sample = unpack_read(entry[0])
+        self.latency.observe((finished_ns - read_ns) / 1e9)
+        return sample
+
     def _hand_over(self, path: str, read_ns: int) -> bool:
         """The process's read of `path` noticed at `read_ns` is handed over (now marked so);
         whether it was before (then it is not counted again)."""

@@ -26,6 +26,11 @@ class FinalReads(Protocol):
         """Read `path`'s final sample and hand it to `deliver` (in another thread).
         `at_empty`: the CPU counter the watch read when it saw the cgroup empty."""
 
+    def take_early(self, path: str, unknown: Callable[[int], bool]) -> CgroupSample | None:
+        """The final-read process's own read of the last end at `path`, kept and not handed
+        over, of an incarnation (inode) that `unknown` accepts; taken once. For a life the
+        watch never followed (removed before it looked). None where reads run in the agent."""
+
     def alive(self) -> bool: ...
 
     def read_counts(self) -> dict[str, int]: ...
