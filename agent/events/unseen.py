@@ -26,10 +26,15 @@ def unseen_end(path: str, reads: FinalReads | None, rmdir: RmdirFinals,
     while neither source has one of an incarnation `unknown` accepts (one the watch followed
     is told by its own watch). Whatever is returned was taken from its source: once only."""
     whole = reads.take_early(path, unknown) if reads is not None else None
-    inode = whole.inode if whole is not None else rmdir.id_by_path(path)
-    at_rmdir = rmdir.take(path, inode) if inode is not None and unknown(inode) else None
+    if whole is not None:
+        assert whole.inode is not None  # take_early hands only reads with an inode
+        inode = whole.inode  # that `unknown` accepted
+    else:
+        last = rmdir.id_by_path(path)
+        if last is None or not unknown(last):
+            return None
+        inode = last
+    at_rmdir = rmdir.take(path, inode)
     if whole is not None and (at_rmdir is None or _usage(at_rmdir) <= _usage(whole)):
         return whole, False
-    if at_rmdir is not None:
-        return at_rmdir, True
-    return None
+    return (at_rmdir, True) if at_rmdir is not None else None

@@ -158,8 +158,7 @@ class FinalReadProcess:
         if early is not None:
             (read_ns, finished_ns, sample), again = early
             if not again:  # asked again for the same end (a later notice): counted once
-                self.early_reads += 1
-                self.latency.observe((finished_ns - read_ns) / 1e9)
+                self._count_early(read_ns, finished_ns)
             try:
                 deliver(sample)
             except Exception:
@@ -279,10 +278,14 @@ class FinalReadProcess:
             if self._early.get(path) is not entry:
                 return None  # a newer read came meanwhile: the next look takes it
             self._early[path] = (entry[0], entry[1], True)
-            self.early_reads += 1
         read_ns, finished_ns, sample = unpack_read(entry[0])
-        self.latency.observe((finished_ns - read_ns) / 1e9)
+        self._count_early(read_ns, finished_ns)
         return sample
+
+    def _count_early(self, read_ns: int, finished_ns: int) -> None:
+        """One of the process's own reads handed over: counted, and its latency observed."""
+        self.early_reads += 1
+        self.latency.observe((finished_ns - read_ns) / 1e9)
 
     def _hand_over(self, path: str, read_ns: int) -> bool:
         """The process's read of `path` noticed at `read_ns` is handed over (now marked so);
@@ -368,8 +371,7 @@ class FinalReadProcess:
             return
         if read_ns:  # the process had read this end at its notice, before the request came
             if not self._hand_over(job.path, read_ns):
-                self.early_reads += 1
-                self.latency.observe((finished_ns - read_ns) / 1e9)
+                self._count_early(read_ns, finished_ns)
         else:
             self.answered += 1
             self.latency.observe((finished_ns - job.notified_ns) / 1e9)
