@@ -1,9 +1,10 @@
 """/healthz and /metrics latency while agentd is busy: 1,000 real cgroups, a churn of cgroup
 lives (events and ledger final samples written), billing exports back to back, and /metrics and
 /healthz each fetched 20 times a second. Prints p50/p99/max of each (target: /healthz p99 <= 10
-ms) and the store writer's figures. The two clients are processes of their own
-(tests/support/latency_probe.py), so their figures hold no waits for this process's GIL.
-Asserts nothing.
+ms), the store writer's figures and the host's CPU shares (busy, idle, stolen by the
+hypervisor: latencies from a run with steal are not comparable). The two clients are processes
+of their own (tests/support/latency_probe.py), so their figures hold no waits for this
+process's GIL. Asserts nothing.
 
 `--compare DIR` runs the same load a second time on the same tree with the agent code of another
 checkout (e.g. main: `git archive main | tar -x -C /tmp/main`), for a before/after in one run.
@@ -29,6 +30,7 @@ from tests.support.agent_side import agent_side
 from tests.support.agentd import RunningAgent
 from tests.support.cgroups import CgroupFactory, cgroup_factory
 from tests.support.churn import Churn
+from tests.support.host_cpu import HostCpu
 from tests.support.latency_probe import Probe
 
 _STORE = re.compile(r"^(container_agent_store_\w+) (\S+)$", re.M)
@@ -121,8 +123,10 @@ def measure(label: str, agent: RunningAgent, factory: CgroupFactory, seconds: fl
     if exports:
         exporter.thread.start()
     t0 = time.monotonic()
+    host_cpu = HostCpu()
     lives = Churn(factory, rate, 0.01, workers=8).run(seconds)
     took = time.monotonic() - t0
+    host_shares = host_cpu.summary()
     exporter.stop.set()
     health.finish()
     health_urllib.finish()
@@ -134,6 +138,7 @@ def measure(label: str, agent: RunningAgent, factory: CgroupFactory, seconds: fl
     store = dict(_STORE.findall(metrics_text))
     print(f"[{label}] {host['workloads']} workloads; {len(lives)} lives in {took:.0f} s; "
           f"{exporter.done} billing exports ({exporter.bytes / 1e6:.1f} MB)")
+    print(f"[{label}] {host_shares}")
     print(f"[{label}] /healthz {quantiles(health.latency)}, {health.errors} errors")
     print(f"[{label}] /healthz, urllib (a connection per request, its parsing timed too): "
           f"{quantiles(health_urllib.latency)}, {health_urllib.errors} errors")

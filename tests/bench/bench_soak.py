@@ -9,9 +9,10 @@ and at the end: the agent's fds, inotify watches (from /proc/<pid>/fdinfo), RSS 
 its final-read process), the prefix's
 nr_dying_descendants, and the populated-0 -> final read latency p50/p99 (from
 container_agent_final_read_latency_seconds, bucket upper bounds); also the scrape and /healthz
-latency p50/p99 during the run, and the ledger's closed boundary: with `--period 300` (the
-ledger's period, default an hour) churned periods close inside the run. Asserts nothing about
-time. Run as root:
+latency p50/p99 during the run, the host's CPU shares (busy, idle, stolen by the hypervisor:
+latencies from a run with steal are not comparable), and the ledger's closed boundary: with
+`--period 300` (the ledger's period, default an hour) churned periods close inside the run.
+Asserts nothing about time. Run as root:
 `.venv/bin/python tests/bench/bench_soak.py [--duration SECONDS] [--idle N] [--period SECONDS]`.
 """
 
@@ -33,6 +34,7 @@ from tests.support.agent_side import agent_side, latency_quantiles
 from tests.support.agentd import RunningAgent
 from tests.support.cgroups import CgroupFactory, cgroup_factory
 from tests.support.churn import Churn, agent_fds, final_read_process, inotify_watches
+from tests.support.host_cpu import HostCpu
 from tests.support.latency_probe import Probe
 
 _RECENT = re.compile(
@@ -231,9 +233,11 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
          gzip: bool = True) -> None:
     start_mib = report("start", agent, factory)
     t0 = time.monotonic()
+    host = HostCpu()
     with Load(agent, gzip) as load:
         lives = Churn(factory, rate, 0.01, workers=16).run(duration)
     took = time.monotonic() - t0
+    host_cpu = host.summary()
     time.sleep(3)  # the tail of the churn digested
     end_mib = report("end", agent, factory)
     stopped = {e["container"]["cgroup"]: e for e in _events(agent, "container_stopped")
@@ -259,6 +263,7 @@ def soak(agent: RunningAgent, factory: CgroupFactory, duration: float, rate: flo
           f"/metrics {ms_quantiles(load.scrape_s)} ({load.gzipped} gzipped); "
           f"/healthz {ms_quantiles(load.health_s)}; "
           f"SSE {load.sse_bytes / 1e6:.1f} MB; agentctl ls failures {load.ls_failures}")
+    print(f"during the churn, {host_cpu}")
     print("RSS each minute of the churn (MiB): "
           + ", ".join(f"{r:.1f}" for r in load.rss_mib))
     print("RSS lowest-highest in each minute (MiB, each second): "
