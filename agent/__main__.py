@@ -2,6 +2,6 @@
 
 import sys
 
-from agent.core.daemon import main
+from agent.core.launch import main
 
 sys.exit(main())

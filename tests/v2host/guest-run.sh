@@ -25,7 +25,7 @@ venv=/opt/container-agent/venv
 python3 -m venv --without-pip "$venv"
 purelib=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 printf '%s\n' "$repo" /opt/container-agent/site >"$purelib/container-agent.pth"
-for entry in agentd:agent.core.daemon agentctl:agent.cli.agentctl; do
+for entry in agentd:agent.core.launch agentctl:agent.cli.agentctl; do
     printf '#!%s\nimport sys\nfrom %s import main\nsys.exit(main())\n' \
         "$venv/bin/python" "${entry#*:}" >"$venv/bin/${entry%%:*}"
     chmod 0755 "$venv/bin/${entry%%:*}"
