@@ -60,7 +60,8 @@ def test_short_lived_cgroup_through_agentd(cgroups: CgroupFactory, dead_receiver
         assert r.returncode == 0
         lines = r.stdout.splitlines()
         assert "container_started" in lines[0] and "container_stopped" in lines[1]
-        assert _metric(agent, "container_agent_events_total", 'type="container_stopped"') >= 1
+        agent.wait_for(lambda: _metric(agent, "container_agent_events_total",
+                                       'type="container_stopped"') >= 1, timeout=10)
         # The dead webhook: deliveries pile up and are dropped, collection goes on.
         agent.wait_for(lambda: _metric(agent, "container_agent_event_deliveries_dropped_total",
                                        'sink="webhook"') >= 1, timeout=20)

@@ -58,7 +58,8 @@ def test_final_reads_in_their_process_and_after_its_death(cgroups: CgroupFactory
         at_notice = _final_reads(agent)["at_notice"]
         got, kernel = _final_cpu(agent, cgroups, "at-notice", seconds=0.4)
         assert got == kernel > 0
-        assert _final_reads(agent)["at_notice"] > at_notice
+        # /metrics has the agent's counters as the last cycle left them: within a cycle.
+        agent.wait_for(lambda: _final_reads(agent)["at_notice"] > at_notice, timeout=10)
         os.kill(child, signal.SIGKILL)  # a process of the agentd this test started
         agent.wait_for(lambda: _events_up(agent) == 0, timeout=10)
         parts = {c["component"]: c for c in agent.get("/api/v1/host")["components"]}
@@ -67,8 +68,9 @@ def test_final_reads_in_their_process_and_after_its_death(cgroups: CgroupFactory
         reads = _final_reads(agent)
         got, kernel = _final_cpu(agent, cgroups, "after")  # read in the agent now
         assert got == kernel > 0
-        after = _final_reads(agent)
-        assert after["agent"] > reads["agent"] and after["at_notice"] == reads["at_notice"]
+        after = agent.wait_for(
+            lambda: (now := _final_reads(agent))["agent"] > reads["agent"] and now, timeout=10)
+        assert after["at_notice"] == reads["at_notice"]
         assert final_read_process(agent.proc.pid) is None
 
 

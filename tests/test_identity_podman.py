@@ -60,8 +60,9 @@ def test_named_and_paused_through_the_api(podman: PrivatePodman) -> None:
         assert w["runtime"] == "podman"
         assert w["image"] == "localhost/local/busybox:1"
         assert w["labels"]["app"] == "shop"
-        assert 'container_agent_runtime_api_up{runtime="podman"} 1.0' in agent.get_text(
-            "/metrics")
+        # /metrics: the agent's counters as the last cycle left them.
+        agent.wait_for(lambda: 'container_agent_runtime_api_up{runtime="podman"} 1.0'
+                       in agent.get_text("/metrics"), 15)
         out = agent.agentctl("freeze", "pm-api", "--json")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["via"] == "podman"

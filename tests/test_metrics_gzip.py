@@ -3,6 +3,7 @@ part appended, one ordinary gzip stream that decodes to the plain body byte for 
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import replace
 
@@ -211,3 +212,48 @@ def test_a_plain_body_goes_out_in_few_sends_and_whole() -> None:
     assert all(len(b) >= SEND_BATCH for b in batches[:-1])
     assert len(batches) <= sum(map(len, parts)) // SEND_BATCH + 1
     assert list(_batches([])) == []
+
+
+@pytest.mark.parametrize("gzip", [True, False])
+def test_scrapes_of_a_snapshot_rendered_ahead_render_nothing_on_the_loop(gzip: bool) -> None:
+    """render_ahead renders the live families with the snapshot, for the formats scraped:
+    scrapes of it then get the live part as the cycle left it (a gzip one, its whole stream
+    compressed ahead) and render nothing; a snapshot not rendered ahead gets a live part
+    rendered by its scrape; a format nobody scrapes any more is not rendered ahead."""
+    renderer = MetricsRenderer(cadvisor=False)
+    live = _LiveCounter()
+    renderer.live_families = live
+    first = _snapshot(["a", "c"])
+    renderer.scrape(first, True, gzip)  # an OpenMetrics scraper
+    nxt = replace(_snapshot(["a", "d"]), seq=2)
+    renderer.prepare(nxt)
+    assert renderer.render_ahead(nxt)
+    calls = live.calls
+    answers = [renderer.scrape_ready(nxt, True, gzip) for _ in range(3)]
+    assert live.calls == calls  # nothing rendered by the scrapes
+    for ready in answers:
+        assert ready is not None
+        body = _one_member(b"".join(ready)) if gzip else b"".join(ready)
+        assert f"container_agent_test_scrapes_total {calls}.0".encode() in body
+        assert b'name="d"' in body and body.endswith(b"# EOF\n")
+    if gzip:  # the same two byte strings each time: nothing compressed per scrape either
+        assert all(a[1] is answers[0][1] for a in answers if a is not None)
+    # The text format was never asked for: its live part is the scrape's own.
+    plain = b"".join(renderer.scrape(nxt, False, gzip))
+    assert live.calls == calls + 1
+    # A snapshot that was not rendered ahead (no render_ahead call): the scrape renders it.
+    later = replace(_snapshot(["a", "e"]), seq=3)
+    renderer.prepare(later)
+    body = b"".join(renderer.scrape(later, True, gzip))
+    assert live.calls == calls + 2
+    assert f"_total {calls + 2}.0".encode() in (_one_member(body) if gzip else body)
+    assert b"container_agent_test_scrapes_total" in (_one_member(plain) if gzip else plain)
+    # Nobody scrapes OpenMetrics within the window any more: not rendered ahead for it.
+    window = int(RENDER_AHEAD_WINDOW_S * 1e9)
+    renderer._format_scraped_ns[True] -= window + 1
+    renderer._format_scraped_ns[False] -= window + 1
+    renderer.scraped_ns = time.monotonic_ns()
+    last = replace(_snapshot(["a", "f"]), seq=4)
+    renderer.prepare(last)
+    renderer.render_ahead(last)
+    assert live.calls == calls + 2 and renderer._live_ahead == {}

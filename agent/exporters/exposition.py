@@ -1,8 +1,10 @@
 """Rendering /metrics: the snapshot's families are rendered at most once per snapshot: right
 after its cycle while something scrapes (within RENDER_AHEAD_WINDOW_S), so a scrape only sends
 bytes; with no scraper, by the first scrape that asks for it (an agent nobody scrapes renders
-nothing). Later scrapes of the same snapshot reuse the bytes and only add the components'
-(small, live) families.
+nothing). Later scrapes of the same snapshot reuse the bytes. The agent's own small, live
+families (component health, answer times, events and deliveries counted) are rendered with the
+snapshot when it is rendered ahead (as the cycle left them: one interval old at most), else by
+the scrape.
 
 Content negotiation: OpenMetrics when the client asks for it, Prometheus text otherwise; gzip
 when the client accepts it (the snapshot's part compressed once, agent/exporters/gzip_body.py).
@@ -118,10 +120,17 @@ class MetricsRenderer:
         self.compressions = 0
         #: Gzip scrapes answered with the last cycle's body while the newest was compressed.
         self.stale_answers = 0
-        #: The agent's live families (component health), rendered at every scrape.
+        #: The agent's live families (component health, answer times), rendered with each
+        #: snapshot ahead, or by a scrape of a snapshot not rendered ahead.
         self.live_families: Callable[[], list[Metric]] = lambda: []
         #: time.monotonic_ns() of the latest scrape (None: never scraped).
         self.scraped_ns: int | None = None
+        #: time.monotonic_ns() of the latest scrape, per format (OpenMetrics?): render_ahead
+        #: renders the live part for the formats asked for within RENDER_AHEAD_WINDOW_S.
+        self._format_scraped_ns: dict[bool, int] = {}
+        #: Per format: the sequence number of the snapshot whose live part was rendered ahead,
+        #: that part, and for gzip scrapers the compressed body it ends and its end.
+        self._live_ahead: dict[bool, tuple[int, bytes, GzipPrefix | None, bytes]] = {}
 
     def _component_families(self, snapshot: Snapshot, per_cycle: bool) -> list[Metric]:
         out: list[Metric] = []
@@ -199,10 +208,31 @@ class MetricsRenderer:
         if not _within_window(self.scraped_ns, now):
             return False
         self._rendered(snapshot)
-        for om, zip_ns in list(self._zip_scraped_ns.items()):
-            if _within_window(zip_ns, now):
-                self._gzipped(snapshot, om)
+        zipped = {om: self._gzipped(snapshot, om)
+                  for om, zip_ns in list(self._zip_scraped_ns.items())
+                  if _within_window(zip_ns, now)}
+        for om, ns in list(self._format_scraped_ns.items()):
+            if _within_window(ns, now):
+                self._render_live_ahead(snapshot, om, zipped.get(om))
+            else:  # that scraper is gone
+                self._live_ahead.pop(om, None)
+                del self._format_scraped_ns[om]
         return True
+
+    def _render_live_ahead(self, snapshot: Snapshot, openmetrics: bool,
+                           zipped: GzipPrefix | None) -> None:
+        """The live part too, as the cycle left it: a scrape of this snapshot then only sends
+        bytes, and the event loop renders nothing (its ~1.3 ms of Python per scrape, each
+        slice of it waiting for the GIL and a CPU on a busy host, was most of a scrape's time
+        there). Its counters are then as old as the snapshot's, one interval at most."""
+        try:
+            live = self._render_live(snapshot, openmetrics)
+        except RuntimeError:  # a component's map changed under this thread: a scrape renders it
+            log.debug("live families of snapshot %d left to the scrape", snapshot.seq)
+            self._live_ahead.pop(openmetrics, None)
+            return
+        end = zipped.finish(live) if zipped is not None else b""
+        self._live_ahead[openmetrics] = (snapshot.seq, live, zipped, end)
 
     def scrape(self, snapshot: Snapshot, openmetrics: bool, gzip: bool = False) -> list[bytes]:
         """The /metrics body as parts, to be sent one after another: a scrape then holds no
@@ -214,9 +244,8 @@ class MetricsRenderer:
         ready = self.scrape_ready(snapshot, openmetrics, gzip)
         if ready is not None:
             return ready
-        self.scraped_ns = time.monotonic_ns()
+        self._scraped(openmetrics, gzip, time.monotonic_ns())
         if gzip:
-            self._zip_scraped_ns[openmetrics] = self.scraped_ns
             zipped = self._gzipped(snapshot, openmetrics)
             return [zipped.head, zipped.finish(self._live(snapshot, openmetrics))]
         families, tails = self._rendered(snapshot)
@@ -225,8 +254,8 @@ class MetricsRenderer:
     def scrape_ready(self, snapshot: Snapshot, openmetrics: bool, gzip: bool = False
                      ) -> list[bytes] | None:
         """scrape()'s answer if the snapshot's part is rendered (and compressed, for `gzip`)
-        already, as render_ahead leaves it while something scrapes: only the live families
-        are rendered (~0.3 ms), so the event loop answers itself. A hop to a worker thread and
+        already, as render_ahead leaves it while something scrapes (the live families too,
+        else rendered here: ~1.3 ms), so the event loop answers itself. A hop to a worker thread and
         back is two wake-ups, each waiting for a CPU and the GIL on a busy host (up to 11 ms
         each, seen at 1,000 cgroups under churn). None, waiting for nothing: not ready."""
         now = time.monotonic_ns()
@@ -235,14 +264,17 @@ class MetricsRenderer:
             if last is None:
                 return None
             if last[0] < snapshot.seq:
-                ahead = _within_window(self._zip_scraped_ns.get(openmetrics), now)
-                if not (ahead and last[0] == snapshot.seq - 1):
+                compressing = _within_window(self._zip_scraped_ns.get(openmetrics), now)
+                if not (compressing and last[0] == snapshot.seq - 1):
                     return None
                 # render_ahead is compressing this snapshot (gzip scrapes came within the
                 # window): the last cycle's body now, rather than a wait behind that work
                 # (the p99 of a scrape at 1,000 workloads); the live part is this scrape's.
                 self.stale_answers += 1
-            self.scraped_ns = self._zip_scraped_ns[openmetrics] = now
+            self._scraped(openmetrics, gzip, now)
+            live = self._live_ahead.get(openmetrics)
+            if live is not None and live[0] == snapshot.seq and live[2] is last[1]:
+                return [last[1].head, live[3]]  # the whole answer rendered ahead
             return [last[1].head, last[1].finish(self._live(snapshot, openmetrics))]
         if not self._lock.acquire(blocking=False):  # a rendering under way
             return None
@@ -252,11 +284,24 @@ class MetricsRenderer:
             families, tails = self._families, self._tails
         finally:
             self._lock.release()
-        self.scraped_ns = now
+        self._scraped(openmetrics, gzip, now)
         return [*_snapshot_parts(families, tails, openmetrics), self._live(snapshot, openmetrics)]
 
+    def _scraped(self, openmetrics: bool, gzip: bool, now_ns: int) -> None:
+        """A scrape in this format came: render_ahead renders for it while it keeps coming."""
+        self.scraped_ns = self._format_scraped_ns[openmetrics] = now_ns
+        if gzip:
+            self._zip_scraped_ns[openmetrics] = now_ns
+
     def _live(self, snapshot: Snapshot, openmetrics: bool) -> bytes:
-        """The families rendered at every scrape (small, live counters), and OpenMetrics' end."""
+        """The live part of a scrape of `snapshot`: the one rendered ahead with it, or now."""
+        ahead = self._live_ahead.get(openmetrics)
+        if ahead is not None and ahead[0] == snapshot.seq:
+            return ahead[1]
+        return self._render_live(snapshot, openmetrics)
+
+    def _render_live(self, snapshot: Snapshot, openmetrics: bool) -> bytes:
+        """The components' small, live counters, and OpenMetrics' end."""
         live = render_families(self._component_families(snapshot, per_cycle=False)
                        + self.live_families(), openmetrics)
         return live + EOF if openmetrics else live
