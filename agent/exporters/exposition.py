@@ -269,12 +269,12 @@ class MetricsRenderer:
                     return None
                 # render_ahead is compressing this snapshot (gzip scrapes came within the
                 # window): the last cycle's body now, rather than a wait behind that work
-                # (the p99 of a scrape at 1,000 workloads); the live part is this scrape's.
+                # (the p99 of a scrape at 1,000 workloads), ended as rendered with it.
                 self.stale_answers += 1
             self._scraped(openmetrics, gzip, now)
             live = self._live_ahead.get(openmetrics)
-            if live is not None and live[0] == snapshot.seq and live[2] is last[1]:
-                return [last[1].head, live[3]]  # the whole answer rendered ahead
+            if live is not None and live[2] is last[1]:  # that body's own end, rendered ahead
+                return [last[1].head, live[3]]
             return [last[1].head, last[1].finish(self._live(snapshot, openmetrics))]
         if not self._lock.acquire(blocking=False):  # a rendering under way
             return None
