@@ -249,24 +249,31 @@ class Agent:
             created, deleted = self._pending.take()
 
             def work(created: list[str] = created, deleted: list[str] = deleted
-                     ) -> tuple[list[WorkloadIdentity], list[WorkloadIdentity]]:
+                     ) -> tuple[list[WorkloadIdentity], list[WorkloadIdentity],
+                                Snapshot | None, Snapshot | None]:
                 gone = self.collector.remove_paths(deleted)
                 added = self.collector.add_paths(created)
                 self._added_during_cycle.extend(added)
-                return added, gone
+                # Amended in the same hop: each hop to a worker and back is two wake-ups.
+                base = self.snapshot
+                snap = self.collector.amend(base, added, gone) if base is not None else None
+                return added, gone, base, snap
 
             loop = asyncio.get_running_loop()
             try:
-                added, gone = await loop.run_in_executor(None, work)
+                added, gone, base, snap = await loop.run_in_executor(None, work)
                 # The snapshot published when the amendment is done, not the one before it: a
                 # cycle may publish meanwhile, and amending the older one took the published
                 # snapshot a cycle back (seen: /metrics rendering an old one again, 100+ ms).
-                while (base := self.snapshot) is not None:
-                    snap = await loop.run_in_executor(None, self.collector.amend, base, added,
-                                                      gone)
+                while base is not None and snap is not None:
                     if self.snapshot is base:
                         self.snapshot = snap
                         break
+                    base = self.snapshot
+                    if base is None:
+                        break
+                    snap = await loop.run_in_executor(None, self.collector.amend, base, added,
+                                                      gone)
             except Exception:  # the next rescan finds what these changes would have told
                 log.exception("applying %d tree changes failed", len(created) + len(deleted))
                 continue
