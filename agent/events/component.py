@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent.core.component import AgentContext, Component
+from agent.core.loop_post import poster_for
 from agent.core.store_writer import StoreClosed, store_families
 from agent.events.api import EventsApi, Hub
 from agent.events.lifecycle import (
@@ -235,25 +236,23 @@ class EventsComponent(Component):
         if loop is None or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # loop closed at shutdown
-            loop.call_soon_threadsafe(self._fanout, event)
+            poster = poster_for(loop)
+            poster.post(self._fanout, event)
             if event.id % _PRUNE_EVERY == 0:  # a storm between two periodic prunes
-                loop.call_soon_threadsafe(self._prune)
+                poster.post(self._prune)
 
     def _fanout(self, event: Event) -> None:
         self.hub.publish(event)
         for sink in self.sinks:
             sink.offer(event)
 
-    def on_populated(self, cg: WatchedCgroup, populated: bool) -> None:
+    def on_populated(self, cg: WatchedCgroup) -> None:
+        """A start. (An emptying goes to _submit_final, whose read's result stops it.)"""
         key = (cg.path, cg.inode)
-        if mirrors_children(cg):
+        if mirrors_children(cg) or self._running.get(key):
             return
-        if populated:
-            if not self._running.get(key):
-                self._running[key] = True
-                self.emit(EventType.CONTAINER_STARTED, cg.identity, "", {"source": "kernel"})
-            return
-        # Empty: the final read was submitted by _submit_final; its result stops it.
+        self._running[key] = True
+        self.emit(EventType.CONTAINER_STARTED, cg.identity, "", {"source": "kernel"})
 
     def _submit_final(self, cg: WatchedCgroup) -> None:
         """In the watch thread, the moment the cgroup is seen empty: the runtime may rmdir it
@@ -274,7 +273,7 @@ class EventsComponent(Component):
         def deliver(sample: CgroupSample) -> None:
             until = time.monotonic() + self.rmdir.wait_s
             with contextlib.suppress(RuntimeError):  # loop closed at shutdown
-                loop.call_soon_threadsafe(self._after_read, cg, sample, at_empty, until)
+                poster_for(loop).post(self._after_read, cg, sample, at_empty, until)
 
         reads.submit(cg.path, cg.notified_ns or time.monotonic_ns(), deliver, at_empty)
 

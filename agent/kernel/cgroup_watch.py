@@ -362,8 +362,8 @@ class CgroupWatcher(TreeWatch, SlowSources, LoopBridge):
         if changed:
             cg.populated = populated
             cg.seen_populated |= populated
-        if tell:
-            self._tell(self.listener.on_populated, cg, populated)
+        if tell and populated:  # emptied: on_emptied above has it, the loop has nothing to do
+            self._tell(self.listener.on_populated, cg)
 
     def _populated_now(self, cg: WatchedCgroup) -> bool:
         """cgroup.events says populated now (its kept fd; by path without one)."""

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+from agent.core.loop_post import poster_for
 from agent.core.urgency import URGENT
 
 log = logging.getLogger("agent.kernel.watch")
@@ -151,7 +152,7 @@ class LoopBridge:
             fn(*args)
         else:
             with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
-                loop.call_soon_threadsafe(fn, *args)
+                poster_for(loop).post(fn, *args)
 
     def _later(self, delay: float, fn: Callable[..., None], *args: object) -> None:
         loop = self.loop
@@ -161,7 +162,7 @@ class LoopBridge:
             loop.call_later(delay, fn, *args)
         else:
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(loop.call_later, delay, fn, *args)
+                poster_for(loop).post(loop.call_later, delay, fn, *args)
 
 
 def locked(method: Callable[P, R]) -> Callable[P, R]:
