@@ -27,7 +27,9 @@ class LoopPoster:
     """Runs calls posted from any thread on `loop`, in the order they were posted."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        #: Weak: poster_for's map holds posters by their loop, and a strong reference from
+        #: the value would keep every loop (and its poster) alive for good.
+        self._loop = weakref.ref(loop)
         self._lock = threading.Lock()
         self._calls: deque[Call] = deque()
         #: A run of the queued calls is scheduled on the loop and has not taken them yet.
@@ -46,7 +48,10 @@ class LoopPoster:
             self._scheduled = True
             self.wakeups += 1
         try:
-            self.loop.call_soon_threadsafe(self._run)
+            loop = self._loop()
+            if loop is None:
+                raise RuntimeError("the event loop is gone")
+            loop.call_soon_threadsafe(self._run)
         except RuntimeError:
             with self._lock:
                 self._calls.clear()
