@@ -265,15 +265,12 @@ class Agent:
                 # The snapshot published when the amendment is done, not the one before it: a
                 # cycle may publish meanwhile, and amending the older one took the published
                 # snapshot a cycle back (seen: /metrics rendering an old one again, 100+ ms).
-                while base is not None and snap is not None:
-                    if self.snapshot is base:
-                        self.snapshot = snap
-                        break
+                while snap is not None and self.snapshot is not base:
                     base = self.snapshot
-                    if base is None:
-                        break
-                    snap = await loop.run_in_executor(None, self.collector.amend, base, added,
-                                                      gone)
+                    snap = None if base is None else await loop.run_in_executor(
+                        None, self.collector.amend, base, added, gone)
+                if snap is not None:
+                    self.snapshot = snap
             except Exception:  # the next rescan finds what these changes would have told
                 log.exception("applying %d tree changes failed", len(created) + len(deleted))
                 continue
