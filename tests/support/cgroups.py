@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -181,21 +182,51 @@ def rmdir_retry(d: Path) -> None:
     d.rmdir()
 
 
+def prefix_bases(layout: CgroupLayout) -> dict[str, Path]:
+    """Hierarchy key -> the directory test prefixes go in: this process's own cgroup there."""
+    mine = own_cgroups()
+    bases: dict[str, Path] = {}
+    if layout.unified is not None:
+        bases["unified"] = layout.unified / mine.get("unified", "/").lstrip("/")
+    if layout.kind is not LayoutKind.UNIFIED:
+        for ctrl in V1_USED:
+            root = layout.v1_root(ctrl)
+            if root is not None and ctrl in mine:
+                bases[ctrl] = root / mine[ctrl].lstrip("/")
+    return bases
+
+
+#: A prefix CgroupFactory makes: ca-test-<tag>-<pid of the test process>-<8 hex>.
+_PREFIX = re.compile(r"ca-test-[a-z0-9]+-(\d+)-[0-9a-f]{8}")
+
+
+def sweep_left_prefixes(layout: CgroupLayout | None = None) -> list[Path]:
+    """Remove the prefixes of test processes that are gone (a run killed before its clean-up:
+    SIGKILL, a machine's reboot of the runner), where no process is left in them. Only in
+    this process's own cgroups, only names CgroupFactory makes. Returns what it removed."""
+    removed: list[Path] = []
+    for base in prefix_bases(layout or detect_layout()).values():
+        if not base.is_dir():
+            continue
+        for d in base.iterdir():
+            m = _PREFIX.fullmatch(d.name)
+            if m is None or not d.is_dir() or Path(f"/proc/{m[1]}").exists():
+                continue
+            if any((Path(sub) / "cgroup.procs").read_text().strip()
+                   for sub, _dirs, _files in os.walk(d)):
+                continue  # something still runs there: not ours to end
+            _rmtree_cgroup(d)
+            removed.append(d)
+    return removed
+
+
 class CgroupFactory:
     """Creates test cgroups under one unique prefix; `close()` removes them all."""
 
     def __init__(self, layout: CgroupLayout | None = None, tag: str = "t") -> None:
         self.layout = layout or detect_layout()
-        mine = own_cgroups()
         self.prefix_name = f"ca-test-{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.bases: dict[str, Path] = {}
-        if self.layout.unified is not None:
-            self.bases["unified"] = self.layout.unified / mine.get("unified", "/").lstrip("/")
-        if self.layout.kind is not LayoutKind.UNIFIED:
-            for ctrl in V1_USED:
-                root = self.layout.v1_root(ctrl)
-                if root is not None and ctrl in mine:
-                    self.bases[ctrl] = root / mine[ctrl].lstrip("/")
+        self.bases = prefix_bases(self.layout)
         self.ref_key = "unified" if "unified" in self.bases else self._legacy_ref()
         ref_root = (
             self.layout.unified if self.ref_key == "unified" else self.layout.v1_root(self.ref_key)
