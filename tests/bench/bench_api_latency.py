@@ -8,7 +8,10 @@ process's GIL. Asserts nothing.
 
 `--compare DIR` runs the same load a second time on the same tree with the agent code of another
 checkout (e.g. main: `git archive main | tar -x -C /tmp/main`), for a before/after in one run.
-Run as root: `.venv/bin/python tests/bench/bench_api_latency.py [--compare DIR]`.
+`--repeat N` runs each N times, alternating which goes first, and ends with each one's answers
+pooled: a p99 of one 120 s run moves by ~1 ms from run to run on this host, more than most
+changes do. Run as root:
+`.venv/bin/python tests/bench/bench_api_latency.py [--compare DIR] [--repeat N]`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from tests.support.latency_probe import Probe
 
 _STORE = re.compile(r"^(container_agent_store_\w+) (\S+)$", re.M)
 _SLOW = re.compile(r"Executing (.*) took (\d+\.\d+) seconds")
+#: The issue's target for /metrics and /healthz: p99 <= 10 ms.
+TARGET_S = 0.010
 _CALLBACK = re.compile(r"(?:coro=<|Handle (?:when=\S+ )?)([\w.]+)\(")
 
 
@@ -58,15 +63,39 @@ class Exporter:
                 self.stop.wait(0.5)
 
 
+def quantile_ms(values: list[float], p: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(p * len(v)))] * 1e3
+
+
+def p99_ms(values: list[float]) -> float:
+    return quantile_ms(values, 0.99) if values else float("nan")
+
+
 def quantiles(values: list[float]) -> str:
     if not values:
         return "no answers"
-    v = sorted(values)
+    return (f"p50 {quantile_ms(values, 0.5):.1f} ms, p99 {quantile_ms(values, 0.99):.1f} ms, "
+            f"max {max(values) * 1e3:.1f} ms (n={len(values)})")
 
-    def q(p: float) -> float:
-        return v[min(len(v) - 1, int(p * len(v)))] * 1e3
 
-    return f"p50 {q(0.5):.1f} ms, p99 {q(0.99):.1f} ms, max {v[-1] * 1e3:.1f} ms (n={len(v)})"
+def over(values: list[float], limit_s: float) -> str:
+    """The share of answers slower than `limit_s`: what a p99 target allows is 1 %."""
+    slow = sum(1 for v in values if v > limit_s)
+    share = 100 * slow / max(1, len(values))
+    return f"{slow} of {len(values)} over {limit_s * 1e3:.0f} ms ({share:.2f} %)"
+
+
+def pooled(runs: dict[str, list[dict[str, list[float]]]]) -> None:
+    """Each code's answers over all its runs, and each run's p99."""
+    print("pooled over the runs:")
+    for label, measured in runs.items():
+        for what in ("/healthz", "/metrics"):
+            all_runs = [m[what] for m in measured]
+            every = [v for run in all_runs for v in run]
+            each = ", ".join(f"{p99_ms(run):.1f}" for run in all_runs)
+            print(f"[{label}] {what} {quantiles(every)}; {over(every, TARGET_S)}; "
+                  f"each run's p99: {each}")
 
 
 def slow_callbacks(log: str) -> None:
@@ -85,7 +114,7 @@ def slow_callbacks(log: str) -> None:
 
 def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interval: float,
         code: str | None, debug_loop: bool, exports: bool, metrics_rate: float,
-        gzip: bool) -> None:
+        gzip: bool) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="ca-bench-api-") as tmp:
         saved = dict(os.environ)
         if debug_loop:
@@ -102,7 +131,8 @@ def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interva
             seq = agent.get("/healthz")["snapshot_seq"]
             agent.wait_for(lambda: agent.get("/healthz")["snapshot_seq"] >= seq + 3,
                            timeout=300, interval=0.2)
-            measure(label, agent, factory, seconds, rate, exports, metrics_rate, gzip)
+            measured = measure(label, agent, factory, seconds, rate, exports, metrics_rate,
+                               gzip)
         finally:
             agent.stop(timeout=120)
         errors = sorted({line for line in agent.log().splitlines()
@@ -112,10 +142,12 @@ def run(label: str, factory: CgroupFactory, seconds: float, rate: float, interva
             print("  " + line[:200])
         if debug_loop:
             slow_callbacks(agent.log())
+        return measured
 
 
 def measure(label: str, agent: RunningAgent, factory: CgroupFactory, seconds: float,
-            rate: float, exports: bool, metrics_rate: float, gzip: bool) -> None:
+            rate: float, exports: bool, metrics_rate: float, gzip: bool
+            ) -> dict[str, list[float]]:
     health = Probe(agent.base_url + "/healthz", 20)
     health_urllib = Probe(agent.base_url + "/healthz", 5, client="urllib")
     metrics = Probe(agent.base_url + "/metrics", metrics_rate, gzip)
@@ -148,6 +180,7 @@ def measure(label: str, agent: RunningAgent, factory: CgroupFactory, seconds: fl
     if store:
         print(f"[{label}] store: " + ", ".join(f"{k.removeprefix('container_agent_store_')} "
                                                f"{float(v):.0f}" for k, v in sorted(store.items())))
+    return {"/healthz": health.latency, "/metrics": metrics.latency}
 
 
 def main() -> None:
@@ -165,6 +198,9 @@ def main() -> None:
     p.add_argument("--no-exports", action="store_true",
                    help="no billing exports (what the exports add, against a run with them)")
     p.add_argument("--compare", default="", help="another checkout to run the same load with")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each code, alternating which goes first (1); the answers are "
+                        "then pooled per code")
     p.add_argument("--debug-loop", action="store_true",
                    help="asyncio debug mode: print the callbacks that held the loop > 100 ms "
                         "(slows the agent: latencies are then not comparable)")
@@ -174,12 +210,18 @@ def main() -> None:
         for i in range(args.cgroups):
             factory.create(f"c{i:04d}")
         print(f"created {args.cgroups} cgroups in {time.monotonic() - t0:.1f} s")
-        run("this", factory, args.seconds, args.rate, args.interval, None, args.debug_loop,
-            not args.no_exports, args.metrics_rate, not args.plain_metrics)
+        codes: list[tuple[str, str | None]] = [("this", None)]
         if args.compare:
-            run(Path(args.compare).name or args.compare, factory, args.seconds, args.rate,
-                args.interval, str(Path(args.compare).resolve()), args.debug_loop,
-                not args.no_exports, args.metrics_rate, not args.plain_metrics)
+            codes.append((Path(args.compare).name or args.compare,
+                          str(Path(args.compare).resolve())))
+        runs: dict[str, list[dict[str, list[float]]]] = {label: [] for label, _ in codes}
+        for i in range(max(1, args.repeat)):
+            for label, code in codes if i % 2 == 0 else codes[::-1]:
+                runs[label].append(run(label, factory, args.seconds, args.rate, args.interval,
+                                       code, args.debug_loop, not args.no_exports,
+                                       args.metrics_rate, not args.plain_metrics))
+        if args.repeat > 1:
+            pooled(runs)
 
 
 if __name__ == "__main__":
