@@ -35,6 +35,7 @@ from tests.support.cgroups import CgroupFactory, cgroup_factory
 from tests.support.churn import Churn
 from tests.support.host_cpu import HostCpu
 from tests.support.latency_probe import Probe
+from tests.support.quantiles import quantile
 
 _STORE = re.compile(r"^(container_agent_store_\w+) (\S+)$", re.M)
 _SLOW = re.compile(r"Executing (.*) took (\d+\.\d+) seconds")
@@ -63,19 +64,10 @@ class Exporter:
                 self.stop.wait(0.5)
 
 
-def quantile_ms(values: list[float], p: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, int(p * len(v)))] * 1e3
-
-
-def p99_ms(values: list[float]) -> float:
-    return quantile_ms(values, 0.99) if values else float("nan")
-
-
 def quantiles(values: list[float]) -> str:
     if not values:
         return "no answers"
-    return (f"p50 {quantile_ms(values, 0.5):.1f} ms, p99 {quantile_ms(values, 0.99):.1f} ms, "
+    return (f"p50 {quantile(values, 0.5) * 1e3:.1f} ms, p99 {quantile(values, 0.99) * 1e3:.1f} ms, "
             f"max {max(values) * 1e3:.1f} ms (n={len(values)})")
 
 
@@ -93,7 +85,8 @@ def pooled(runs: dict[str, list[dict[str, list[float]]]]) -> None:
         for what in ("/healthz", "/metrics"):
             all_runs = [m[what] for m in measured]
             every = [v for run in all_runs for v in run]
-            each = ", ".join(f"{p99_ms(run):.1f}" for run in all_runs)
+            each = ", ".join(f"{quantile(run, 0.99) * 1e3:.1f}" if run else "-"
+                             for run in all_runs)
             print(f"[{label}] {what} {quantiles(every)}; {over(every, TARGET_S)}; "
                   f"each run's p99: {each}")
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from collectors.cgroupfs import CgroupReader
 from tests.support.cgroups import CgroupFactory, TestCgroup, cgroup_factory
 from tests.support.files_read import files_read
+from tests.support.quantiles import quantile
 
 
 def _emptied(cg: TestCgroup) -> bool:
@@ -65,8 +66,7 @@ def one_round(factory: CgroupFactory, count: int, rnd: int) -> tuple[list[int], 
 
 
 def _q(values: list[int], q: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, int(q * len(v)))] / 1e3
+    return quantile(values, q) / 1e3
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from tests.support.cgroups import CgroupFactory, cgroup_factory
 from tests.support.churn import Churn, agent_fds, final_read_process, inotify_watches
 from tests.support.host_cpu import HostCpu
 from tests.support.latency_probe import Probe
+from tests.support.quantiles import quantile
 
 _RECENT = re.compile(
     r'^container_agent_final_read_latency_recent_seconds\{quantile="([^"]+)"\} (\S+)$', re.M)
@@ -47,10 +48,6 @@ def _recent_quantiles(metrics: str) -> str:
     if not found:
         return "none yet"
     return ", ".join(f"p{float(q) * 100:g} {v * 1e3:.2f} ms" for q, v in found.items())
-
-
-def _quantile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def _rss_kib(pid: int) -> int:
@@ -184,9 +181,8 @@ def _events(agent: RunningAgent, etype: str) -> list[dict[str, Any]]:
 def ms_quantiles(values: list[float]) -> str:
     if not values:
         return "none"
-    v = sorted(values)
-    return f"p50 {_quantile(v, 0.5) * 1e3:.1f} ms, p99 {_quantile(v, 0.99) * 1e3:.1f} ms " \
-           f"(n={len(v)})"
+    return f"p50 {quantile(values, 0.5) * 1e3:.1f} ms, p99 {quantile(values, 0.99) * 1e3:.1f} ms " \
+           f"(n={len(values)})"
 
 
 def main() -> None:
